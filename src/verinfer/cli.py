@@ -1,0 +1,44 @@
+"""The `verinfer` command line: one typer app; each role registers its own commands.
+
+Heavy imports (torch, web3) happen inside commands, so `verinfer --help` stays fast.
+Every `VerinferError` reaching here becomes one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from verinfer.errors import VerinferError
+
+app = typer.Typer(
+    name="verinfer",
+    help="Verifiable, decentralized LLM inference: deterministic integer engine, "
+    "Proof of Sampling, settlement on an EVM contract.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register_all() -> None:
+    from verinfer.engine import cli as engine_cli
+
+    engine_cli.register(app)
+    # Other roles register here, one line each (econ, chain, ...).
+
+
+_register_all()
+
+
+def main() -> None:
+    try:
+        app()
+    except VerinferError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
