@@ -1,0 +1,176 @@
+"""Integer kernels of the engine: rounding shifts, scales, row quantization, exp, softmax, SiLU.
+
+Conventions, fixed once for the whole engine:
+- Activations between layers are int64 fixed point with `ACT_FRAC` fractional bits.
+- A *scale* is a pair of int64 tensors `(mant, exp)` meaning `mant * 2**-exp`, with `mant` in
+  `[2**14, 2**15)` (or 0), so products of two mantissas and a 31-bit accumulator fit in 63 bits.
+- Rounding is half up (toward +infinity) everywhere: `(x + 2**(s-1)) >> s`.
+Every function is exact integer arithmetic, so its result is the same bytes on any device,
+thread count or batch composition. Value bounds that keep int64 from overflowing are stated
+where they matter and enforced by saturation (`clamp`), which is itself deterministic.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+
+from verinfer.engine import exactmath
+
+ACT_FRAC = 16  # fractional bits of activations (residual stream, q/k/v, MLP, logits)
+MANT_BITS = 15  # scale mantissas lie in [2**14, 2**15)
+ACT_LIMIT = (1 << 46) - 1  # |activation| < 2**30 in real units: bounds every product below
+PROB_FRAC = 20  # attention probabilities are integers in [0, 2**20]
+EXP_FRAC = 30  # fixed-point output of exp / sigmoid
+_LOG2E_FRAC = 30
+
+
+def shift_round(x: torch.Tensor, shift: int | torch.Tensor) -> torch.Tensor:
+    """`x * 2**-shift` rounded half up; a negative shift multiplies. `x` is int64."""
+    if isinstance(shift, int):
+        if shift > 0:
+            return (x + (1 << (shift - 1))) >> shift
+        return x << -shift if shift < 0 else x
+    right = shift.clamp(min=0)
+    left = (-shift).clamp(min=0)
+    half = torch.where(right > 0, torch.ones_like(right) << (right - 1).clamp(min=0), 0)
+    return ((x + half) >> right) << left
+
+
+def div_round(num: torch.Tensor, den: torch.Tensor | int) -> torch.Tensor:
+    """`num / den` rounded half up, for `den > 0` (exact floor division underneath)."""
+    return torch.div(2 * num + den, 2 * den, rounding_mode="floor")
+
+
+def bit_length(x: torch.Tensor) -> torch.Tensor:
+    """Number of bits of each non-negative int64 (0 for 0), by binary search on shifts."""
+    n = torch.zeros_like(x)
+    y = x
+    for s in (32, 16, 8, 4, 2, 1):
+        big = (y >> s) > 0
+        n = n + big * s
+        y = torch.where(big, y >> s, y)
+    return n + (y > 0)
+
+
+def isqrt(x: torch.Tensor) -> torch.Tensor:
+    """Floor square root of non-negative int64 values (Newton from above, then exact fix-up)."""
+    r = torch.ones_like(x) << ((bit_length(x) + 1) >> 1)  # r >= sqrt(x)
+    for _ in range(64):
+        nxt = (r + torch.div(x, r.clamp(min=1), rounding_mode="floor")) >> 1
+        if not bool((nxt < r).any()):
+            break
+        r = torch.minimum(r, nxt)
+    while bool((r * r > x).any()):
+        r = torch.where(r * r > x, r - 1, r)
+    return r
+
+
+def ratio_to_scale(
+    num: torch.Tensor, den: torch.Tensor | int, extra_exp: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale `(mant, exp)` nearest to `num / den * 2**-extra_exp`; num >= 0, den > 0, both < 2**47."""
+    den_t = torch.as_tensor(den, dtype=torch.int64).expand_as(num)
+    k = MANT_BITS + bit_length(den_t) - bit_length(num)  # num/den * 2**k in (2**14, 2**16)
+    mant = _scaled_ratio(num, den_t, k)
+    too_big = mant >= (1 << MANT_BITS)
+    k = torch.where(too_big, k - 1, k)
+    mant = torch.where(too_big, _scaled_ratio(num, den_t, k), mant)
+    zero = num == 0
+    return torch.where(zero, 0, mant), torch.where(zero, 0, k + extra_exp)
+
+
+def _scaled_ratio(num: torch.Tensor, den: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    up = k.clamp(min=0)
+    down = (-k).clamp(min=0)
+    return div_round(num << up, den << down)
+
+
+def quantize_rows(
+    x: torch.Tensor, frac: int, qmax: int = 127
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Symmetric per-row quantization of fixed-point `x` (`frac` fraction bits) to [-qmax, qmax].
+
+    Returns `(q, mant, exp)` with `x * 2**-frac ~= q * mant * 2**-exp`; `q` is int8 when
+    `qmax <= 127`, else int64. The row scale comes from the row's integer max, never a float.
+    """
+    amax = x.abs().amax(dim=-1, keepdim=True).clamp(min=1)
+    q = div_round(qmax * x, amax)
+    mant, exp = ratio_to_scale(amax, qmax, frac)
+    return (q.to(torch.int8) if qmax <= 127 else q), mant, exp
+
+
+def dequantize(q: torch.Tensor, mant: torch.Tensor, exp: torch.Tensor, frac: int) -> torch.Tensor:
+    """`q * mant * 2**-exp` as int64 fixed point with `frac` fraction bits."""
+    return shift_round(q.to(torch.int64) * mant, exp - frac)
+
+
+def int8_matmul(x: torch.Tensor, w_t: torch.Tensor) -> torch.Tensor:
+    """Exact int8 x int8 -> int32 product `x @ w_t` (x: (T, K), w_t: (K, N) column-major view).
+
+    `torch._int_mm` is exact (integer accumulation); on CUDA it wants more than 16 rows and
+    multiples of 8, so small batches are padded with zero rows, which changes nothing else.
+    """
+    rows = x.shape[0]
+    if x.is_cuda:
+        padded_rows = max(32, (rows + 7) // 8 * 8)
+        if padded_rows != rows:
+            x = torch.cat([x, x.new_zeros(padded_rows - rows, x.shape[1])])
+        return torch._int_mm(x, w_t)[:rows]
+    return torch._int_mm(x, w_t)
+
+
+def exact_float_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """`a @ b` for int64 operands whose every partial sum stays below 2**53, computed in float64.
+
+    Each product and partial sum is then an integer that float64 represents exactly, so the
+    result is exact whatever the summation order, blocking or FMA use of the BLAS underneath.
+    Callers guarantee the bound (by saturating their inputs); the result returns as int64.
+    """
+    return torch.matmul(a.to(torch.float64), b.to(torch.float64)).to(torch.int64)
+
+
+@lru_cache(maxsize=None)
+def _exp2_tables(device_type: str, index: int | None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    device = torch.device(device_type, index) if index is not None else torch.device(device_type)
+    hi = torch.tensor(exactmath.exp2_neg_table(256, 8, EXP_FRAC), dtype=torch.int64, device=device)
+    lo = torch.tensor(exactmath.exp2_neg_table(256, 16, EXP_FRAC), dtype=torch.int64, device=device)
+    log2e = exactmath.round_to_bits(
+        (exactmath.ONE << exactmath.PREC) // exactmath.ln2(), exactmath.PREC, _LOG2E_FRAC
+    )
+    return hi, lo, log2e
+
+
+def exp_neg(d: torch.Tensor) -> torch.Tensor:
+    """`e**(-d)` in Q30 for fixed-point `d >= 0` (ACT_FRAC bits): 2**-(d log2 e) by two tables."""
+    hi_table, lo_table, log2e = _exp2_tables(d.device.type, d.device.index)
+    d = d.clamp(max=64 << ACT_FRAC)  # e**-64 is 0 in Q30 anyway; keeps the product in range
+    t = shift_round(d * log2e, _LOG2E_FRAC)  # -log2 of the result, ACT_FRAC fraction bits
+    whole = (t >> ACT_FRAC).clamp(max=62)
+    frac = t & ((1 << ACT_FRAC) - 1)
+    mantissa = shift_round(hi_table[frac >> 8] * lo_table[frac & 0xFF], EXP_FRAC)
+    return shift_round(mantissa, whole)
+
+
+def softmax(scores: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+    """Integer softmax over the last axis: probabilities in [0, 2**PROB_FRAC], masked ones 0.
+
+    `scores` are fixed point (ACT_FRAC bits); `visible` is a bool mask broadcastable to them.
+    Every row must have at least one visible entry.
+    """
+    masked = torch.where(visible, scores, torch.iinfo(torch.int64).min)
+    top = masked.amax(dim=-1, keepdim=True)
+    e = torch.where(visible, exp_neg((top - scores).clamp(min=0)), 0)
+    total = e.sum(dim=-1, keepdim=True)  # int64 sum: exact in any order
+    return div_round(e << PROB_FRAC, total)
+
+
+def silu(x: torch.Tensor) -> torch.Tensor:
+    """x * sigmoid(x) in fixed point (ACT_FRAC bits), sigmoid from the integer exp."""
+    x = x.clamp(-(1 << (ACT_FRAC + 14)), 1 << (ACT_FRAC + 14))
+    e = exp_neg(x.abs())  # e**-|x| in Q30
+    one = 1 << EXP_FRAC
+    sig_abs = div_round(torch.full_like(e, one << EXP_FRAC), one + e)  # sigmoid(|x|) in Q30
+    sig = torch.where(x >= 0, sig_abs, one - sig_abs)
+    return shift_round(x * sig, EXP_FRAC)

@@ -1,0 +1,285 @@
+"""The integer transformer (Llama family): embedding, decoder layers, final norm and head.
+
+Pure computation on tensors already in memory: no loading, no I/O. Every step is integer
+arithmetic (see `fixedpoint`), so the output bytes do not depend on thread count, batch
+composition, chunking or device. One model definition serves whole-model inference and layer
+ranges (`forward_layers`) for split inference.
+
+Value formats: the residual stream, q/k/v, MLP activations and logits are int64 fixed point with
+`ACT_FRAC` fraction bits; inputs of every matrix product are int8 with a per-row scale; the KV
+cache holds int32 fixed point (saturated at 2**26, i.e. |k|, |v| < 1024).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from verinfer.engine import fixedpoint as fp
+from verinfer.engine.config import ModelConfig
+from verinfer.engine.quantize import QuantizedModel
+from verinfer.engine.rope import ROPE_FRAC, rope_tables
+
+KV_LIMIT = (1 << 26) - 1  # KV cache saturation: keeps every attention partial sum below 2**53
+Q_MAX = 2047  # queries are quantized to 12 bits for the score product
+_NORM_BITS = 20  # RMSNorm rescales each row to ~20 significant bits before squaring
+
+
+@dataclass
+class Linear:
+    """An int8 weight (N, K) kept as a column-major (K, N) view, with per-row scales."""
+
+    weight_t: torch.Tensor  # (K, N) int8, transposed view of a contiguous (N, K)
+    mant: torch.Tensor  # (N,) int64
+    exp: torch.Tensor  # (N,) int64
+    bias: torch.Tensor | None  # (N,) int64, ACT_FRAC fraction bits
+
+    def __call__(self, xq: torch.Tensor, xm: torch.Tensor, xe: torch.Tensor) -> torch.Tensor:
+        """(T, K) int8 with row scales (T, 1) -> (T, N) int64 fixed point."""
+        acc = fp.int8_matmul(xq, self.weight_t).to(torch.int64)
+        out = fp.shift_round(acc * (xm * self.mant), xe + self.exp - fp.ACT_FRAC)
+        return out if self.bias is None else out + self.bias
+
+
+@dataclass
+class Layer:
+    input_norm: torch.Tensor  # (D,) int64 gain, ACT_FRAC bits
+    q_proj: Linear
+    k_proj: Linear
+    v_proj: Linear
+    o_proj: Linear
+    post_norm: torch.Tensor
+    gate_proj: Linear
+    up_proj: Linear
+    down_proj: Linear
+
+
+@dataclass
+class KVCache:
+    """Preallocated per-layer K and V, (B, n_kv, S, head_dim) int32 fixed point."""
+
+    k: list[torch.Tensor]
+    v: list[torch.Tensor]
+
+    @classmethod
+    def allocate(cls, config: ModelConfig, batch: int, length: int, device: torch.device) -> KVCache:
+        shape = (batch, config.num_key_value_heads, length, config.head_dim)
+        layers = range(config.num_hidden_layers)
+        return cls(
+            [torch.zeros(shape, dtype=torch.int32, device=device) for _ in layers],
+            [torch.zeros(shape, dtype=torch.int32, device=device) for _ in layers],
+        )
+
+    @property
+    def length(self) -> int:
+        return self.k[0].shape[2]
+
+
+class IntModel:
+    """Device-resident integer weights and tables of one quantized model."""
+
+    def __init__(self, qmodel: QuantizedModel, device: str | torch.device = "cpu") -> None:
+        self.config = qmodel.config
+        self.model_id = qmodel.model_id
+        self.device = torch.device(device)
+        t = qmodel.tensors
+        c = self.config
+
+        def vec(name: str) -> torch.Tensor:
+            return t[name].to(self.device, torch.int64)
+
+        def linear(name: str) -> Linear:
+            bias_name = name.removesuffix(".weight") + ".bias"
+            return Linear(
+                weight_t=t[name].to(self.device).contiguous().t(),
+                mant=vec(name + "_scale_mant"),
+                exp=vec(name + "_scale_exp"),
+                bias=vec(bias_name) if bias_name in t else None,
+            )
+
+        self.embed = linear("model.embed_tokens.weight")
+        self.layers = []
+        for i in range(c.num_hidden_layers):
+            p = f"model.layers.{i}."
+            self.layers.append(
+                Layer(
+                    input_norm=vec(p + "input_layernorm.weight"),
+                    q_proj=linear(p + "self_attn.q_proj.weight"),
+                    k_proj=linear(p + "self_attn.k_proj.weight"),
+                    v_proj=linear(p + "self_attn.v_proj.weight"),
+                    o_proj=linear(p + "self_attn.o_proj.weight"),
+                    post_norm=vec(p + "post_attention_layernorm.weight"),
+                    gate_proj=linear(p + "mlp.gate_proj.weight"),
+                    up_proj=linear(p + "mlp.up_proj.weight"),
+                    down_proj=linear(p + "mlp.down_proj.weight"),
+                )
+            )
+        self.norm = vec("model.norm.weight")
+        self.lm_head = self.embed if c.tie_word_embeddings else linear("lm_head.weight")
+        # Embedding rows: gathered, so keep the row-major int8 matrix at hand too.
+        self.embed_rows = self.embed.weight_t.t()
+        cos, sin = rope_tables(c, c.context_length)
+        self.rope_cos, self.rope_sin = cos.to(self.device), sin.to(self.device)
+        eps = c.eps_fraction()
+        self.eps_q32 = round(eps * (1 << 32))  # eps in units of 2**-32 (real squared units)
+        self.inv_sqrt_mant, self.inv_sqrt_exp = _inv_sqrt_scale(c.head_dim)
+
+
+def _inv_sqrt_scale(head_dim: int) -> tuple[int, int]:
+    """1 / sqrt(head_dim) as mant * 2**-exp with a 15-bit mantissa, from an exact isqrt."""
+    exp = 0
+    while True:
+        twice = math.isqrt((4 << (2 * exp)) // head_dim)  # floor(2 * 2**exp / sqrt(head_dim))
+        mant = (twice + 1) // 2
+        if mant >= 1 << (fp.MANT_BITS - 1):
+            return mant, exp
+        exp += 1
+
+
+def rms_norm_quantize(
+    h: torch.Tensor, gain: torch.Tensor, eps_q32: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """int8 of RMSNorm(h) * gain per row, with its scale: the input of the next matrix product.
+
+    Each row is rescaled by a power of two to ~20 bits, so the sum of squares is exact in int64;
+    the root is an integer square root; the division by it is folded into the row's scale.
+    """
+    amax = h.abs().amax(dim=-1, keepdim=True).clamp(min=1)
+    shift = fp.bit_length(amax) - _NORM_BITS
+    hs = fp.shift_round(h, shift)  # real value = hs * 2**(shift - ACT_FRAC)
+    mean_sq = torch.div((hs * hs).sum(dim=-1, keepdim=True), h.shape[-1], rounding_mode="floor")
+    eps = fp.shift_round(torch.full_like(mean_sq, eps_q32), 2 * shift)  # same units as mean_sq
+    rms = fp.isqrt(mean_sq + eps).clamp(min=1)
+    y = hs * gain
+    ymax = y.abs().amax(dim=-1, keepdim=True).clamp(min=1)
+    q = fp.div_round(127 * y, ymax).to(torch.int8)
+    mant, exp = fp.ratio_to_scale(ymax, 127 * rms, fp.ACT_FRAC)
+    return q, mant, exp
+
+
+def _project(linear: Linear, xq: torch.Tensor, xm: torch.Tensor, xe: torch.Tensor) -> torch.Tensor:
+    """Apply a Linear to (B, T, K) int8 inputs with (B, T, 1) scales -> (B, T, N) int64."""
+    b, t, k = xq.shape
+    out = linear(xq.reshape(b * t, k), xm.reshape(b * t, 1), xe.reshape(b * t, 1))
+    return out.reshape(b, t, -1)
+
+
+def embed(model: IntModel, tokens: torch.Tensor) -> torch.Tensor:
+    """(B, T) token ids -> (B, T, D) residual stream, int64 fixed point."""
+    rows = model.embed_rows[tokens].to(torch.int64)
+    mant = model.embed.mant[tokens].unsqueeze(-1)
+    exp = model.embed.exp[tokens].unsqueeze(-1)
+    return fp.shift_round(rows * mant, exp - fp.ACT_FRAC)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE (rotate-half layout) on (B, T, H, hd) with cos/sin (B, T, 1, hd/2)."""
+    half = x.shape[-1] // 2
+    x = x.clamp(-(1 << (fp.ACT_FRAC + 15)), 1 << (fp.ACT_FRAC + 15))
+    x1, x2 = x[..., :half], x[..., half:]
+    out = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+    return fp.shift_round(out, ROPE_FRAC)
+
+
+def attention(
+    model: IntModel,
+    layer: Layer,
+    index: int,
+    h: torch.Tensor,
+    cache: KVCache,
+    positions: torch.Tensor,
+    rows: torch.Tensor,
+) -> torch.Tensor:
+    """Self-attention block output (B, T, D) for queries at `positions` (B, T).
+
+    Batch entry b reads and writes cache row `rows[b]`, so a batch can be any subset of the
+    cache's sequences (finished ones drop out without moving anything).
+    """
+    c = model.config
+    bsz, t, _ = h.shape
+    n_kv, hd = c.num_key_value_heads, c.head_dim
+    group = c.num_attention_heads // n_kv
+    xq, xm, xe = rms_norm_quantize(h, layer.input_norm, model.eps_q32)
+    q = _project(layer.q_proj, xq, xm, xe).view(bsz, t, c.num_attention_heads, hd)
+    k = _project(layer.k_proj, xq, xm, xe).view(bsz, t, n_kv, hd)
+    v = _project(layer.v_proj, xq, xm, xe).view(bsz, t, n_kv, hd)
+    cos = model.rope_cos[positions].unsqueeze(2)  # (B, T, 1, hd/2)
+    sin = model.rope_sin[positions].unsqueeze(2)
+    q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+
+    row_index = rows.unsqueeze(1)  # (B, 1)
+    k_cache, v_cache = cache.k[index], cache.v[index]
+    k_cache[row_index, :, positions] = k.clamp(-KV_LIMIT, KV_LIMIT).to(torch.int32)
+    v_cache[row_index, :, positions] = v.clamp(-KV_LIMIT, KV_LIMIT).to(torch.int32)
+    span = int(positions.max()) + 1
+    keys = k_cache[rows, :, :span]  # (B, n_kv, S, hd)
+    values = v_cache[rows, :, :span]
+
+    # Queries: 12-bit per (token, head) with 1/sqrt(hd) folded into the scale.
+    qq, qm, qe = fp.quantize_rows(q, fp.ACT_FRAC, qmax=Q_MAX)  # (B, T, H, hd), (B, T, H, 1)
+    qm = fp.shift_round(qm * model.inv_sqrt_mant, fp.MANT_BITS)
+    qe = qe + model.inv_sqrt_exp - fp.MANT_BITS
+    qq = qq.view(bsz, t, n_kv, group, hd).permute(0, 2, 3, 1, 4)  # (B, n_kv, G, T, hd)
+    qm = qm.view(bsz, t, n_kv, group, 1).permute(0, 2, 3, 1, 4)
+    qe = qe.view(bsz, t, n_kv, group, 1).permute(0, 2, 3, 1, 4)
+    dots = fp.exact_float_matmul(qq.reshape(bsz, n_kv, group * t, hd), keys.transpose(2, 3))
+    dots = dots.view(bsz, n_kv, group, t, span)  # |dot| < 2**11 * 2**26 * hd: exact
+    scores = fp.shift_round(dots * qm, qe)  # ACT_FRAC fraction bits
+
+    key_pos = torch.arange(span, device=h.device)
+    visible = key_pos.view(1, 1, 1, 1, span) <= positions.view(bsz, 1, 1, t, 1)
+    probs = fp.softmax(scores, visible)  # (B, n_kv, G, T, S), PROB_FRAC bits
+    mixed = fp.exact_float_matmul(probs.view(bsz, n_kv, group * t, span), values)
+    mixed = fp.shift_round(mixed, fp.PROB_FRAC).view(bsz, n_kv, group, t, hd)
+    mixed = mixed.permute(0, 3, 1, 2, 4).reshape(bsz, t, c.num_attention_heads * hd)
+    oq, om, oe = fp.quantize_rows(mixed, fp.ACT_FRAC)
+    return _project(layer.o_proj, oq, om, oe)
+
+
+def mlp(layer: Layer, h: torch.Tensor, eps_q32: int) -> torch.Tensor:
+    """SwiGLU feed-forward block output (B, T, D)."""
+    xq, xm, xe = rms_norm_quantize(h, layer.post_norm, eps_q32)
+    gate = _project(layer.gate_proj, xq, xm, xe)
+    up = _project(layer.up_proj, xq, xm, xe).clamp(-(1 << 31), 1 << 31)
+    act = fp.shift_round(fp.silu(gate) * up, fp.ACT_FRAC)
+    aq, am, ae = fp.quantize_rows(act.clamp(-fp.ACT_LIMIT, fp.ACT_LIMIT), fp.ACT_FRAC)
+    return _project(layer.down_proj, aq, am, ae)
+
+
+def forward_layers(
+    model: IntModel,
+    h: torch.Tensor,
+    cache: KVCache,
+    positions: torch.Tensor,
+    start: int = 0,
+    end: int | None = None,
+    rows: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Run decoder layers start..end-1 on hidden states h (B, T, D) at `positions` (B, T).
+
+    `rows` maps batch entries to cache rows (default: entry b uses row b).
+    """
+    end = model.config.num_hidden_layers if end is None else end
+    if rows is None:
+        rows = torch.arange(h.shape[0], device=h.device)
+    for index in range(start, end):
+        layer = model.layers[index]
+        h = h + attention(model, layer, index, h, cache, positions, rows)
+        h = h.clamp(-fp.ACT_LIMIT, fp.ACT_LIMIT)
+        h = (h + mlp(layer, h, model.eps_q32)).clamp(-fp.ACT_LIMIT, fp.ACT_LIMIT)
+    return h
+
+
+def final_norm(model: IntModel, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The final RMSNorm as int8 rows with scales (the head's input)."""
+    return rms_norm_quantize(h, model.norm, model.eps_q32)
+
+
+def head(model: IntModel, h: torch.Tensor) -> torch.Tensor:
+    """Final norm and LM head: (B, T, D) -> logits (B, T, V) int32 fixed point (ACT_FRAC bits)."""
+    xq, xm, xe = final_norm(model, h)
+    logits = _project(model.lm_head, xq, xm, xe)
+    limit = torch.iinfo(torch.int32).max
+    return logits.clamp(-limit, limit).to(torch.int32)

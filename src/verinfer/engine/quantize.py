@@ -1,0 +1,164 @@
+"""Deterministic int8 quantization of a checkpoint, the model_id commitment, save and load.
+
+Quantization is a pure function of the checkpoint's bytes:
+- matrices (linear weights, embeddings): symmetric per-output-row int8,
+  `q = round_half_even(w * 127 / max|w_row|)` in float64, where every step is a single IEEE
+  operation (exact `w * 127`, a correctly rounded division, an exact rounding), so the integers
+  are the same on any machine; the row scale `max|w_row| / 127` is turned into an integer
+  mantissa/exponent pair from the float's exact bits (`frexp`), with no rounding in float;
+- norm gains and biases: fixed point with `ACT_FRAC` fraction bits (an exact power-of-two
+  scaling, then one rounding).
+`model_id` is a Merkle root over every quantized tensor (name, dtype, shape, little-endian bytes)
+plus a leaf for the configuration and the engine's numerics version, so two nodes that claim the
+same model_id run the same integers with the same arithmetic.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from verinfer.engine import fixedpoint as fp
+from verinfer.engine.checkpoint import read_tensors
+from verinfer.engine.config import ModelConfig, load_config
+from verinfer.errors import ModelError
+from verinfer.protocol.merkle import merkle_root
+
+# Bumped whenever any integer kernel changes what it computes: it is part of model_id.
+NUMERICS_VERSION = 1
+QUANTIZED_MANIFEST = "verinfer-model.json"
+QUANTIZED_WEIGHTS = "weights.safetensors"
+FORMAT_NAME = "verinfer-int8"
+_PARAM_LIMIT = 1 << 15  # |gain| and |bias| must stay below this (they are stored in int32)
+
+
+@dataclass(frozen=True)
+class QuantizedModel:
+    config: ModelConfig
+    tensors: dict[str, torch.Tensor]
+    model_id: str
+
+
+def is_matrix(name: str) -> bool:
+    return name.endswith(".weight") and ("_proj." in name or "embed_tokens" in name or "lm_head" in name)
+
+
+def quantize_matrix(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-row int8 of a float matrix: (q int8, scale mantissa int32, scale exponent int32)."""
+    w64 = w.to(torch.float64)
+    amax = w64.abs().amax(dim=1)
+    safe = torch.where(amax > 0, amax, torch.ones_like(amax))
+    q = torch.round(w64 * 127 / safe[:, None]).to(torch.int8)
+    frac, exponent = torch.frexp(safe)  # safe = frac * 2**exponent, frac in [0.5, 1)
+    mantissa53 = (frac * (1 << 53)).to(torch.int64)  # exact: frac has 53 significant bits
+    mant, exp = fp.ratio_to_scale(mantissa53, 127, 0)
+    exp = exp + 53 - exponent.to(torch.int64)
+    zero = amax == 0
+    mant = torch.where(zero, 0, mant)
+    exp = torch.where(zero, 0, exp)
+    return q, mant.to(torch.int32), exp.to(torch.int32)
+
+
+def quantize_vector(name: str, v: torch.Tensor) -> torch.Tensor:
+    """Norm gain or bias to int32 fixed point (ACT_FRAC fraction bits)."""
+    v64 = v.to(torch.float64)
+    if bool((v64.abs() >= _PARAM_LIMIT).any()):
+        raise ModelError(f"tensor {name} has values of magnitude >= {_PARAM_LIMIT}, not supported")
+    return torch.round(v64 * (1 << fp.ACT_FRAC)).to(torch.int32)
+
+
+def quantize_checkpoint(
+    model_dir: str | Path, progress: Callable[[str], None] | None = None
+) -> QuantizedModel:
+    """Quantize a Hugging Face checkpoint directory (float safetensors) into int8 tensors."""
+    model_dir = Path(model_dir)
+    config = load_config(model_dir)
+    tensors: dict[str, torch.Tensor] = {}
+    for name, tensor in read_tensors(model_dir, config):
+        if progress:
+            progress(name)
+        if is_matrix(name):
+            q, mant, exp = quantize_matrix(tensor)
+            tensors[name] = q
+            tensors[name + "_scale_mant"] = mant
+            tensors[name + "_scale_exp"] = exp
+        else:
+            tensors[name] = quantize_vector(name, tensor)
+    return QuantizedModel(config, tensors, compute_model_id(config, tensors))
+
+
+def tensor_leaf(name: str, tensor: torch.Tensor) -> bytes:
+    """Canonical bytes of one tensor: name, dtype, shape, little-endian contents."""
+    t = tensor.detach().to("cpu").contiguous().numpy()
+    raw = t.astype(t.dtype.newbyteorder("<"), copy=False).tobytes()
+    dtype = str(t.dtype).encode()
+    encoded_name = name.encode()
+    header = struct.pack("<I", len(encoded_name)) + encoded_name
+    header += struct.pack("<I", len(dtype)) + dtype + struct.pack("<I", t.ndim)
+    header += b"".join(struct.pack("<Q", s) for s in t.shape)
+    return b"verinfer-tensor-v1\x00" + header + raw
+
+
+def config_leaf(config: ModelConfig) -> bytes:
+    body = {"config": config.to_dict(), "numerics_version": NUMERICS_VERSION, "format": FORMAT_NAME}
+    return b"verinfer-config-v1\x00" + json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+def compute_model_id(config: ModelConfig, tensors: dict[str, torch.Tensor]) -> str:
+    leaves = [config_leaf(config)] + [tensor_leaf(n, tensors[n]) for n in sorted(tensors)]
+    return merkle_root(leaves).hex()
+
+
+def save_quantized(model: QuantizedModel, out_dir: str | Path, tokenizer_file: Path) -> Path:
+    """Write a quantized model directory: manifest, int8 weights, tokenizer."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.tensors.items()}, str(out / QUANTIZED_WEIGHTS))
+    shutil.copyfile(tokenizer_file, out / "tokenizer.json")
+    manifest = {
+        "format": FORMAT_NAME,
+        "numerics_version": NUMERICS_VERSION,
+        "model_id": model.model_id,
+        "config": model.config.to_dict(),
+    }
+    (out / QUANTIZED_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return out
+
+
+def is_quantized_dir(model_dir: Path) -> bool:
+    return (model_dir / QUANTIZED_MANIFEST).is_file()
+
+
+def load_quantized(model_dir: str | Path) -> QuantizedModel:
+    """Load a directory written by `save_quantized`, checking its model_id against its bytes."""
+    model_dir = Path(model_dir)
+    manifest_path = model_dir / QUANTIZED_MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        config = ModelConfig.from_dict(manifest["config"])
+    except (OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{manifest_path}: unreadable manifest ({exc})") from exc
+    if manifest.get("format") != FORMAT_NAME or manifest.get("numerics_version") != NUMERICS_VERSION:
+        raise ModelError(
+            f"{model_dir}: quantized with format {manifest.get('format')!r} numerics "
+            f"v{manifest.get('numerics_version')}; this engine needs {FORMAT_NAME} "
+            f"v{NUMERICS_VERSION}: quantize the original checkpoint again"
+        )
+    try:
+        tensors = load_file(str(model_dir / QUANTIZED_WEIGHTS))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelError(f"{model_dir / QUANTIZED_WEIGHTS}: unreadable ({exc})") from exc
+    model_id = compute_model_id(config, tensors)
+    if model_id != manifest.get("model_id"):
+        raise ModelError(
+            f"{model_dir}: weights do not match the manifest's model_id (corrupt or altered files)"
+        )
+    return QuantizedModel(config, tensors, model_id)
