@@ -26,6 +26,7 @@ def _register_all() -> None:
     from verinfer.engine import cli as engine_cli
 
     engine_cli.register(app)
+    __import__("verinfer.econ.cli", fromlist=["register"]).register(app)
     # Other roles register here, one line each (econ, chain, ...).
 
 

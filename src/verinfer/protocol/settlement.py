@@ -166,9 +166,12 @@ class LedgerState:
     epoch_roots: Mapping[int, bytes] = field(default_factory=lambda: MappingProxyType({}))
 
     def __post_init__(self) -> None:
-        # Copy and wrap whatever mappings were passed, so no caller can change a state in place.
+        # Copy and wrap plain mappings, so no caller can change a state in place; read-only
+        # proxies (what transitions build over dicts nobody else holds) are kept as they are.
         for name in ("balance", "stake", "unbonding", "reputation", "epoch_roots"):
-            object.__setattr__(self, name, _frozen(getattr(self, name)))
+            value = getattr(self, name)
+            if not isinstance(value, MappingProxyType):
+                object.__setattr__(self, name, _frozen(value))
 
     def balance_of(self, address: str) -> int:
         return self.balance.get(address, 0)

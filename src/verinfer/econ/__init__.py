@@ -1,0 +1,1 @@
+"""verinfer.econ: when Proof of Sampling makes cheating unprofitable — calculator, simulator, charts."""
