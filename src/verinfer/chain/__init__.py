@@ -1,0 +1,1 @@
+"""verinfer.chain: the settlement contract, its web3 client and the embedded dev chain."""
