@@ -27,6 +27,7 @@ def _register_all() -> None:
 
     engine_cli.register(app)
     __import__("verinfer.econ.cli", fromlist=["register"]).register(app)
+    __import__("verinfer.chain.cli", fromlist=["register"]).register(app)
     # Other roles register here, one line each (econ, chain, ...).
 
 

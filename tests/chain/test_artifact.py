@@ -29,7 +29,7 @@ def test_runtime_modules_do_not_import_the_compiler() -> None:
     import sys
 
     code = (
-        "import sys, verinfer.chain.client, verinfer.chain.devchain;"
+        "import sys, verinfer.chain.client, verinfer.chain.devchain, verinfer.chain.cli, verinfer.chain.local;"
         "bad = [m for m in ('vyper', 'boa') if m in sys.modules]; print(bad); sys.exit(bool(bad))"
     )
     result = subprocess.run(

@@ -333,6 +333,14 @@ class SettlementClient:
             return None
         return bytes(self._read("read epoch root", fns.batch_roots(epoch).call))
 
+    def is_active(self, address: str) -> bool:
+        """Registered with at least `min_stake` bonded: eligible for work."""
+        a = Web3.to_checksum_address(address)
+        return self._read("read active", self.contract.functions.is_active(a).call)
+
+    def has_code(self) -> bool:
+        return bool(self._read("read contract code", lambda: self.w3.eth.get_code(self.address)))
+
     def contract_funds(self) -> int:
         """Wei held by the contract (equals the ledger's total_funds() by the money invariant)."""
         return self._read("read contract balance", lambda: self.w3.eth.get_balance(self.address))

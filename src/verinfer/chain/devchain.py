@@ -22,10 +22,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from eth_abi import encode as abi_encode
 from eth_utils import keccak
+from web3.providers.base import JSONBaseProvider
+from web3.types import RPCEndpoint, RPCResponse
 
 from verinfer.chain.devkeys import DEV_ACCOUNT_COUNT, DEV_CHAIN_ID, dev_private_key
 from verinfer.errors import ChainError
@@ -423,3 +425,19 @@ def make_server(chain: DevChain, host: str = "127.0.0.1", port: int = 8545) -> T
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
     return server
+
+
+class DevChainProvider(JSONBaseProvider):
+    """A web3 provider that hands requests to a `DevChain` in this process, encoded exactly as
+    they would travel over HTTP, so in-process use exercises the same wire format."""
+
+    def __init__(self, chain: DevChain) -> None:
+        super().__init__()
+        self.chain = chain
+
+    def make_request(self, method: RPCEndpoint, params: Any) -> RPCResponse:
+        request = json.loads(self.encode_rpc_request(method, params))
+        return cast(RPCResponse, json.loads(json.dumps(self.chain.handle(request))))
+
+    def is_connected(self, show_traceback: bool = False) -> bool:
+        return True

@@ -1,0 +1,387 @@
+"""Commands of the economic layer: `chain` (dev chain, deploy), `stake`, `unstake`, `deposit`,
+`withdraw`, `balance` and `ledger`.
+
+Amounts are in ETH unless suffixed (`1.5`, `1.5eth`, `20gwei`, `1000wei`). Reverts and an
+unreachable chain come out as one `error: ...` line (a `ChainError`), never a traceback.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from verinfer.errors import ChainError, LocalError
+
+if TYPE_CHECKING:
+    from verinfer.chain.client import SettlementClient
+    from verinfer.chain.settings import ChainSettings
+
+UNITS = {"wei": 0, "gwei": 9, "eth": 18, "ether": 18}
+_AMOUNT = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-z]*)\s*$")
+
+
+class BadAmount(LocalError):
+    """An amount on the command line is not a positive number of ETH, gwei or wei."""
+
+
+def parse_amount(text: str) -> int:
+    """`1.5` / `1.5eth` / `20gwei` / `1000wei` to wei; fractions of a wei are refused."""
+    m = _AMOUNT.match(text.lower())
+    if not m or m.group(2) not in ("", *UNITS):
+        raise BadAmount(f"not an amount: {text!r} (examples: 1.5, 1.5eth, 20gwei, 1000wei)")
+    try:
+        scaled = Decimal(m.group(1)).scaleb(UNITS[m.group(2) or "eth"])
+    except InvalidOperation as exc:
+        raise BadAmount(f"not an amount: {text!r}") from exc
+    if scaled != scaled.to_integral_value():
+        raise BadAmount(f"{text!r} is not a whole number of wei")
+    if scaled <= 0:
+        raise BadAmount(f"amount must be positive, got {text!r}")
+    return int(scaled)
+
+
+def format_wei(wei: int) -> str:
+    text = format(Decimal(wei).scaleb(-18).normalize(), "f")
+    return f"{text} ETH"
+
+
+RpcOpt = Annotated[
+    str | None, typer.Option("--rpc-url", help="JSON-RPC URL [env VERINFER_CHAIN_RPC]")
+]
+ContractOpt = Annotated[
+    str | None, typer.Option("--contract", help="contract address [env VERINFER_CHAIN_CONTRACT]")
+]
+DataDirOpt = Annotated[
+    Path | None, typer.Option("--data-dir", help="state directory [env VERINFER_DATA_DIR]")
+]
+KeyFileOpt = Annotated[
+    Path | None,
+    typer.Option("--key-file", help="file with a hex private key [env VERINFER_CHAIN_KEY_FILE]"),
+]
+DevAccountOpt = Annotated[
+    int | None, typer.Option("--dev-account", help="dev chain account index (dev chain only)")
+]
+
+
+def _settings(
+    rpc_url: str | None,
+    contract: str | None,
+    data_dir: Path | None,
+    key_file: Path | None = None,
+    dev_account: int | None = None,
+) -> ChainSettings:
+    from verinfer.chain.settings import ChainSettings
+
+    return ChainSettings.load(
+        rpc_url=rpc_url,
+        contract=contract,
+        data_dir=data_dir,
+        key_file=key_file,
+        dev_account=dev_account,
+    )
+
+
+def _client(settings: ChainSettings, with_key: bool = True) -> SettlementClient:
+    from verinfer.chain.settings import connect
+
+    return connect(settings, with_key=with_key)
+
+
+def _serve(host: str, port: int, data_dir: Path | None, deploy: bool) -> None:
+    from verinfer.chain.local import serve
+
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        typer.echo(f"warning: the dev chain listens on {host}, beyond this machine", err=True)
+    serve(_settings(None, None, data_dir), host=host, port=port, deploy=deploy)
+
+
+HostOpt = Annotated[str, typer.Option("--host", help="address to bind (loopback by default)")]
+PortOpt = Annotated[int, typer.Option("--port", help="port (0: any free one)")]
+NoDeployOpt = Annotated[
+    bool, typer.Option("--no-deploy", help="do not deploy the contract on a fresh chain")
+]
+
+chain_app = typer.Typer(
+    help="The embedded dev chain (run without a subcommand to serve it) and contract deployment.",
+    no_args_is_help=False,
+)
+
+
+@chain_app.callback(invoke_without_command=True)
+def chain_main(
+    ctx: typer.Context,
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 8545,
+    data_dir: DataDirOpt = None,
+    no_deploy: NoDeployOpt = False,
+) -> None:
+    """Serve the dev chain (same as `verinfer chain serve`)."""
+    if ctx.invoked_subcommand is None:
+        _serve(host, port, data_dir, not no_deploy)
+
+
+@chain_app.command("serve")
+def chain_serve(
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 8545,
+    data_dir: DataDirOpt = None,
+    no_deploy: NoDeployOpt = False,
+) -> None:
+    """Run the durable py-evm dev chain on JSON-RPC; deploys the contract on first start."""
+    _serve(host, port, data_dir, not no_deploy)
+
+
+@chain_app.command("deploy")
+def chain_deploy(
+    rpc_url: RpcOpt = None,
+    data_dir: DataDirOpt = None,
+    key_file: KeyFileOpt = None,
+    dev_account: DevAccountOpt = None,
+    min_stake: Annotated[str | None, typer.Option(help="minimum stake (e.g. 1eth)")] = None,
+    unbonding_delay: Annotated[int | None, typer.Option(help="unbonding delay, seconds")] = None,
+    reward_asserter: Annotated[str | None, typer.Option(help="R_A")] = None,
+    reward_validators: Annotated[str | None, typer.Option(help="R_V, shared by n")] = None,
+    slash: Annotated[str | None, typer.Option(help="slash S (<= min stake)")] = None,
+    protocol_fee_bps: Annotated[int | None, typer.Option(help="treasury's fee cut")] = None,
+    discount_bps: Annotated[int | None, typer.Option(help="user discount on a pass")] = None,
+    challenger_share_bps: Annotated[int | None, typer.Option(help="challengers' slash share")] = None,
+) -> None:
+    """Deploy a new settlement contract and record it as this chain's contract."""
+    from verinfer.chain.client import SettlementClient
+    from verinfer.chain.devkeys import DEV_CHAIN_ID
+    from verinfer.chain.settings import (
+        DEFAULT_PARAMS,
+        DEV_PARAMS,
+        record_deployment,
+        resolve_account,
+        web3_for,
+    )
+    from verinfer.protocol.settlement import InvalidParams, SettlementParams
+
+    settings = _settings(rpc_url, None, data_dir, key_file, dev_account)
+    w3, chain_id = web3_for(settings)
+    base = DEV_PARAMS if chain_id == DEV_CHAIN_ID else DEFAULT_PARAMS
+    given = {
+        "min_stake": min_stake and parse_amount(min_stake),
+        "unbonding_delay": unbonding_delay,
+        "reward_asserter": reward_asserter and parse_amount(reward_asserter),
+        "reward_validators": reward_validators and parse_amount(reward_validators),
+        "slash": slash and parse_amount(slash),
+        "protocol_fee_bps": protocol_fee_bps,
+        "discount_bps": discount_bps,
+        "challenger_share_bps": challenger_share_bps,
+    }
+    try:
+        params = SettlementParams(
+            **{**vars(base), **{k: v for k, v in given.items() if v is not None}}
+        ).validate()
+    except InvalidParams as exc:
+        raise ChainError(f"bad parameters: {exc}") from exc
+    account = resolve_account(settings, chain_id)
+    if account is None:
+        raise ChainError("deploying needs a key: pass --key-file or set VERINFER_CHAIN_KEY_FILE")
+    client, receipt = SettlementClient.deploy(w3, account, params, rpc_url=settings.rpc_url)
+    record_deployment(
+        settings,
+        chain_id,
+        {
+            "address": client.address,
+            "block": receipt["blockNumber"],
+            "deployer": account.address,
+            "tx": "0x" + bytes(receipt["transactionHash"]).hex(),
+        },
+    )
+    typer.echo(f"deployed settlement contract at {client.address} on chain {chain_id}")
+
+
+def stake(
+    amount: Annotated[str, typer.Argument(help="amount to bond, e.g. 1.5 (ETH) or 20gwei")],
+    pubkey: Annotated[
+        str | None, typer.Option(help="Ed25519 public key (64 hex chars): registers the node")
+    ] = None,
+    endpoint: Annotated[str, typer.Option(help="node endpoint URL, with --pubkey")] = "",
+    from_balance: Annotated[
+        bool, typer.Option("--from-balance", help="bond from the contract balance, send nothing")
+    ] = False,
+    rpc_url: RpcOpt = None,
+    contract: ContractOpt = None,
+    data_dir: DataDirOpt = None,
+    key_file: KeyFileOpt = None,
+    dev_account: DevAccountOpt = None,
+) -> None:
+    """Bond stake (sending the amount, or from the balance); with --pubkey, register first."""
+    wei = parse_amount(amount)
+    client = _client(_settings(rpc_url, contract, data_dir, key_file, dev_account))
+    assert client.account is not None
+    me = client.account.address
+    if pubkey is not None:
+        try:
+            key = bytes.fromhex(pubkey.removeprefix("0x"))
+        except ValueError as exc:
+            raise ChainError(f"--pubkey is not hex: {pubkey!r}") from exc
+        client.register(key, endpoint)
+        typer.echo(f"registered node {me} (endpoint {endpoint or '-'})")
+    client.stake(wei, value=0 if from_balance else wei)
+    total, params = client.stake_of(me), client.params()
+    active = "active" if client.is_active(me) else "inactive"
+    typer.echo(
+        f"staked {format_wei(wei)}: stake of {me} is {format_wei(total)} ({active}; "
+        f"min stake {format_wei(params.min_stake)})"
+    )
+
+
+def unstake(
+    amount: Annotated[str, typer.Argument(help="amount to unbond, e.g. 0.5")],
+    rpc_url: RpcOpt = None,
+    contract: ContractOpt = None,
+    data_dir: DataDirOpt = None,
+    key_file: KeyFileOpt = None,
+    dev_account: DevAccountOpt = None,
+) -> None:
+    """Start unbonding stake; `verinfer withdraw` pays it out after the unbonding delay."""
+    wei = parse_amount(amount)
+    client = _client(_settings(rpc_url, contract, data_dir, key_file, dev_account))
+    assert client.account is not None
+    client.unstake(wei)
+    u = client.unbonding_of(client.account.address)
+    release = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(u.release_time))
+    typer.echo(f"unbonding {format_wei(u.amount)} (still slashable) until {release}")
+
+
+def deposit(
+    amount: Annotated[str, typer.Argument(help="amount to deposit, e.g. 0.1")],
+    beneficiary: Annotated[
+        str | None, typer.Option("--for", help="credit this address instead of the sender")
+    ] = None,
+    rpc_url: RpcOpt = None,
+    contract: ContractOpt = None,
+    data_dir: DataDirOpt = None,
+    key_file: KeyFileOpt = None,
+    dev_account: DevAccountOpt = None,
+) -> None:
+    """Prepay request fees: deposit into the contract balance."""
+    wei = parse_amount(amount)
+    client = _client(_settings(rpc_url, contract, data_dir, key_file, dev_account))
+    assert client.account is not None
+    who = beneficiary or client.account.address
+    if beneficiary is not None and not client.w3.is_address(beneficiary):
+        raise ChainError(f"--for is not an address: {beneficiary!r}")
+    client.deposit(wei, beneficiary)
+    typer.echo(f"deposited {format_wei(wei)}: balance of {who} is {format_wei(client.balance_of(who))}")
+
+
+def withdraw(
+    amount: Annotated[str, typer.Argument(help="amount to withdraw, e.g. 0.1")],
+    rpc_url: RpcOpt = None,
+    contract: ContractOpt = None,
+    data_dir: DataDirOpt = None,
+    key_file: KeyFileOpt = None,
+    dev_account: DevAccountOpt = None,
+) -> None:
+    """Withdraw from the balance (matured unbonding stake is added to it first)."""
+    wei = parse_amount(amount)
+    client = _client(_settings(rpc_url, contract, data_dir, key_file, dev_account))
+    assert client.account is not None
+    client.withdraw(wei)
+    left = client.balance_of(client.account.address)
+    typer.echo(f"withdrew {format_wei(wei)}: balance left {format_wei(left)}")
+
+
+def balance(
+    address: Annotated[str | None, typer.Argument(help="address (default: your own)")] = None,
+    rpc_url: RpcOpt = None,
+    contract: ContractOpt = None,
+    data_dir: DataDirOpt = None,
+    key_file: KeyFileOpt = None,
+    dev_account: DevAccountOpt = None,
+) -> None:
+    """Balance, stake, unbonding and reputation of an address."""
+    settings = _settings(rpc_url, contract, data_dir, key_file, dev_account)
+    client = _client(settings, with_key=address is None)
+    if address is None:
+        assert client.account is not None
+        address = client.account.address
+    if not client.w3.is_address(address):
+        raise ChainError(f"not an address: {address!r}")
+    u = client.unbonding_of(address)
+    r = client.reputation_of(address)
+    typer.echo(f"address     {client.w3.to_checksum_address(address)}")
+    typer.echo(f"balance     {format_wei(client.balance_of(address))}")
+    active = "active" if client.is_active(address) else "inactive"
+    typer.echo(f"stake       {format_wei(client.stake_of(address))} ({active})")
+    if u.amount:
+        release = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(u.release_time))
+        typer.echo(f"unbonding   {format_wei(u.amount)} until {release}")
+    typer.echo(
+        f"reputation  served {r.served}, challenged {r.challenged}, passed {r.passed}, "
+        f"failed {r.failed} (score {r.rep_ppm / 1e4:.1f}%)"
+    )
+
+
+def ledger(
+    limit: Annotated[int, typer.Option(help="how many recent batches and slashes")] = 10,
+    rpc_url: RpcOpt = None,
+    contract: ContractOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Nodes, stakes, reputation, recent batches and slashes of the settlement contract."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from verinfer.chain.settings import read_deployments
+
+    settings = _settings(rpc_url, contract, data_dir)
+    client = _client(settings, with_key=False)
+    entry = read_deployments(settings).get(str(client.w3.eth.chain_id), {})
+    from_block = int(entry.get("block", 0)) if entry.get("address") == client.address else 0
+    p = client.params()
+    console = Console()
+    if not console.is_terminal:
+        console.width = 160  # piped output: wide enough that addresses are never cut
+    console.print(
+        f"[bold]settlement contract[/] {client.address} at {settings.rpc_url}\n"
+        f"funds held {format_wei(client.contract_funds())}, treasury {format_wei(client.treasury())}"
+        f"{', PAUSED' if client.paused() else ''}\n"
+        f"min stake {format_wei(p.min_stake)}, slash {format_wei(p.slash)}, "
+        f"R_A {format_wei(p.reward_asserter)}, R_V {format_wei(p.reward_validators)}, "
+        f"unbonding {p.unbonding_delay} s, fee cut {p.protocol_fee_bps} bps, "
+        f"discount {p.discount_bps} bps, challenger share {p.challenger_share_bps} bps"
+    )
+    nodes = Table(title="nodes")
+    for col in ("address", "pubkey", "endpoint", "stake", "unbonding", "active",
+                "served/chal/pass/fail", "score"):
+        nodes.add_column(col, no_wrap=col in ("address", "pubkey"))
+    for n in client.nodes():
+        r = n.reputation
+        nodes.add_row(
+            n.address, n.pubkey.hex()[:12] + "…", n.endpoint or "-", format_wei(n.stake),
+            format_wei(n.unbonding.amount), "yes" if n.active else "no",
+            f"{r.served}/{r.challenged}/{r.passed}/{r.failed}", f"{r.rep_ppm / 1e4:.1f}%",
+        )
+    console.print(nodes)
+    batches = Table(title=f"recent batches (last {limit})")
+    for col in ("epoch", "receipts root", "requests", "challenges", "fees", "block"):
+        batches.add_column(col)
+    for b in client.batches(from_block)[-limit:]:
+        batches.add_row(str(b.epoch), "0x" + b.receipts_root.hex()[:16] + "…", str(b.requests),
+                        str(b.challenges), format_wei(b.fees), str(b.block))
+    console.print(batches)
+    slashes = Table(title=f"recent slashes (last {limit})")
+    for col in ("node", "epoch", "amount", "to challengers", "to user", "to treasury", "block"):
+        slashes.add_column(col)
+    for s in client.slashes(from_block)[-limit:]:
+        slashes.add_row(s.node, str(s.epoch), format_wei(s.amount), format_wei(s.to_challengers),
+                        format_wei(s.to_user), format_wei(s.to_treasury), str(s.block))
+    console.print(slashes)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the chain commands to the top-level `verinfer` app."""
+    app.add_typer(chain_app, name="chain")
+    for fn in (stake, unstake, deposit, withdraw, balance, ledger):
+        app.command(fn.__name__)(fn)
