@@ -89,10 +89,10 @@ class SimConfig:
 
     def validate(self) -> SimConfig:
         self.params.validate()
-        if len(self.nodes) < 1 + self.params.validators:
+        if len(self.nodes) < 1 + self.params.validators + self.params.arbitrators:
             raise SimulationError(
-                f"{len(self.nodes)} nodes cannot supply an asserter and "
-                f"{self.params.validators} validators")
+                f"{len(self.nodes)} nodes cannot supply an asserter, "
+                f"{self.params.validators} validators and {self.params.arbitrators} arbitrators")
         if any(n.stake < self.params.settlement.min_stake for n in self.nodes):
             raise SimulationError("every node's stake must be at least min_stake")
         if self.epochs < 1 or self.requests_per_epoch < 1:
