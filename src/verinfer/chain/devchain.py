@@ -397,6 +397,7 @@ class DevChain:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out as separate writes
     chain: DevChain
 
     def do_POST(self) -> None:
