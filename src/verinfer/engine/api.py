@@ -26,6 +26,7 @@ from verinfer.engine.sampler import SamplingParams
 from verinfer.errors import GenerationParamsError, ModelError
 
 Prompt = str | Sequence[int]
+GREEDY = SamplingParams()
 
 
 def _resolve_device(device: str) -> torch.device:
@@ -108,7 +109,7 @@ class Engine:
     def generate(
         self,
         prompts: Sequence[Prompt],
-        params: SamplingParams | Sequence[SamplingParams] = SamplingParams(),
+        params: SamplingParams | Sequence[SamplingParams] = GREEDY,
         prefill_chunk: int = gen.DEFAULT_PREFILL_CHUNK,
     ) -> list[gen.GenerationResult]:
         """Complete a batch of prompts (text or token ids); one result per prompt."""
@@ -118,7 +119,7 @@ class Engine:
     def stream(
         self,
         prompts: Sequence[Prompt],
-        params: SamplingParams | Sequence[SamplingParams] = SamplingParams(),
+        params: SamplingParams | Sequence[SamplingParams] = GREEDY,
         prefill_chunk: int = gen.DEFAULT_PREFILL_CHUNK,
         results: list[gen.GenerationResult] | None = None,
     ) -> Iterator[gen.TokenEvent]:

@@ -12,7 +12,7 @@ import typer
 model_app = typer.Typer(help="Inspect and quantize models.", no_args_is_help=True)
 
 
-def _load(model: Path, device: str):  # noqa: ANN202 - imports torch lazily
+def _load(model: Path, device: str):
     from verinfer.engine import Engine
 
     return Engine.load(model, device=device)

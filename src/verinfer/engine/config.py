@@ -132,9 +132,9 @@ def parse_config(raw: dict[str, Any]) -> ModelConfig:
     context = _positive_int(raw, "max_position_embeddings")
     family = SUPPORTED_ARCHITECTURES[arch]
     window = raw.get("sliding_window")
-    if family != "llama" and isinstance(window, int) and window > 0:
-        if family == "mistral" or raw.get("use_sliding_window", False):
-            context = min(context, window)
+    windowed = family == "mistral" or (family == "qwen2" and raw.get("use_sliding_window", False))
+    if windowed and isinstance(window, int) and window > 0:
+        context = min(context, window)
     eos = raw.get("eos_token_id")
     eos_ids = tuple(eos) if isinstance(eos, list) else ((eos,) if isinstance(eos, int) else ())
     default_bias = family == "qwen2"

@@ -12,7 +12,7 @@ where they matter and enforced by saturation (`clamp`), which is itself determin
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import torch
 
@@ -27,15 +27,17 @@ _LOG2E_FRAC = 30
 
 
 def shift_round(x: torch.Tensor, shift: int | torch.Tensor) -> torch.Tensor:
-    """`x * 2**-shift` rounded half up; a negative shift multiplies. `x` is int64."""
+    """`x * 2**-shift` rounded half up; a negative shift multiplies. `x` is int64.
+
+    Uses floor(v / 2**s + 1/2) == ((v >> (s - 1)) + 1) >> 1 for s >= 1, which needs no
+    per-element rounding constant.
+    """
     if isinstance(shift, int):
         if shift > 0:
-            return (x + (1 << (shift - 1))) >> shift
+            return ((x >> (shift - 1)) + 1) >> 1
         return x << -shift if shift < 0 else x
-    right = shift.clamp(min=0)
-    left = (-shift).clamp(min=0)
-    half = torch.where(right > 0, torch.ones_like(right) << (right - 1).clamp(min=0), 0)
-    return ((x + half) >> right) << left
+    less = shift - 1
+    return (((x << (-less).clamp(min=0)) >> less.clamp(min=0)) + 1) >> 1
 
 
 def div_round(num: torch.Tensor, den: torch.Tensor | int) -> torch.Tensor:
@@ -44,26 +46,28 @@ def div_round(num: torch.Tensor, den: torch.Tensor | int) -> torch.Tensor:
 
 
 def bit_length(x: torch.Tensor) -> torch.Tensor:
-    """Number of bits of each non-negative int64 (0 for 0), by binary search on shifts."""
-    n = torch.zeros_like(x)
-    y = x
-    for s in (32, 16, 8, 4, 2, 1):
-        big = (y >> s) > 0
-        n = n + big * s
-        y = torch.where(big, y >> s, y)
-    return n + (y > 0)
+    """Number of bits of each non-negative int64 (0 for 0).
+
+    A float64 conversion proposes the answer (it can be one too high when rounding carries
+    into the next power of two); an integer test then decides, so the result is exact.
+    """
+    guess = torch.frexp(x.to(torch.float64)).exponent.to(torch.int64)
+    too_high = (guess > 0) & ((x >> (guess - 1).clamp(min=0)) == 0)
+    return guess - too_high.to(torch.int64)
 
 
 def isqrt(x: torch.Tensor) -> torch.Tensor:
-    """Floor square root of non-negative int64 values (Newton from above, then exact fix-up)."""
-    r = torch.ones_like(x) << ((bit_length(x) + 1) >> 1)  # r >= sqrt(x)
-    for _ in range(64):
-        nxt = (r + torch.div(x, r.clamp(min=1), rounding_mode="floor")) >> 1
-        if not bool((nxt < r).any()):
-            break
-        r = torch.minimum(r, nxt)
-    while bool((r * r > x).any()):
+    """Floor square root of non-negative int64 values below 2**62.
+
+    float64 proposes a root within a few units; integer comparisons correct it to the exact
+    floor, so the result does not depend on how the platform rounds the float square root.
+    """
+    r = torch.sqrt(x.to(torch.float64)).to(torch.int64)
+    for _ in range(4):
         r = torch.where(r * r > x, r - 1, r)
+        r = torch.where((r + 1) * (r + 1) <= x, r + 1, r)
+    while bool(((r * r > x) | ((r + 1) * (r + 1) <= x)).any()):  # not reached in practice
+        r = torch.where(r * r > x, r - 1, torch.where((r + 1) * (r + 1) <= x, r + 1, r))
     return r
 
 
@@ -131,7 +135,7 @@ def exact_float_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.matmul(a.to(torch.float64), b.to(torch.float64)).to(torch.int64)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _exp2_tables(device_type: str, index: int | None) -> tuple[torch.Tensor, torch.Tensor, int]:
     device = torch.device(device_type, index) if index is not None else torch.device(device_type)
     hi = torch.tensor(exactmath.exp2_neg_table(256, 8, EXP_FRAC), dtype=torch.int64, device=device)

@@ -36,23 +36,37 @@ class Linear:
     exp: torch.Tensor  # (N,) int64
     bias: torch.Tensor | None  # (N,) int64, ACT_FRAC fraction bits
 
+    def __post_init__(self) -> None:
+        self.shift_base = self.exp - fp.ACT_FRAC
+
     def __call__(self, xq: torch.Tensor, xm: torch.Tensor, xe: torch.Tensor) -> torch.Tensor:
         """(T, K) int8 with row scales (T, 1) -> (T, N) int64 fixed point."""
         acc = fp.int8_matmul(xq, self.weight_t).to(torch.int64)
-        out = fp.shift_round(acc * (xm * self.mant), xe + self.exp - fp.ACT_FRAC)
+        out = fp.shift_round(acc * (xm * self.mant), xe + self.shift_base)
         return out if self.bias is None else out + self.bias
+
+    @classmethod
+    def stack(cls, parts: list[Linear]) -> Linear:
+        """One Linear computing several that share an input (rows concatenated): fewer,
+        larger products; each output row is computed exactly as before."""
+        biases = [p.bias for p in parts]
+        if any(b is not None for b in biases):
+            biases = [b if b is not None else torch.zeros_like(p.mant) for b, p in zip(biases, parts)]
+        return cls(
+            weight_t=torch.cat([p.weight_t.t() for p in parts]).contiguous().t(),
+            mant=torch.cat([p.mant for p in parts]),
+            exp=torch.cat([p.exp for p in parts]),
+            bias=torch.cat(biases) if biases[0] is not None else None,  # type: ignore[arg-type]
+        )
 
 
 @dataclass
 class Layer:
     input_norm: torch.Tensor  # (D,) int64 gain, ACT_FRAC bits
-    q_proj: Linear
-    k_proj: Linear
-    v_proj: Linear
+    qkv_proj: Linear  # q, k and v projections stacked
     o_proj: Linear
     post_norm: torch.Tensor
-    gate_proj: Linear
-    up_proj: Linear
+    gate_up_proj: Linear  # gate and up projections stacked
     down_proj: Linear
 
 
@@ -106,13 +120,10 @@ class IntModel:
             self.layers.append(
                 Layer(
                     input_norm=vec(p + "input_layernorm.weight"),
-                    q_proj=linear(p + "self_attn.q_proj.weight"),
-                    k_proj=linear(p + "self_attn.k_proj.weight"),
-                    v_proj=linear(p + "self_attn.v_proj.weight"),
+                    qkv_proj=Linear.stack([linear(p + f"self_attn.{x}_proj.weight") for x in "qkv"]),
                     o_proj=linear(p + "self_attn.o_proj.weight"),
                     post_norm=vec(p + "post_attention_layernorm.weight"),
-                    gate_proj=linear(p + "mlp.gate_proj.weight"),
-                    up_proj=linear(p + "mlp.up_proj.weight"),
+                    gate_up_proj=Linear.stack([linear(p + f"mlp.{x}_proj.weight") for x in ("gate", "up")]),
                     down_proj=linear(p + "mlp.down_proj.weight"),
                 )
             )
@@ -202,9 +213,11 @@ def attention(
     n_kv, hd = c.num_key_value_heads, c.head_dim
     group = c.num_attention_heads // n_kv
     xq, xm, xe = rms_norm_quantize(h, layer.input_norm, model.eps_q32)
-    q = _project(layer.q_proj, xq, xm, xe).view(bsz, t, c.num_attention_heads, hd)
-    k = _project(layer.k_proj, xq, xm, xe).view(bsz, t, n_kv, hd)
-    v = _project(layer.v_proj, xq, xm, xe).view(bsz, t, n_kv, hd)
+    qkv = _project(layer.qkv_proj, xq, xm, xe)
+    q_width, kv_width = c.num_attention_heads * hd, n_kv * hd
+    q = qkv[..., :q_width].view(bsz, t, c.num_attention_heads, hd)
+    k = qkv[..., q_width : q_width + kv_width].view(bsz, t, n_kv, hd)
+    v = qkv[..., q_width + kv_width :].view(bsz, t, n_kv, hd)
     cos = model.rope_cos[positions].unsqueeze(2)  # (B, T, 1, hd/2)
     sin = model.rope_sin[positions].unsqueeze(2)
     q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
@@ -241,8 +254,9 @@ def attention(
 def mlp(layer: Layer, h: torch.Tensor, eps_q32: int) -> torch.Tensor:
     """SwiGLU feed-forward block output (B, T, D)."""
     xq, xm, xe = rms_norm_quantize(h, layer.post_norm, eps_q32)
-    gate = _project(layer.gate_proj, xq, xm, xe)
-    up = _project(layer.up_proj, xq, xm, xe).clamp(-(1 << 31), 1 << 31)
+    gate_up = _project(layer.gate_up_proj, xq, xm, xe)
+    width = gate_up.shape[-1] // 2
+    gate, up = gate_up[..., :width], gate_up[..., width:].clamp(-(1 << 31), 1 << 31)
     act = fp.shift_round(fp.silu(gate) * up, fp.ACT_FRAC)
     aq, am, ae = fp.quantize_rows(act.clamp(-fp.ACT_LIMIT, fp.ACT_LIMIT), fp.ACT_FRAC)
     return _project(layer.down_proj, aq, am, ae)

@@ -1,0 +1,100 @@
+"""Bit-exactness: the same request gives the same logits bytes and tokens with 1 or 2 threads,
+alone or inside a batch of other prompts, with prefill in one chunk or several, in a fresh
+process — and reproduces the committed golden vectors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from verinfer.engine import Engine, SamplingParams
+
+GOLDEN_DIR = Path(__file__).resolve().parents[1] / "vectors" / "engine"
+sys.path.insert(0, str(GOLDEN_DIR))
+import make_golden
+
+PROMPT = "Determinism is sacred: the same request, the same bytes."
+SAMPLED = SamplingParams(max_tokens=20, temperature=0.9, top_k=50, top_p=0.95, seed=1234)
+GREEDY = SamplingParams(max_tokens=20)
+
+_PROBE = """
+import json, sys, torch
+torch.set_num_threads(int(sys.argv[2]))
+from verinfer.engine import Engine, SamplingParams
+engine = Engine.load(sys.argv[1])
+out = []
+for params in (SamplingParams(max_tokens=20), SamplingParams(max_tokens=20, temperature=0.9, top_k=50, top_p=0.95, seed=1234)):
+    r = engine.generate([sys.argv[3]], params)[0]
+    out.append([r.token_ids, r.logits_hash])
+print(json.dumps({"threads": torch.get_num_threads(), "results": out}))
+"""
+
+
+def _fingerprint(engine: Engine, **kwargs: object) -> list[list[object]]:
+    out = []
+    for params in (GREEDY, SAMPLED):
+        r = engine.generate([PROMPT], params, **kwargs)[0]  # type: ignore[arg-type]
+        out.append([r.token_ids, r.logits_hash])
+    return out
+
+
+def _probe(model_dir: Path, threads: int) -> dict[str, object]:
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(model_dir), str(threads), PROMPT],
+        capture_output=True, text=True, timeout=300, check=True,
+    )
+    return json.loads(done.stdout)
+
+
+def test_thread_count_and_fresh_process_change_nothing(tiny_dir: Path, tiny_engine: Engine) -> None:
+    one, two = _probe(tiny_dir, 1), _probe(tiny_dir, 2)
+    assert one["threads"] == 1 and two["threads"] == 2
+    assert one["results"] == two["results"] == _fingerprint(tiny_engine)
+
+
+def test_batch_composition_changes_nothing(tiny_engine: Engine) -> None:
+    alone = tiny_engine.generate([PROMPT], SAMPLED)[0]
+    others = ["x", "a much longer prompt than the others, padded out with words " * 2, "mid"]
+    batch = tiny_engine.generate([others[0], PROMPT, others[1], others[2]],
+                                 [GREEDY, SAMPLED, SamplingParams(max_tokens=3), SAMPLED])
+    assert batch[1].token_ids == alone.token_ids
+    assert batch[1].logits_hash == alone.logits_hash
+
+
+def test_prefill_chunking_changes_nothing(tiny_engine: Engine) -> None:
+    reference = _fingerprint(tiny_engine, prefill_chunk=4096)
+    for chunk in (1, 3, 16):
+        assert _fingerprint(tiny_engine, prefill_chunk=chunk) == reference
+
+
+def test_logits_hash_covers_every_step(tiny_engine: Engine) -> None:
+    short = tiny_engine.generate([PROMPT], SamplingParams(max_tokens=5))[0]
+    longer = tiny_engine.generate([PROMPT], SamplingParams(max_tokens=6))[0]
+    assert longer.token_ids[:5] == short.token_ids
+    assert longer.logits_hash != short.logits_hash
+
+
+def test_golden_vectors_reproduce() -> None:
+    golden = json.loads((GOLDEN_DIR / "golden-v1.json").read_text())
+    assert golden["version"] == 1
+    assert golden["numerics_version"] == make_golden.NUMERICS_VERSION, (
+        "numerics changed: regenerate golden vectors on purpose (make_golden.py) with a reason"
+    )
+    with tempfile.TemporaryDirectory() as scratch:
+        fresh = make_golden.compute(Path(scratch))
+    assert len(fresh["cases"]) == len(golden["cases"])
+    for expected, got in zip(golden["cases"], fresh["cases"], strict=True):
+        assert got == expected, f"golden case for {expected['model']} differs"
+
+
+@pytest.mark.parametrize("model", ["tiny-llama", "tiny-qwen2"])
+def test_golden_models_are_what_the_file_says(model: str, tmp_path: Path) -> None:
+    golden = json.loads((GOLDEN_DIR / "golden-v1.json").read_text())
+    ids = {c["model_id"] for c in golden["cases"] if c["model"] == model}
+    engine = Engine.load(make_golden.model_dir(model, tmp_path))
+    assert ids == {engine.model_id}
