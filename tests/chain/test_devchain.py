@@ -211,3 +211,21 @@ def test_sigkill_during_a_stream_of_transactions_loses_nothing_confirmed(
         assert held in (sent, sent + in_flight[address])
         total += held
     assert client.contract_funds() == total
+
+
+def test_a_failed_journal_write_stops_further_changes(tmp_path: Path) -> None:
+    chain = DevChain(tmp_path)
+    w3 = Web3(DevChainProvider(chain))
+    w3.eth.send_transaction({"from": dev_address(1), "to": dev_address(2), "value": 1})
+
+    def disk_full(record: dict[str, Any]) -> None:
+        raise OSError(28, "No space left on device")
+
+    chain.journal.append = disk_full  # type: ignore[method-assign]
+    with pytest.raises(Exception, match="journal write failed"):
+        w3.eth.send_transaction({"from": dev_address(1), "to": dev_address(2), "value": 1})
+    with pytest.raises(Exception, match="restart the dev chain"):
+        w3.eth.send_transaction({"from": dev_address(3), "to": dev_address(2), "value": 1})
+    assert w3.eth.block_number == 2  # reads still work
+    chain.close()
+    assert DevChain(tmp_path).replayed == 1  # what was acknowledged is what comes back

@@ -47,6 +47,10 @@ CODE_INVALID_PARAMS = -32602
 CODE_SERVER = -32000
 CODE_REVERT = 3
 
+STATE_CHANGING = frozenset(
+    {"eth_sendRawTransaction", "eth_sendTransaction", "evm_mine", "evm_increaseTime"}
+)
+
 
 class RpcError(Exception):
     """A JSON-RPC error object: returned to the caller, never a crash of the server."""
@@ -216,6 +220,7 @@ class DevChain:
     log: Callable[[str], None] = lambda _msg: None
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
     _offset: int = field(default=0, init=False)
+    _failed: str = field(default="", init=False)
 
     def __post_init__(self) -> None:
         from eth_tester import EthereumTester
@@ -294,7 +299,13 @@ class DevChain:
 
     def _commit(self, record: dict[str, Any]) -> None:
         record["block"] = self._latest_hash()
-        self.journal.append(record)
+        try:
+            self.journal.append(record)
+        except OSError as exc:
+            # The block is in memory but not on disk: accepting more would build on a state
+            # that a restart cannot reproduce, so the chain stops taking changes.
+            self._failed = f"journal write failed ({exc.strerror}); restart the dev chain"
+            raise RpcError(CODE_SERVER, self._failed) from exc
 
     # ------------------------------------------------------------------ JSON-RPC
 
@@ -332,6 +343,8 @@ class DevChain:
                 raise RpcError(CODE_SERVER, f"{method}: {type(exc).__name__}: {exc}") from exc
 
     def _rpc_locked(self, method: str, params: list[Any]) -> Any:
+        if self._failed and method in STATE_CHANGING:
+            raise RpcError(CODE_SERVER, self._failed)
         if method == "net_version":
             return str(DEV_CHAIN_ID)
         if method == "web3_clientVersion":
