@@ -23,12 +23,12 @@ app = typer.Typer(
 
 
 def _register_all() -> None:
+    from verinfer.chain import cli as chain_cli
+    from verinfer.econ import cli as econ_cli
     from verinfer.engine import cli as engine_cli
 
-    engine_cli.register(app)
-    __import__("verinfer.econ.cli", fromlist=["register"]).register(app)
-    __import__("verinfer.chain.cli", fromlist=["register"]).register(app)
-    # Other roles register here, one line each (econ, chain, ...).
+    for role in (engine_cli, econ_cli, chain_cli):
+        role.register(app)
 
 
 _register_all()
