@@ -41,7 +41,6 @@ T = TypeVar("T")
 
 # The contract's numbering of challenge outcomes.
 OUTCOME_CODES = {Outcome.PASSED: 0, Outcome.ASSERTER_FAULT: 1, Outcome.VALIDATOR_FAULT: 2}
-OUTCOME_NAMES = {code: outcome.value for outcome, code in OUTCOME_CODES.items()}
 GAS_MARGIN = 1.2  # over eth_estimateGas, for state that moves between estimate and inclusion
 RECEIPT_TIMEOUT_S = 120.0
 
@@ -423,7 +422,7 @@ class SettlementClient:
 
 
 def _reason(exc: ContractLogicError) -> str:
-    message = exc.message if isinstance(getattr(exc, "message", None), str) else str(exc)
+    message = exc.message if exc.message is not None else str(exc)
     reason = message.removeprefix("execution reverted: ").removeprefix("execution reverted")
     return reason or "no reason given"
 

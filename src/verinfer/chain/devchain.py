@@ -165,7 +165,7 @@ def _make_backend(genesis_timestamp: int) -> Any:
     from eth_utils import ValidationError as EthUtilsValidationError
     from eth_utils.toolz import assoc
 
-    class DevBackend(PyEVMBackend):  # type: ignore[misc]
+    class DevBackend(PyEVMBackend):
         def mine_blocks(self, num_blocks: int = 1, coinbase: bytes = b"\x00" * 20) -> tuple:
             hashes = []
             for _ in range(num_blocks):
@@ -229,9 +229,11 @@ class DevChain:
         from web3.providers.eth_tester.defaults import API_ENDPOINTS
         from web3.providers.eth_tester.middleware import request_formatters, result_formatters
 
-        self._endpoints = API_ENDPOINTS
-        self._request_formatters = request_formatters
-        self._result_formatters = result_formatters or {}
+        self._endpoints: dict[str, Any] = dict(API_ENDPOINTS)
+        self._request_formatters: dict[str, Any] = {str(k): v for k, v in request_formatters.items()}
+        self._result_formatters: dict[str, Any] = {
+            str(k): v for k, v in (result_formatters or {}).items()
+        }
         self._transaction_failed = TransactionFailed
         self._validation_errors = (EthUtilsValidationError, ValueError, TypeError, KeyError)
         self.data_dir.mkdir(parents=True, exist_ok=True)

@@ -68,8 +68,7 @@ def serve(
     except OSError as exc:
         chain.close()
         raise ChainError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
-    bound_host, bound_port = server.server_address[:2]
-    url = f"http://{bound_host}:{bound_port}"
+    url = f"http://{host}:{server.server_address[1]}"
     say(f"dev chain data in {settings.devchain_dir} ({chain.replayed} journal entries replayed)")
     accounts = ", ".join(f"{i}={dev_address(i)}" for i in range(DEV_ACCOUNT_COUNT))
     say(f"dev accounts (public test keys, dev chain only): {accounts}")
