@@ -49,7 +49,7 @@ def test_ratio_to_scale_normalized_and_accurate() -> None:
     num = torch.randint(1, 2**45, (3000,), generator=gen)
     den = torch.randint(1, 2**30, (3000,), generator=gen)
     mant, exp = fp.ratio_to_scale(num, den, 16)
-    assert bool(((mant >= 2**14) & (mant < 2**15)).all())
+    assert bool(((mant >= 2**14) & (mant <= 2**16)).all())
     approx = mant.double() * torch.pow(2.0, -exp.double())
     exact = num.double() / den.double() / 2**16
     assert float(((approx - exact) / exact).abs().max()) < 2**-14

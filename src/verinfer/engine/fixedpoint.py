@@ -3,7 +3,8 @@
 Conventions, fixed once for the whole engine:
 - Activations between layers are int64 fixed point with `ACT_FRAC` fractional bits.
 - A *scale* is a pair of int64 tensors `(mant, exp)` meaning `mant * 2**-exp`, with `mant` in
-  `[2**14, 2**15)` (or 0), so products of two mantissas and a 31-bit accumulator fit in 63 bits.
+  `[2**14, 2**16]` (or 0), so two mantissas times an int8 product's accumulator (at most
+  K * 127**2 < 2**30 for K <= 2**15) stay below 2**62.
 - Rounding is half up (toward +infinity) everywhere: `(x + 2**(s-1)) >> s`.
 Every function is exact integer arithmetic, so its result is the same bytes on any device,
 thread count or batch composition. Value bounds that keep int64 from overflowing are stated
@@ -19,7 +20,7 @@ import torch
 from verinfer.engine import exactmath
 
 ACT_FRAC = 16  # fractional bits of activations (residual stream, q/k/v, MLP, logits)
-MANT_BITS = 15  # scale mantissas lie in [2**14, 2**15)
+MANT_BITS = 15  # scale mantissas have 15 or 16 bits
 ACT_LIMIT = (1 << 46) - 1  # |activation| < 2**30 in real units: bounds every product below
 PROB_FRAC = 20  # attention probabilities are integers in [0, 2**20]
 EXP_FRAC = 30  # fixed-point output of exp / sigmoid
@@ -59,50 +60,41 @@ def bit_length(x: torch.Tensor) -> torch.Tensor:
 def isqrt(x: torch.Tensor) -> torch.Tensor:
     """Floor square root of non-negative int64 values below 2**62.
 
-    float64 proposes a root within a few units; integer comparisons correct it to the exact
-    floor, so the result does not depend on how the platform rounds the float square root.
+    float64 proposes a root: for x < 2**62 it is within 2**-21 of sqrt(x), so its floor is the
+    exact answer or one off either way; one integer correction each way then decides. The
+    result is therefore exact, whatever the platform's float square root does in its last bit.
     """
     r = torch.sqrt(x.to(torch.float64)).to(torch.int64)
-    for _ in range(4):
-        r = torch.where(r * r > x, r - 1, r)
-        r = torch.where((r + 1) * (r + 1) <= x, r + 1, r)
-    while bool(((r * r > x) | ((r + 1) * (r + 1) <= x)).any()):  # not reached in practice
-        r = torch.where(r * r > x, r - 1, torch.where((r + 1) * (r + 1) <= x, r + 1, r))
-    return r
+    r = torch.where(r * r > x, r - 1, r)
+    return torch.where((r + 1) * (r + 1) <= x, r + 1, r)
 
 
 def ratio_to_scale(
     num: torch.Tensor, den: torch.Tensor | int, extra_exp: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scale `(mant, exp)` nearest to `num / den * 2**-extra_exp`; num >= 0, den > 0, both < 2**47."""
-    den_t = torch.as_tensor(den, dtype=torch.int64).expand_as(num)
-    k = MANT_BITS + bit_length(den_t) - bit_length(num)  # num/den * 2**k in (2**14, 2**16)
-    mant = _scaled_ratio(num, den_t, k)
-    too_big = mant >= (1 << MANT_BITS)
-    k = torch.where(too_big, k - 1, k)
-    mant = torch.where(too_big, _scaled_ratio(num, den_t, k), mant)
-    zero = num == 0
-    return torch.where(zero, 0, mant), torch.where(zero, 0, k + extra_exp)
+    """Scale `(mant, exp)` nearest to `num / den * 2**-extra_exp`, for 0 <= num < 2**62, den > 0.
 
-
-def _scaled_ratio(num: torch.Tensor, den: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    The exponent comes from the operands' bit lengths, so `mant = round(num * 2**k / den)` lies
+    in [2**14, 2**16] (0 for num = 0): 16-bit mantissas, as the products downstream assume.
+    """
+    den_bits = bit_length(den) if isinstance(den, torch.Tensor) else den.bit_length()
+    k = MANT_BITS + den_bits - bit_length(num)
     up = k.clamp(min=0)
     down = (-k).clamp(min=0)
-    return div_round(num << up, den << down)
+    mant = div_round(num << up, den << down)
+    return mant, torch.where(num == 0, 0, k + extra_exp)
 
 
-def quantize_rows(
-    x: torch.Tensor, frac: int, qmax: int = 127
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Symmetric per-row quantization of fixed-point `x` (`frac` fraction bits) to [-qmax, qmax].
+def quantize_rows(x: torch.Tensor, frac: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Symmetric per-row int8 of fixed-point `x` (`frac` fraction bits), with the row scales.
 
-    Returns `(q, mant, exp)` with `x * 2**-frac ~= q * mant * 2**-exp`; `q` is int8 when
-    `qmax <= 127`, else int64. The row scale comes from the row's integer max, never a float.
+    Returns `(q, mant, exp)` with `x * 2**-frac ~= q * mant * 2**-exp`. The row scale comes from
+    the row's integer max, never from a float.
     """
     amax = x.abs().amax(dim=-1, keepdim=True).clamp(min=1)
-    q = div_round(qmax * x, amax)
-    mant, exp = ratio_to_scale(amax, qmax, frac)
-    return (q.to(torch.int8) if qmax <= 127 else q), mant, exp
+    q = div_round(127 * x, amax).to(torch.int8)
+    mant, exp = ratio_to_scale(amax, 127, frac)
+    return q, mant, exp
 
 
 def dequantize(q: torch.Tensor, mant: torch.Tensor, exp: torch.Tensor, frac: int) -> torch.Tensor:

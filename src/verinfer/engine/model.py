@@ -5,9 +5,10 @@ arithmetic (see `fixedpoint`), so the output bytes do not depend on thread count
 composition, chunking or device. One model definition serves whole-model inference and layer
 ranges (`forward_layers`) for split inference.
 
-Value formats: the residual stream, q/k/v, MLP activations and logits are int64 fixed point with
-`ACT_FRAC` fraction bits; inputs of every matrix product are int8 with a per-row scale; the KV
-cache holds int32 fixed point (saturated at 2**26, i.e. |k|, |v| < 1024).
+Value formats: the residual stream, v, MLP activations and logits are int64 fixed point with
+`ACT_FRAC` fraction bits; inputs of every weight product are int8 with a per-row scale; rotated
+queries and keys are fixed point with `QK_FRAC` bits saturated below 256 in magnitude; the KV
+cache is int32 (keys `QK_FRAC` bits, values `ACT_FRAC` bits saturated below 1024).
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from verinfer.engine.config import ModelConfig
 from verinfer.engine.quantize import QuantizedModel
 from verinfer.engine.rope import ROPE_FRAC, rope_tables
 
-KV_LIMIT = (1 << 26) - 1  # KV cache saturation: keeps every attention partial sum below 2**53
-Q_MAX = 2047  # queries are quantized to 12 bits for the score product
+QK_FRAC = 12  # fraction bits of rotated queries and keys
+QK_LIMIT = (1 << 20) - 1  # |q|, |k| < 256: q.k partial sums stay below 2**48 for head_dim <= 256
+V_LIMIT = (1 << 26) - 1  # |v| < 1024: probs.v partial sums stay below 2**47
 _NORM_BITS = 20  # RMSNorm rescales each row to ~20 significant bits before squaring
+_EPS_SHIFT = 40  # RMSNorm's eps is pre-shifted so its rescaling is always a right shift
 
 
 @dataclass
@@ -134,7 +137,8 @@ class IntModel:
         cos, sin = rope_tables(c, c.context_length)
         self.rope_cos, self.rope_sin = cos.to(self.device), sin.to(self.device)
         eps = c.eps_fraction()
-        self.eps_q32 = round(eps * (1 << 32))  # eps in units of 2**-32 (real squared units)
+        # eps in units of 2**-(32 + _EPS_SHIFT); rescaled per row by a right shift.
+        self.eps_scaled = round(eps * (1 << (32 + _EPS_SHIFT)))
         self.inv_sqrt_mant, self.inv_sqrt_exp = _inv_sqrt_scale(c.head_dim)
 
 
@@ -150,7 +154,7 @@ def _inv_sqrt_scale(head_dim: int) -> tuple[int, int]:
 
 
 def rms_norm_quantize(
-    h: torch.Tensor, gain: torch.Tensor, eps_q32: int
+    h: torch.Tensor, gain: torch.Tensor, eps_scaled: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """int8 of RMSNorm(h) * gain per row, with its scale: the input of the next matrix product.
 
@@ -161,7 +165,7 @@ def rms_norm_quantize(
     shift = fp.bit_length(amax) - _NORM_BITS
     hs = fp.shift_round(h, shift)  # real value = hs * 2**(shift - ACT_FRAC)
     mean_sq = torch.div((hs * hs).sum(dim=-1, keepdim=True), h.shape[-1], rounding_mode="floor")
-    eps = fp.shift_round(torch.full_like(mean_sq, eps_q32), 2 * shift)  # same units as mean_sq
+    eps = eps_scaled >> (2 * shift + _EPS_SHIFT)  # same units as mean_sq; shift >= -19
     rms = fp.isqrt(mean_sq + eps).clamp(min=1)
     y = hs * gain
     ymax = y.abs().amax(dim=-1, keepdim=True).clamp(min=1)
@@ -186,12 +190,13 @@ def embed(model: IntModel, tokens: torch.Tensor) -> torch.Tensor:
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """RoPE (rotate-half layout) on (B, T, H, hd) with cos/sin (B, T, 1, hd/2)."""
+    """RoPE (rotate-half layout) on (B, T, H, hd) Q16 with cos/sin (B, T, 1, hd/2) -> QK_FRAC."""
     half = x.shape[-1] // 2
-    x = x.clamp(-(1 << (fp.ACT_FRAC + 15)), 1 << (fp.ACT_FRAC + 15))
+    x = x.clamp(-(1 << (fp.ACT_FRAC + 10)), 1 << (fp.ACT_FRAC + 10))
     x1, x2 = x[..., :half], x[..., half:]
     out = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
-    return fp.shift_round(out, ROPE_FRAC)
+    out = fp.shift_round(out, ROPE_FRAC + fp.ACT_FRAC - QK_FRAC)
+    return out.clamp(-QK_LIMIT, QK_LIMIT)
 
 
 def attention(
@@ -212,7 +217,7 @@ def attention(
     bsz, t, _ = h.shape
     n_kv, hd = c.num_key_value_heads, c.head_dim
     group = c.num_attention_heads // n_kv
-    xq, xm, xe = rms_norm_quantize(h, layer.input_norm, model.eps_q32)
+    xq, xm, xe = rms_norm_quantize(h, layer.input_norm, model.eps_scaled)
     qkv = _project(layer.qkv_proj, xq, xm, xe)
     q_width, kv_width = c.num_attention_heads * hd, n_kv * hd
     q = qkv[..., :q_width].view(bsz, t, c.num_attention_heads, hd)
@@ -224,22 +229,17 @@ def attention(
 
     row_index = rows.unsqueeze(1)  # (B, 1)
     k_cache, v_cache = cache.k[index], cache.v[index]
-    k_cache[row_index, :, positions] = k.clamp(-KV_LIMIT, KV_LIMIT).to(torch.int32)
-    v_cache[row_index, :, positions] = v.clamp(-KV_LIMIT, KV_LIMIT).to(torch.int32)
+    k_cache[row_index, :, positions] = k.to(torch.int32)
+    v_cache[row_index, :, positions] = v.clamp(-V_LIMIT, V_LIMIT).to(torch.int32)
     span = int(positions.max()) + 1
     keys = k_cache[rows, :, :span]  # (B, n_kv, S, hd)
     values = v_cache[rows, :, :span]
 
-    # Queries: 12-bit per (token, head) with 1/sqrt(hd) folded into the scale.
-    qq, qm, qe = fp.quantize_rows(q, fp.ACT_FRAC, qmax=Q_MAX)  # (B, T, H, hd), (B, T, H, 1)
-    qm = fp.shift_round(qm * model.inv_sqrt_mant, fp.MANT_BITS)
-    qe = qe + model.inv_sqrt_exp - fp.MANT_BITS
-    qq = qq.view(bsz, t, n_kv, group, hd).permute(0, 2, 3, 1, 4)  # (B, n_kv, G, T, hd)
-    qm = qm.view(bsz, t, n_kv, group, 1).permute(0, 2, 3, 1, 4)
-    qe = qe.view(bsz, t, n_kv, group, 1).permute(0, 2, 3, 1, 4)
-    dots = fp.exact_float_matmul(qq.reshape(bsz, n_kv, group * t, hd), keys.transpose(2, 3))
-    dots = dots.view(bsz, n_kv, group, t, span)  # |dot| < 2**11 * 2**26 * hd: exact
-    scores = fp.shift_round(dots * qm, qe)  # ACT_FRAC fraction bits
+    q = q.view(bsz, t, n_kv, group, hd).permute(0, 2, 3, 1, 4)  # (B, n_kv, G, T, hd)
+    dots = fp.exact_float_matmul(q.reshape(bsz, n_kv, group * t, hd), keys.transpose(2, 3))
+    dots = fp.shift_round(dots, 2 * QK_FRAC - fp.ACT_FRAC)  # q.k with ACT_FRAC bits
+    scores = fp.shift_round(dots * model.inv_sqrt_mant, model.inv_sqrt_exp)
+    scores = scores.view(bsz, n_kv, group, t, span)
 
     key_pos = torch.arange(span, device=h.device)
     visible = key_pos.view(1, 1, 1, 1, span) <= positions.view(bsz, 1, 1, t, 1)
@@ -251,9 +251,9 @@ def attention(
     return _project(layer.o_proj, oq, om, oe)
 
 
-def mlp(layer: Layer, h: torch.Tensor, eps_q32: int) -> torch.Tensor:
+def mlp(layer: Layer, h: torch.Tensor, eps_scaled: int) -> torch.Tensor:
     """SwiGLU feed-forward block output (B, T, D)."""
-    xq, xm, xe = rms_norm_quantize(h, layer.post_norm, eps_q32)
+    xq, xm, xe = rms_norm_quantize(h, layer.post_norm, eps_scaled)
     gate_up = _project(layer.gate_up_proj, xq, xm, xe)
     width = gate_up.shape[-1] // 2
     gate, up = gate_up[..., :width], gate_up[..., width:].clamp(-(1 << 31), 1 << 31)
@@ -282,13 +282,13 @@ def forward_layers(
         layer = model.layers[index]
         h = h + attention(model, layer, index, h, cache, positions, rows)
         h = h.clamp(-fp.ACT_LIMIT, fp.ACT_LIMIT)
-        h = (h + mlp(layer, h, model.eps_q32)).clamp(-fp.ACT_LIMIT, fp.ACT_LIMIT)
+        h = (h + mlp(layer, h, model.eps_scaled)).clamp(-fp.ACT_LIMIT, fp.ACT_LIMIT)
     return h
 
 
 def final_norm(model: IntModel, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The final RMSNorm as int8 rows with scales (the head's input)."""
-    return rms_norm_quantize(h, model.norm, model.eps_q32)
+    return rms_norm_quantize(h, model.norm, model.eps_scaled)
 
 
 def head(model: IntModel, h: torch.Tensor) -> torch.Tensor:
