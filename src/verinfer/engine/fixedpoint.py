@@ -37,8 +37,10 @@ def shift_round(x: torch.Tensor, shift: int | torch.Tensor) -> torch.Tensor:
         if shift > 0:
             return ((x >> (shift - 1)) + 1) >> 1
         return x << -shift if shift < 0 else x
+    # Shift amounts stay in [0, 62] so every shift is defined on every backend; for |x| < 2**61
+    # a right shift by 62 already rounds to 0, as any larger one would.
     less = shift - 1
-    return (((x << (-less).clamp(min=0)) >> less.clamp(min=0)) + 1) >> 1
+    return (((x << (-less).clamp(0, 62)) >> less.clamp(0, 62)) + 1) >> 1
 
 
 def div_round(num: torch.Tensor, den: torch.Tensor | int) -> torch.Tensor:

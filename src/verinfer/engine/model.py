@@ -165,7 +165,7 @@ def rms_norm_quantize(
     shift = fp.bit_length(amax) - _NORM_BITS
     hs = fp.shift_round(h, shift)  # real value = hs * 2**(shift - ACT_FRAC)
     mean_sq = torch.div((hs * hs).sum(dim=-1, keepdim=True), h.shape[-1], rounding_mode="floor")
-    eps = eps_scaled >> (2 * shift + _EPS_SHIFT)  # same units as mean_sq; shift >= -19
+    eps = eps_scaled >> (2 * shift + _EPS_SHIFT).clamp(max=62)  # units of mean_sq; shift >= -19
     rms = fp.isqrt(mean_sq + eps).clamp(min=1)
     y = hs * gain
     ymax = y.abs().amax(dim=-1, keepdim=True).clamp(min=1)
