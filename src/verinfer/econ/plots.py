@@ -110,7 +110,7 @@ def plot_detection_time(setup: PlotSetup, out: Path, tick: Callable[[], None]) -
     cheats = np.array(result.detection_cheats)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     top = int(np.percentile(cheats, 99)) + 1 if len(cheats) else 10
-    ax.hist(cheats, bins=np.arange(1, top + 2) - 0.5, density=True, alpha=0.6,
+    ax.hist(cheats, bins=list(np.arange(1, top + 2) - 0.5), density=True, alpha=0.6,
             label=f"simulated ({len(cheats)} detections)")
     k = np.arange(1, top + 1)
     ax.plot(k, d * (1 - d) ** (k - 1), "k-", label=f"geometric, d = p(1-v^n)(1-M) = {d:.3f}")

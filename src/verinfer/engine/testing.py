@@ -114,7 +114,7 @@ def write_random_checkpoint(
     if len(shards) == 1:
         save_file(shards[0], str(out / "model.safetensors"), metadata={"format": "pt"})
     else:
-        weight_map = {}
+        weight_map: dict[str, str] = {}
         for i, shard in enumerate(shards):
             filename = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
             save_file(shard, str(out / filename), metadata={"format": "pt"})

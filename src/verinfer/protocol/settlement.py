@@ -410,7 +410,8 @@ def apply_batch(state: LedgerState, params: SettlementParams, batch: Batch) -> L
         raise InvalidInput(f"epoch must be a non-negative integer, got {batch.epoch!r}")
     if len(batch.receipts_root) != 32:
         raise InvalidInput("receipts_root must be 32 bytes")
-    for entry in (*batch.requests, *batch.challenges):
+    entries: tuple[RequestEntry | ChallengeEntry, ...] = (*batch.requests, *batch.challenges)
+    for entry in entries:
         _check_entry_inputs(entry)
     if batch.epoch in state.epoch_roots:
         raise EpochAlreadySettled()
