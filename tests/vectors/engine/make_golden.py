@@ -2,6 +2,7 @@
 
     python tests/vectors/engine/make_golden.py          # rewrite golden-v1.json
     python tests/vectors/engine/make_golden.py --check  # exit 1 if anything differs
+    python tests/vectors/engine/make_golden.py --check --device cuda  # the CPU <-> GPU check
 
 Models are either tiny random checkpoints defined by (config, seed) — rebuilt identically on any
 machine — or the committed demo model. Changing the file is a deliberate act: bump
@@ -20,6 +21,7 @@ from typing import Any
 from verinfer.engine import Engine, SamplingParams
 from verinfer.engine.quantize import NUMERICS_VERSION
 from verinfer.engine.testing import tiny_config, write_random_checkpoint
+from verinfer.errors import VerinferError
 
 ROOT = Path(__file__).resolve().parents[3]
 GOLDEN = Path(__file__).with_name("golden-v1.json")
@@ -58,7 +60,7 @@ def model_dir(name: str, scratch: Path) -> Path | None:
     return target
 
 
-def compute(scratch: Path) -> dict[str, Any]:
+def compute(scratch: Path, device: str = "cpu") -> dict[str, Any]:
     engines: dict[str, Engine] = {}
     cases = []
     for request in REQUESTS:
@@ -67,7 +69,7 @@ def compute(scratch: Path) -> dict[str, Any]:
             path = model_dir(name, scratch)
             if path is None:
                 continue
-            engines[name] = Engine.load(path)
+            engines[name] = Engine.load(path, device=device)
         engine = engines[name]
         params = SamplingParams(**request["params"])
         prompt_ids = [engine.encode(p) for p in request["prompts"]]
@@ -88,9 +90,16 @@ def compute(scratch: Path) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="compare instead of writing")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (cuda: only with --check)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as scratch:
-        data = compute(Path(scratch))
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            data = compute(Path(scratch), args.device)
+    except VerinferError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.device != "cpu" and not args.check:
+        parser.error("golden vectors are written on the CPU; use --check with --device")
     if args.check:
         same = json.loads(GOLDEN.read_text()) == data
         print("golden vectors reproduce" if same else "golden vectors DIFFER")
