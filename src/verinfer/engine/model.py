@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from verinfer.engine import fixedpoint as fp
+from verinfer.engine import kernels
 from verinfer.engine.config import ModelConfig
 from verinfer.engine.quantize import QuantizedModel
 from verinfer.engine.rope import ROPE_FRAC, rope_tables
@@ -42,11 +43,19 @@ class Linear:
     def __post_init__(self) -> None:
         self.shift_base = self.exp - fp.ACT_FRAC
 
-    def __call__(self, xq: torch.Tensor, xm: torch.Tensor, xe: torch.Tensor) -> torch.Tensor:
-        """(T, K) int8 with row scales (T, 1) -> (T, N) int64 fixed point."""
-        acc = fp.int8_matmul(xq, self.weight_t).to(torch.int64)
-        out = fp.shift_round(acc * (xm * self.mant), xe + self.shift_base)
-        return out if self.bias is None else out + self.bias
+    def __call__(
+        self, xq: torch.Tensor, xm: torch.Tensor, xe: torch.Tensor, residual: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(T, K) int8 with row scales (T, 1) -> (T, N) int64 fixed point.
+
+        With `residual` (T, N), returns the residual update clamp(residual + out, +-ACT_LIMIT).
+        """
+        acc = fp.int8_matmul(xq, self.weight_t)
+        if kernels.enabled(acc):
+            return kernels.dequantize_linear(acc, xm, xe, self.mant, self.shift_base, self.bias, residual)
+        out = fp.shift_round(acc.to(torch.int64) * (xm * self.mant), xe + self.shift_base)
+        out = out if self.bias is None else out + self.bias
+        return out if residual is None else (residual + out).clamp(-fp.ACT_LIMIT, fp.ACT_LIMIT)
 
     @classmethod
     def stack(cls, parts: list[Linear]) -> Linear:
@@ -161,6 +170,8 @@ def rms_norm_quantize(
     Each row is rescaled by a power of two to ~20 bits, so the sum of squares is exact in int64;
     the root is an integer square root; the division by it is folded into the row's scale.
     """
+    if kernels.enabled(h):
+        return kernels.rms_norm_quantize(h, gain, eps_scaled)
     amax = h.abs().amax(dim=-1, keepdim=True).clamp(min=1)
     shift = fp.bit_length(amax) - _NORM_BITS
     hs = fp.shift_round(h, shift)  # real value = hs * 2**(shift - ACT_FRAC)
@@ -174,10 +185,20 @@ def rms_norm_quantize(
     return q, mant, exp
 
 
-def _project(linear: Linear, xq: torch.Tensor, xm: torch.Tensor, xe: torch.Tensor) -> torch.Tensor:
-    """Apply a Linear to (B, T, K) int8 inputs with (B, T, 1) scales -> (B, T, N) int64."""
+def _project(
+    linear: Linear,
+    xq: torch.Tensor,
+    xm: torch.Tensor,
+    xe: torch.Tensor,
+    residual: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Apply a Linear to (B, T, K) int8 inputs with (B, T, 1) scales -> (B, T, N) int64.
+
+    With `residual` (B, T, N): the clamped residual update instead (see `Linear`).
+    """
     b, t, k = xq.shape
-    out = linear(xq.reshape(b * t, k), xm.reshape(b * t, 1), xe.reshape(b * t, 1))
+    flat_residual = None if residual is None else residual.reshape(b * t, -1)
+    out = linear(xq.reshape(b * t, k), xm.reshape(b * t, 1), xe.reshape(b * t, 1), flat_residual)
     return out.reshape(b, t, -1)
 
 
@@ -199,26 +220,22 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return out.clamp(-QK_LIMIT, QK_LIMIT)
 
 
-def attention(
+def _rope_to_cache(
     model: IntModel,
-    layer: Layer,
-    index: int,
-    h: torch.Tensor,
-    cache: KVCache,
+    qkv: torch.Tensor,
     positions: torch.Tensor,
     rows: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
 ) -> torch.Tensor:
-    """Self-attention block output (B, T, D) for queries at `positions` (B, T).
-
-    Batch entry b reads and writes cache row `rows[b]`, so a batch can be any subset of the
-    cache's sequences (finished ones drop out without moving anything).
-    """
+    """Rotate q and k of `qkv` (B, T, (H + 2 n_kv) hd) at `positions` (B, T), write k and the
+    saturated v to cache rows `rows`; returns the rotated q (B, T, H, hd)."""
     c = model.config
-    bsz, t, _ = h.shape
+    if kernels.enabled(qkv):
+        return kernels.rope_to_cache(qkv, model.rope_cos, model.rope_sin, positions, rows,
+                                     k_cache, v_cache, c.num_attention_heads)
+    bsz, t, _ = qkv.shape
     n_kv, hd = c.num_key_value_heads, c.head_dim
-    group = c.num_attention_heads // n_kv
-    xq, xm, xe = rms_norm_quantize(h, layer.input_norm, model.eps_scaled)
-    qkv = _project(layer.qkv_proj, xq, xm, xe)
     q_width, kv_width = c.num_attention_heads * hd, n_kv * hd
     q = qkv[..., :q_width].view(bsz, t, c.num_attention_heads, hd)
     k = qkv[..., q_width : q_width + kv_width].view(bsz, t, n_kv, hd)
@@ -226,11 +243,28 @@ def attention(
     cos = model.rope_cos[positions].unsqueeze(2)  # (B, T, 1, hd/2)
     sin = model.rope_sin[positions].unsqueeze(2)
     q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-
     row_index = rows.unsqueeze(1)  # (B, 1)
-    k_cache, v_cache = cache.k[index], cache.v[index]
     k_cache[row_index, :, positions] = k.to(torch.int32)
     v_cache[row_index, :, positions] = v.clamp(-V_LIMIT, V_LIMIT).to(torch.int32)
+    return q
+
+
+def _attend(
+    model: IntModel,
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    positions: torch.Tensor,
+    rows: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Causal attention of rotated q (B, T, H, hd) over cache rows `rows`, as int8 rows
+    (B, T, H hd) with their scales: the output projection's input."""
+    if kernels.enabled(q):
+        return kernels.attend(q, k_cache, v_cache, positions, rows,
+                              model.inv_sqrt_mant, model.inv_sqrt_exp)
+    bsz, t, heads, hd = q.shape
+    n_kv = k_cache.shape[1]
+    group = heads // n_kv
     span = int(positions.max()) + 1
     keys = k_cache[rows, :, :span]  # (B, n_kv, S, hd)
     values = v_cache[rows, :, :span]
@@ -241,25 +275,53 @@ def attention(
     scores = fp.shift_round(dots * model.inv_sqrt_mant, model.inv_sqrt_exp)
     scores = scores.view(bsz, n_kv, group, t, span)
 
-    key_pos = torch.arange(span, device=h.device)
+    key_pos = torch.arange(span, device=q.device)
     visible = key_pos.view(1, 1, 1, 1, span) <= positions.view(bsz, 1, 1, t, 1)
     probs = fp.softmax(scores, visible)  # (B, n_kv, G, T, S), PROB_FRAC bits
     mixed = fp.exact_float_matmul(probs.view(bsz, n_kv, group * t, span), values)
     mixed = fp.shift_round(mixed, fp.PROB_FRAC).view(bsz, n_kv, group, t, hd)
-    mixed = mixed.permute(0, 3, 1, 2, 4).reshape(bsz, t, c.num_attention_heads * hd)
-    oq, om, oe = fp.quantize_rows(mixed, fp.ACT_FRAC)
-    return _project(layer.o_proj, oq, om, oe)
+    mixed = mixed.permute(0, 3, 1, 2, 4).reshape(bsz, t, heads * hd)
+    return fp.quantize_rows(mixed, fp.ACT_FRAC)
 
 
-def mlp(layer: Layer, h: torch.Tensor, eps_scaled: int) -> torch.Tensor:
-    """SwiGLU feed-forward block output (B, T, D)."""
-    xq, xm, xe = rms_norm_quantize(h, layer.post_norm, eps_scaled)
-    gate_up = _project(layer.gate_up_proj, xq, xm, xe)
+def attention(
+    model: IntModel,
+    layer: Layer,
+    index: int,
+    h: torch.Tensor,
+    cache: KVCache,
+    positions: torch.Tensor,
+    rows: torch.Tensor,
+) -> torch.Tensor:
+    """The residual stream (B, T, D) after the self-attention block, for queries at `positions`.
+
+    Batch entry b reads and writes cache row `rows[b]`, so a batch can be any subset of the
+    cache's sequences (finished ones drop out without moving anything).
+    """
+    xq, xm, xe = rms_norm_quantize(h, layer.input_norm, model.eps_scaled)
+    qkv = _project(layer.qkv_proj, xq, xm, xe)
+    k_cache, v_cache = cache.k[index], cache.v[index]
+    q = _rope_to_cache(model, qkv, positions, rows, k_cache, v_cache)
+    oq, om, oe = _attend(model, q, k_cache, v_cache, positions, rows)
+    return _project(layer.o_proj, oq, om, oe, residual=h)
+
+
+def _swiglu_quantize(gate_up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """silu(gate) * up of (B, T, 2F) gate/up products, saturated, as int8 rows with scales."""
+    if kernels.enabled(gate_up):
+        return kernels.swiglu_quantize(gate_up)
     width = gate_up.shape[-1] // 2
     gate, up = gate_up[..., :width], gate_up[..., width:].clamp(-(1 << 31), 1 << 31)
     act = fp.shift_round(fp.silu(gate) * up, fp.ACT_FRAC)
-    aq, am, ae = fp.quantize_rows(act.clamp(-fp.ACT_LIMIT, fp.ACT_LIMIT), fp.ACT_FRAC)
-    return _project(layer.down_proj, aq, am, ae)
+    return fp.quantize_rows(act.clamp(-fp.ACT_LIMIT, fp.ACT_LIMIT), fp.ACT_FRAC)
+
+
+def mlp(layer: Layer, h: torch.Tensor, eps_scaled: int) -> torch.Tensor:
+    """The residual stream (B, T, D) after the SwiGLU feed-forward block."""
+    xq, xm, xe = rms_norm_quantize(h, layer.post_norm, eps_scaled)
+    gate_up = _project(layer.gate_up_proj, xq, xm, xe)
+    aq, am, ae = _swiglu_quantize(gate_up)
+    return _project(layer.down_proj, aq, am, ae, residual=h)
 
 
 def forward_layers(
@@ -280,9 +342,8 @@ def forward_layers(
         rows = torch.arange(h.shape[0], device=h.device)
     for index in range(start, end):
         layer = model.layers[index]
-        h = h + attention(model, layer, index, h, cache, positions, rows)
-        h = h.clamp(-fp.ACT_LIMIT, fp.ACT_LIMIT)
-        h = (h + mlp(layer, h, model.eps_scaled)).clamp(-fp.ACT_LIMIT, fp.ACT_LIMIT)
+        h = attention(model, layer, index, h, cache, positions, rows)
+        h = mlp(layer, h, model.eps_scaled)
     return h
 
 

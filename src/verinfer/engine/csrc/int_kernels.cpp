@@ -1,0 +1,434 @@
+// Fused CPU kernels of the integer engine: each equals its torch reference in model.py /
+// fixedpoint.py byte for byte (same roundings, clamps and shift rules), in one pass instead of
+// dozens of tensor ops.
+//
+// Built with -fwrapv, so int64 overflow wraps exactly as torch's int64 ops do (the engine's
+// bounds keep it from happening; -fwrapv keeps it defined if it ever did). Every output element
+// is computed by one thread from the same inputs in a fixed order, so results do not depend on
+// the thread count.
+
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace {
+
+// Mirrors of the Python constants; tests/engine/test_kernels.py checks they agree.
+constexpr int64_t ACT_FRAC = 16;     // fixedpoint.ACT_FRAC
+constexpr int64_t MANT_BITS = 15;    // fixedpoint.MANT_BITS
+constexpr int64_t ACT_LIMIT = (int64_t{1} << 46) - 1;  // fixedpoint.ACT_LIMIT
+constexpr int64_t PROB_FRAC = 20;    // fixedpoint.PROB_FRAC
+constexpr int64_t EXP_FRAC = 30;     // fixedpoint.EXP_FRAC
+constexpr int64_t LOG2E_FRAC = 30;   // fixedpoint._LOG2E_FRAC
+constexpr int64_t ROPE_FRAC = 24;    // rope.ROPE_FRAC
+constexpr int64_t QK_FRAC = 12;      // model.QK_FRAC
+constexpr int64_t QK_LIMIT = (int64_t{1} << 20) - 1;  // model.QK_LIMIT
+constexpr int64_t V_LIMIT = (int64_t{1} << 26) - 1;   // model.V_LIMIT
+constexpr int64_t NORM_BITS = 20;    // model._NORM_BITS
+constexpr int64_t EPS_SHIFT = 40;    // model._EPS_SHIFT
+
+inline int64_t clamp(int64_t x, int64_t lo, int64_t hi) { return std::min(std::max(x, lo), hi); }
+
+inline int64_t abs64(int64_t x) { return x < 0 ? -x : x; }  // wraps for INT64_MIN, as torch.abs
+
+// Left shift of the two's-complement bits (torch's int64 `<<`), amount in [0, 63].
+inline int64_t shl(int64_t x, int64_t s) { return static_cast<int64_t>(static_cast<uint64_t>(x) << s); }
+
+// fp.shift_round with a Python int shift.
+inline int64_t shift_round_const(int64_t x, int64_t s) {
+  if (s > 0) return ((x >> (s - 1)) + 1) >> 1;
+  return s < 0 ? shl(x, -s) : x;
+}
+
+// fp.shift_round with a tensor shift: both shift amounts clamped to [0, 62].
+inline int64_t shift_round_var(int64_t x, int64_t s) {
+  const int64_t less = s - 1;
+  return ((shl(x, clamp(-less, 0, 62)) >> clamp(less, 0, 62)) + 1) >> 1;
+}
+
+inline int64_t floor_div(int64_t a, int64_t b) {
+  int64_t q = a / b;
+  if ((a % b != 0) && ((a < 0) != (b < 0))) --q;
+  return q;
+}
+
+// fp.div_round, den > 0.
+inline int64_t div_round(int64_t num, int64_t den) { return floor_div(2 * num + den, 2 * den); }
+
+// fp.bit_length for x >= 0.
+inline int64_t bit_length(int64_t x) { return x == 0 ? 0 : 64 - __builtin_clzll(static_cast<uint64_t>(x)); }
+
+// fp.isqrt: floor square root of 0 <= x < 2**62, digit by digit (no float involved).
+inline int64_t isqrt(int64_t x) {
+  uint64_t rest = static_cast<uint64_t>(x), root = 0, bit = uint64_t{1} << 62;
+  while (bit > rest) bit >>= 2;
+  while (bit != 0) {
+    if (rest >= root + bit) {
+      rest -= root + bit;
+      root = (root >> 1) + bit;
+    } else {
+      root >>= 1;
+    }
+    bit >>= 2;
+  }
+  return static_cast<int64_t>(root);
+}
+
+// fp.ratio_to_scale for 0 <= num, den > 0.
+inline void ratio_to_scale(int64_t num, int64_t den, int64_t extra_exp, int64_t* mant, int64_t* exp) {
+  const int64_t k = MANT_BITS + bit_length(den) - bit_length(num);
+  const int64_t up = std::max<int64_t>(k, 0), down = std::max<int64_t>(-k, 0);
+  *mant = div_round(shl(num, up), shl(den, down));
+  *exp = num == 0 ? 0 : k + extra_exp;
+}
+
+// fp.quantize_rows on one row of n values.
+void quantize_row(const int64_t* x, int64_t n, int64_t frac, int8_t* q, int64_t* mant, int64_t* exp) {
+  int64_t amax = INT64_MIN;
+  for (int64_t i = 0; i < n; ++i) amax = std::max(amax, abs64(x[i]));
+  amax = std::max<int64_t>(amax, 1);
+  for (int64_t i = 0; i < n; ++i) q[i] = static_cast<int8_t>(div_round(127 * x[i], amax));
+  ratio_to_scale(amax, 127, frac, mant, exp);
+}
+
+// The exp2 tables and log2(e) of fp._exp2_tables.
+struct Exp2Tables {
+  const int64_t* hi;
+  const int64_t* lo;
+  int64_t log2e;
+};
+
+// fp.exp_neg: e**-d in Q30 for d >= 0 with ACT_FRAC bits.
+inline int64_t exp_neg(int64_t d, const Exp2Tables& tables) {
+  d = std::min(d, int64_t{64} << ACT_FRAC);
+  const int64_t t = shift_round_const(d * tables.log2e, LOG2E_FRAC);
+  const int64_t whole = std::min<int64_t>(t >> ACT_FRAC, 62);
+  const int64_t frac = t & ((int64_t{1} << ACT_FRAC) - 1);
+  const int64_t mantissa = shift_round_const(tables.hi[frac >> 8] * tables.lo[frac & 0xFF], EXP_FRAC);
+  return shift_round_var(mantissa, whole);
+}
+
+// fp.silu.
+inline int64_t silu(int64_t x, const Exp2Tables& tables) {
+  x = clamp(x, -(int64_t{1} << (ACT_FRAC + 14)), int64_t{1} << (ACT_FRAC + 14));
+  const int64_t e = exp_neg(abs64(x), tables);
+  constexpr int64_t one = int64_t{1} << EXP_FRAC;
+  const int64_t sig_abs = div_round(one << EXP_FRAC, one + e);
+  const int64_t sig = x >= 0 ? sig_abs : one - sig_abs;
+  return shift_round_const(x * sig, EXP_FRAC);
+}
+
+void check(const torch::Tensor& t, torch::ScalarType dtype, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor");
+  TORCH_CHECK(t.scalar_type() == dtype, name, " has dtype ", t.scalar_type(), ", expected ", dtype);
+  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+}
+
+Exp2Tables exp2_tables(const torch::Tensor& hi, const torch::Tensor& lo, int64_t log2e) {
+  check(hi, torch::kInt64, "hi table");
+  check(lo, torch::kInt64, "lo table");
+  TORCH_CHECK(hi.numel() == 256 && lo.numel() == 256, "exp2 tables must have 256 entries");
+  return {hi.data_ptr<int64_t>(), lo.data_ptr<int64_t>(), log2e};
+}
+
+// Shape of `x` with its last axis replaced by `last`.
+std::vector<int64_t> with_last(const torch::Tensor& x, int64_t last) {
+  auto sizes = x.sizes().vec();
+  sizes.back() = last;
+  return sizes;
+}
+
+// Rows per parallel task so that a task has at least ~`min_work` element operations.
+int64_t grain(int64_t row_work, int64_t min_work = 32768) {
+  return std::max<int64_t>(1, min_work / std::max<int64_t>(row_work, 1));
+}
+
+}  // namespace
+
+// model.rms_norm_quantize over the last axis of h: (q int8, mant (..., 1), exp (..., 1)).
+std::vector<torch::Tensor> rms_norm_quantize(const torch::Tensor& h, const torch::Tensor& gain,
+                                             int64_t eps_scaled) {
+  check(h, torch::kInt64, "h");
+  check(gain, torch::kInt64, "gain");
+  const int64_t d = h.size(-1), rows = h.numel() / d;
+  TORCH_CHECK(gain.numel() == d, "gain has ", gain.numel(), " entries, rows have ", d);
+  auto q = torch::empty(h.sizes(), h.options().dtype(torch::kInt8));
+  auto mant = torch::empty(with_last(h, 1), h.options());
+  auto exp = torch::empty(with_last(h, 1), h.options());
+  const int64_t* hp = h.data_ptr<int64_t>();
+  const int64_t* g = gain.data_ptr<int64_t>();
+  int8_t* qp = q.data_ptr<int8_t>();
+  int64_t* mp = mant.data_ptr<int64_t>();
+  int64_t* ep = exp.data_ptr<int64_t>();
+  at::parallel_for(0, rows, grain(d), [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> y(d);
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t* x = hp + r * d;
+      int64_t amax = INT64_MIN;
+      for (int64_t i = 0; i < d; ++i) amax = std::max(amax, abs64(x[i]));
+      amax = std::max<int64_t>(amax, 1);
+      const int64_t shift = bit_length(amax) - NORM_BITS;
+      int64_t sum_sq = 0, ymax = INT64_MIN;
+      for (int64_t i = 0; i < d; ++i) {
+        const int64_t hs = shift_round_var(x[i], shift);
+        sum_sq += hs * hs;
+        y[i] = hs * g[i];
+        ymax = std::max(ymax, abs64(y[i]));
+      }
+      ymax = std::max<int64_t>(ymax, 1);
+      const int64_t mean_sq = floor_div(sum_sq, d);
+      const int64_t eps = eps_scaled >> std::min<int64_t>(2 * shift + EPS_SHIFT, 62);
+      const int64_t rms = std::max<int64_t>(isqrt(mean_sq + eps), 1);
+      for (int64_t i = 0; i < d; ++i) qp[r * d + i] = static_cast<int8_t>(div_round(127 * y[i], ymax));
+      ratio_to_scale(ymax, 127 * rms, ACT_FRAC, mp + r, ep + r);
+    }
+  });
+  return {q, mant, exp};
+}
+
+// model.Linear's dequantization of an int32 product acc (R, N) with input row scales (R, 1):
+// shift_round(acc * (xm * mant), xe + shift_base) (+ bias); with a residual (R, N), returns
+// clamp(residual + that, +-ACT_LIMIT), the residual update of a decoder layer.
+torch::Tensor dequantize_linear(const torch::Tensor& acc, const torch::Tensor& xm, const torch::Tensor& xe,
+                                const torch::Tensor& mant, const torch::Tensor& shift_base,
+                                const c10::optional<torch::Tensor>& bias,
+                                const c10::optional<torch::Tensor>& residual) {
+  check(acc, torch::kInt32, "acc");
+  check(xm, torch::kInt64, "xm");
+  check(xe, torch::kInt64, "xe");
+  check(mant, torch::kInt64, "mant");
+  check(shift_base, torch::kInt64, "shift_base");
+  TORCH_CHECK(acc.dim() == 2, "acc must be (rows, columns)");
+  const int64_t rows = acc.size(0), n = acc.size(1);
+  TORCH_CHECK(xm.numel() == rows && xe.numel() == rows, "one row scale per row is needed");
+  TORCH_CHECK(mant.numel() == n && shift_base.numel() == n, "one weight scale per column is needed");
+  const int64_t* bp = nullptr;
+  if (bias) {
+    check(*bias, torch::kInt64, "bias");
+    TORCH_CHECK(bias->numel() == n, "one bias per column is needed");
+    bp = bias->data_ptr<int64_t>();
+  }
+  const int64_t* res = nullptr;
+  if (residual) {
+    check(*residual, torch::kInt64, "residual");
+    TORCH_CHECK(residual->numel() == rows * n, "residual must match the output");
+    res = residual->data_ptr<int64_t>();
+  }
+  auto out = torch::empty({rows, n}, acc.options().dtype(torch::kInt64));
+  const int32_t* ap = acc.data_ptr<int32_t>();
+  const int64_t* xmp = xm.data_ptr<int64_t>();
+  const int64_t* xep = xe.data_ptr<int64_t>();
+  const int64_t* mp = mant.data_ptr<int64_t>();
+  const int64_t* sp = shift_base.data_ptr<int64_t>();
+  int64_t* op = out.data_ptr<int64_t>();
+  at::parallel_for(0, rows * n, 16384, [&](int64_t begin, int64_t end) {
+    for (int64_t idx = begin; idx < end; ++idx) {
+      const int64_t r = idx / n, c = idx - r * n;
+      int64_t v = shift_round_var(static_cast<int64_t>(ap[idx]) * (xmp[r] * mp[c]), xep[r] + sp[c]);
+      if (bp) v += bp[c];
+      op[idx] = res ? clamp(res[idx] + v, -ACT_LIMIT, ACT_LIMIT) : v;
+    }
+  });
+  return out;
+}
+
+// model._rope_to_cache: rotate q and k of qkv (B, T, (H + 2 n_kv) hd) at `positions` (B, T),
+// write k and clamped v to cache row rows[b]; returns the rotated q (B, T, H, hd).
+torch::Tensor rope_to_cache(const torch::Tensor& qkv, const torch::Tensor& cos, const torch::Tensor& sin,
+                            const torch::Tensor& positions, const torch::Tensor& rows,
+                            torch::Tensor k_cache, torch::Tensor v_cache, int64_t heads) {
+  check(qkv, torch::kInt64, "qkv");
+  check(cos, torch::kInt64, "cos");
+  check(sin, torch::kInt64, "sin");
+  check(positions, torch::kInt64, "positions");
+  check(rows, torch::kInt64, "rows");
+  check(k_cache, torch::kInt32, "k_cache");
+  check(v_cache, torch::kInt32, "v_cache");
+  TORCH_CHECK(qkv.dim() == 3 && k_cache.dim() == 4 && v_cache.sizes() == k_cache.sizes(),
+              "expected qkv (B, T, width) and caches (rows, n_kv, S, hd)");
+  const int64_t bsz = qkv.size(0), t = qkv.size(1);
+  const int64_t cache_rows = k_cache.size(0), n_kv = k_cache.size(1), span = k_cache.size(2),
+                hd = k_cache.size(3), half = hd / 2;
+  TORCH_CHECK(qkv.size(2) == (heads + 2 * n_kv) * hd, "qkv width does not match the heads");
+  TORCH_CHECK(positions.size(0) == bsz && positions.size(1) == t && rows.numel() == bsz,
+              "positions must be (B, T) and rows (B,)");
+  TORCH_CHECK(cos.size(-1) == half && sin.sizes() == cos.sizes(), "rope tables must be (P, hd / 2)");
+  const int64_t table_len = cos.size(0);
+  const int64_t* pos = positions.data_ptr<int64_t>();
+  const int64_t* rp = rows.data_ptr<int64_t>();
+  for (int64_t i = 0; i < bsz * t; ++i)
+    TORCH_CHECK(pos[i] >= 0 && pos[i] < std::min(span, table_len), "position ", pos[i], " outside the cache");
+  for (int64_t b = 0; b < bsz; ++b)
+    TORCH_CHECK(rp[b] >= 0 && rp[b] < cache_rows, "cache row ", rp[b], " does not exist");
+  auto q = torch::empty({bsz, t, heads, hd}, qkv.options());
+  const int64_t* src = qkv.data_ptr<int64_t>();
+  const int64_t* cp = cos.data_ptr<int64_t>();
+  const int64_t* snp = sin.data_ptr<int64_t>();
+  int64_t* qp = q.data_ptr<int64_t>();
+  int32_t* kp = k_cache.data_ptr<int32_t>();
+  int32_t* vp = v_cache.data_ptr<int32_t>();
+  const int64_t width = (heads + 2 * n_kv) * hd;
+  constexpr int64_t in_limit = int64_t{1} << (ACT_FRAC + 10);
+  constexpr int64_t out_shift = ROPE_FRAC + ACT_FRAC - QK_FRAC;
+  // model._rotate of one head, written through `put`.
+  auto rotate = [&](const int64_t* x, const int64_t* c, const int64_t* s, auto put) {
+    for (int64_t i = 0; i < half; ++i) {
+      const int64_t x1 = clamp(x[i], -in_limit, in_limit), x2 = clamp(x[i + half], -in_limit, in_limit);
+      put(i, clamp(shift_round_const(x1 * c[i] - x2 * s[i], out_shift), -QK_LIMIT, QK_LIMIT));
+      put(i + half, clamp(shift_round_const(x2 * c[i] + x1 * s[i], out_shift), -QK_LIMIT, QK_LIMIT));
+    }
+  };
+  at::parallel_for(0, bsz * t, grain(width), [&](int64_t begin, int64_t end) {
+    for (int64_t bt = begin; bt < end; ++bt) {
+      const int64_t b = bt / t, p = pos[bt];
+      const int64_t* x = src + bt * width;
+      const int64_t* c = cp + p * half;
+      const int64_t* s = snp + p * half;
+      for (int64_t h = 0; h < heads; ++h) {
+        int64_t* out = qp + (bt * heads + h) * hd;
+        rotate(x + h * hd, c, s, [out](int64_t i, int64_t v) { out[i] = v; });
+      }
+      for (int64_t g = 0; g < n_kv; ++g) {
+        const int64_t at = ((rp[b] * n_kv + g) * span + p) * hd;
+        int32_t* kout = kp + at;
+        rotate(x + (heads + g) * hd, c, s, [kout](int64_t i, int64_t v) { kout[i] = static_cast<int32_t>(v); });
+        const int64_t* v = x + (heads + n_kv + g) * hd;
+        for (int64_t i = 0; i < hd; ++i) vp[at + i] = static_cast<int32_t>(clamp(v[i], -V_LIMIT, V_LIMIT));
+      }
+    }
+  });
+  return q;
+}
+
+// model._attend: causal attention of rotated q (B, T, H, hd) over cache rows rows[b] (keys at
+// positions 0..positions[b, t]), then fp.quantize_rows of the mixed heads (B, T, H hd).
+std::vector<torch::Tensor> attend(const torch::Tensor& q, const torch::Tensor& k_cache,
+                                  const torch::Tensor& v_cache, const torch::Tensor& positions,
+                                  const torch::Tensor& rows, int64_t inv_sqrt_mant, int64_t inv_sqrt_exp,
+                                  const torch::Tensor& hi, const torch::Tensor& lo, int64_t log2e) {
+  check(q, torch::kInt64, "q");
+  check(k_cache, torch::kInt32, "k_cache");
+  check(v_cache, torch::kInt32, "v_cache");
+  check(positions, torch::kInt64, "positions");
+  check(rows, torch::kInt64, "rows");
+  const Exp2Tables tables = exp2_tables(hi, lo, log2e);
+  TORCH_CHECK(q.dim() == 4 && k_cache.dim() == 4 && v_cache.sizes() == k_cache.sizes(),
+              "expected q (B, T, H, hd) and caches (rows, n_kv, S, hd)");
+  const int64_t bsz = q.size(0), t = q.size(1), heads = q.size(2), hd = q.size(3);
+  const int64_t cache_rows = k_cache.size(0), n_kv = k_cache.size(1), span = k_cache.size(2);
+  TORCH_CHECK(k_cache.size(3) == hd && heads % n_kv == 0, "q and the caches disagree on heads");
+  TORCH_CHECK(positions.size(0) == bsz && positions.size(1) == t && rows.numel() == bsz,
+              "positions must be (B, T) and rows (B,)");
+  const int64_t* pos = positions.data_ptr<int64_t>();
+  const int64_t* rp = rows.data_ptr<int64_t>();
+  for (int64_t i = 0; i < bsz * t; ++i)
+    TORCH_CHECK(pos[i] >= 0 && pos[i] < span, "position ", pos[i], " outside the cache");
+  for (int64_t b = 0; b < bsz; ++b)
+    TORCH_CHECK(rp[b] >= 0 && rp[b] < cache_rows, "cache row ", rp[b], " does not exist");
+  const int64_t group = heads / n_kv, width = heads * hd;
+  auto mixed = torch::empty({bsz, t, width}, q.options());
+  const int64_t* qp = q.data_ptr<int64_t>();
+  const int32_t* kp = k_cache.data_ptr<int32_t>();
+  const int32_t* vp = v_cache.data_ptr<int32_t>();
+  int64_t* mp = mixed.data_ptr<int64_t>();
+  constexpr int64_t dot_shift = 2 * QK_FRAC - ACT_FRAC;
+  // One task per (b, t, head): its row of scores, softmax and weighted sum of values.
+  at::parallel_for(0, bsz * t * heads, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> w;
+    std::vector<int64_t> acc(hd);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t bt = task / heads, h = task - bt * heads, b = bt / t;
+      const int64_t keys = pos[bt] + 1;
+      const int64_t* qh = qp + task * hd;
+      const int64_t base = (rp[b] * n_kv + h / group) * span * hd;
+      const int32_t* kh = kp + base;
+      const int32_t* vh = vp + base;
+      w.resize(keys);
+      int64_t top = INT64_MIN;
+      for (int64_t j = 0; j < keys; ++j) {
+        const int32_t* kj = kh + j * hd;
+        int64_t dot = 0;
+        for (int64_t i = 0; i < hd; ++i) dot += qh[i] * kj[i];
+        dot = shift_round_const(dot, dot_shift);
+        w[j] = shift_round_const(dot * inv_sqrt_mant, inv_sqrt_exp);
+        top = std::max(top, w[j]);
+      }
+      int64_t total = 0;
+      for (int64_t j = 0; j < keys; ++j) {
+        w[j] = exp_neg(std::max<int64_t>(top - w[j], 0), tables);
+        total += w[j];
+      }
+      std::fill(acc.begin(), acc.end(), 0);
+      for (int64_t j = 0; j < keys; ++j) {
+        const int64_t prob = div_round(w[j] << PROB_FRAC, total);
+        const int32_t* vj = vh + j * hd;
+        for (int64_t i = 0; i < hd; ++i) acc[i] += prob * vj[i];
+      }
+      int64_t* out = mp + bt * width + h * hd;
+      for (int64_t i = 0; i < hd; ++i) out[i] = shift_round_const(acc[i], PROB_FRAC);
+    }
+  });
+  auto oq = torch::empty({bsz, t, width}, q.options().dtype(torch::kInt8));
+  auto om = torch::empty({bsz, t, 1}, q.options());
+  auto oe = torch::empty({bsz, t, 1}, q.options());
+  int8_t* oqp = oq.data_ptr<int8_t>();
+  int64_t* omp = om.data_ptr<int64_t>();
+  int64_t* oep = oe.data_ptr<int64_t>();
+  at::parallel_for(0, bsz * t, grain(width), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) quantize_row(mp + r * width, width, ACT_FRAC, oqp + r * width, omp + r, oep + r);
+  });
+  return {oq, om, oe};
+}
+
+// model._swiglu_quantize: silu(gate) * clamp(up) per row of gate_up (..., 2F), saturated and
+// quantized per row for the down projection: (q int8 (..., F), mant (..., 1), exp (..., 1)).
+std::vector<torch::Tensor> swiglu_quantize(const torch::Tensor& gate_up, const torch::Tensor& hi,
+                                           const torch::Tensor& lo, int64_t log2e) {
+  check(gate_up, torch::kInt64, "gate_up");
+  const Exp2Tables tables = exp2_tables(hi, lo, log2e);
+  const int64_t width = gate_up.size(-1);
+  TORCH_CHECK(width % 2 == 0, "gate_up must have an even width");
+  const int64_t f = width / 2, rows = gate_up.numel() / width;
+  auto q = torch::empty(with_last(gate_up, f), gate_up.options().dtype(torch::kInt8));
+  auto mant = torch::empty(with_last(gate_up, 1), gate_up.options());
+  auto exp = torch::empty(with_last(gate_up, 1), gate_up.options());
+  const int64_t* src = gate_up.data_ptr<int64_t>();
+  int8_t* qp = q.data_ptr<int8_t>();
+  int64_t* mp = mant.data_ptr<int64_t>();
+  int64_t* ep = exp.data_ptr<int64_t>();
+  constexpr int64_t up_limit = int64_t{1} << 31;
+  at::parallel_for(0, rows, grain(f, 4096), [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> act(f);
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t* gate = src + r * width;
+      const int64_t* up = gate + f;
+      for (int64_t i = 0; i < f; ++i) {
+        const int64_t a = shift_round_const(silu(gate[i], tables) * clamp(up[i], -up_limit, up_limit), ACT_FRAC);
+        act[i] = clamp(a, -ACT_LIMIT, ACT_LIMIT);
+      }
+      quantize_row(act.data(), f, ACT_FRAC, qp + r * f, mp + r, ep + r);
+    }
+  });
+  return {q, mant, exp};
+}
+
+std::map<std::string, int64_t> constants() {
+  return {{"ACT_FRAC", ACT_FRAC},   {"MANT_BITS", MANT_BITS}, {"ACT_LIMIT", ACT_LIMIT},
+          {"PROB_FRAC", PROB_FRAC}, {"EXP_FRAC", EXP_FRAC},   {"_LOG2E_FRAC", LOG2E_FRAC},
+          {"ROPE_FRAC", ROPE_FRAC}, {"QK_FRAC", QK_FRAC},     {"QK_LIMIT", QK_LIMIT},
+          {"V_LIMIT", V_LIMIT},     {"_NORM_BITS", NORM_BITS}, {"_EPS_SHIFT", EPS_SHIFT}};
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("rms_norm_quantize", &rms_norm_quantize);
+  m.def("dequantize_linear", &dequantize_linear);
+  m.def("rope_to_cache", &rope_to_cache);
+  m.def("attend", &attend);
+  m.def("swiglu_quantize", &swiglu_quantize);
+  m.def("constants", &constants);
+}

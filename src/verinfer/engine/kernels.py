@@ -1,0 +1,151 @@
+"""Fused C++ CPU kernels (csrc/int_kernels.cpp): built on first use, and the choice per call.
+
+Each kernel equals a torch function of `model` byte for byte; those torch functions stay the
+reference and the path for CUDA tensors, for `VERINFER_KERNELS=torch`, and for machines where the
+extension cannot be built (one warning, then the torch path). The build is cached by torch in its
+extensions directory, so only the first use on a machine compiles.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import warnings
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+from verinfer.engine import fixedpoint as fp
+
+SOURCE = Path(__file__).resolve().parent / "csrc" / "int_kernels.cpp"
+EXTENSION_NAME = "verinfer_int_kernels"
+ENV_VAR = "VERINFER_KERNELS"  # "torch" selects the reference torch path
+
+_lock = threading.Lock()
+_extension: ModuleType | None = None
+_tried = False
+
+
+def build() -> ModuleType:
+    """Compile (or load the cached build of) the extension; raises on failure."""
+    from torch.utils.cpp_extension import load
+
+    return load(
+        name=EXTENSION_NAME,
+        sources=[str(SOURCE)],
+        extra_cflags=["-O3", "-fwrapv"],  # -fwrapv: int64 overflow wraps, as in torch
+        verbose=False,
+    )
+
+
+def extension() -> ModuleType | None:
+    """The loaded extension, building it on the first call; None if it cannot be built."""
+    global _extension, _tried
+    with _lock:
+        if not _tried:
+            _tried = True
+            try:
+                _extension = build()
+            # torch reports a failed compile as RuntimeError; a missing tool or a bad .so as
+            # OSError/ImportError; a subprocess may fail on its own.
+            except (RuntimeError, OSError, ImportError, subprocess.SubprocessError) as exc:
+                warnings.warn(
+                    f"verinfer: fused CPU kernels unavailable, using the slower torch path ({exc})",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+        return _extension
+
+
+def reset() -> None:
+    """Forget the outcome of the last build attempt (the next use tries again)."""
+    global _extension, _tried
+    with _lock:
+        _extension, _tried = None, False
+
+
+def enabled(x: torch.Tensor) -> bool:
+    """Whether work on `x` goes to the fused kernels: CPU, not disabled, extension built."""
+    return (
+        x.device.type == "cpu"
+        and os.environ.get(ENV_VAR, "") != "torch"
+        and extension() is not None
+    )
+
+
+def _ext() -> ModuleType:
+    ext = extension()
+    if ext is None:
+        raise RuntimeError("the fused CPU kernels are not available")
+    return ext
+
+
+def _exp2(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    return fp._exp2_tables(x.device.type, x.device.index)
+
+
+def rms_norm_quantize(
+    h: torch.Tensor, gain: torch.Tensor, eps_scaled: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`model.rms_norm_quantize`."""
+    q, mant, exp = _ext().rms_norm_quantize(h.contiguous(), gain.contiguous(), eps_scaled)
+    return q, mant, exp
+
+
+def dequantize_linear(
+    acc: torch.Tensor,
+    xm: torch.Tensor,
+    xe: torch.Tensor,
+    mant: torch.Tensor,
+    shift_base: torch.Tensor,
+    bias: torch.Tensor | None,
+    residual: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`model.Linear`'s scaling of its int32 product (R, N); with `residual`, the clamped sum."""
+    return _ext().dequantize_linear(
+        acc.contiguous(), xm.contiguous(), xe.contiguous(), mant, shift_base, bias,
+        None if residual is None else residual.contiguous(),
+    )
+
+
+def rope_to_cache(
+    qkv: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    positions: torch.Tensor,
+    rows: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    heads: int,
+) -> torch.Tensor:
+    """`model._rope_to_cache`: rotated q (B, T, H, hd); k and v written to the caches."""
+    return _ext().rope_to_cache(
+        qkv.contiguous(), cos, sin, positions.contiguous(), rows.contiguous(), k_cache, v_cache, heads
+    )
+
+
+def attend(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    positions: torch.Tensor,
+    rows: torch.Tensor,
+    inv_sqrt_mant: int,
+    inv_sqrt_exp: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`model._attend`: quantized attention output rows (B, T, H hd) with their scales."""
+    hi, lo, log2e = _exp2(q)
+    oq, om, oe = _ext().attend(
+        q.contiguous(), k_cache, v_cache, positions.contiguous(), rows.contiguous(),
+        inv_sqrt_mant, inv_sqrt_exp, hi, lo, log2e,
+    )
+    return oq, om, oe
+
+
+def swiglu_quantize(gate_up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`model._swiglu_quantize`."""
+    hi, lo, log2e = _exp2(gate_up)
+    q, mant, exp = _ext().swiglu_quantize(gate_up.contiguous(), hi, lo, log2e)
+    return q, mant, exp

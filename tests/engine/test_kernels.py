@@ -1,0 +1,232 @@
+"""The fused C++ kernels equal the torch reference byte for byte: each kernel on random and edge
+inputs, and the whole model (prefill and batched decode); the fallback warns once and works."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from verinfer.engine import Engine, SamplingParams, kernels, rope
+from verinfer.engine import fixedpoint as fp
+from verinfer.engine import model as m
+from verinfer.engine.testing import tiny_config, write_random_checkpoint
+
+GEN = torch.Generator().manual_seed(20261121)
+
+
+@pytest.fixture(autouse=True)
+def _fused_on(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.delenv(kernels.ENV_VAR, raising=False)
+    assert kernels.extension() is not None, "the C++ kernels must build on this machine"
+    yield
+
+
+def _reference(monkeypatch: pytest.MonkeyPatch, fn: Callable[..., Any], *args: Any) -> Any:
+    """`fn(*args)` on the torch path."""
+    with monkeypatch.context() as patch:
+        patch.setenv(kernels.ENV_VAR, "torch")
+        return fn(*args)
+
+
+def _assert_same(fused: Any, reference: Any) -> None:
+    if isinstance(fused, torch.Tensor):
+        assert fused.dtype == reference.dtype and fused.shape == reference.shape
+        assert torch.equal(fused, reference)
+        return
+    assert len(fused) == len(reference)
+    for a, b in zip(fused, reference, strict=True):
+        _assert_same(a, b)
+
+
+def _ints(shape: tuple[int, ...], bits: int) -> torch.Tensor:
+    """Random int64 of up to `bits` magnitude bits, each row at its own magnitude."""
+    x = torch.randint(-(2**bits), 2**bits, shape, generator=GEN)
+    rows_bits = torch.randint(0, bits + 1, shape[:-1] + (1,), generator=GEN)
+    return x >> (bits - rows_bits)
+
+
+def _with_edges(x: torch.Tensor, limit: int) -> torch.Tensor:
+    """Sprinkle +-limit, +-(limit + 1), 0 and +-1 into x; make the first row all zeros."""
+    flat = x.clone().view(-1, x.shape[-1])
+    edges = torch.tensor([limit, -limit, limit + 1, -limit - 1, 0, 1, -1])
+    spots = torch.randint(0, flat.numel(), (min(flat.numel(), 40),), generator=GEN)
+    flat.view(-1)[spots] = edges[torch.arange(len(spots)) % len(edges)]
+    flat[0] = 0
+    return flat.view(x.shape)
+
+
+def test_constants_mirror_python() -> None:
+    ext = kernels.extension()
+    assert ext is not None
+    expected = {
+        "ACT_FRAC": fp.ACT_FRAC, "MANT_BITS": fp.MANT_BITS, "ACT_LIMIT": fp.ACT_LIMIT,
+        "PROB_FRAC": fp.PROB_FRAC, "EXP_FRAC": fp.EXP_FRAC, "_LOG2E_FRAC": fp._LOG2E_FRAC,
+        "ROPE_FRAC": rope.ROPE_FRAC, "QK_FRAC": m.QK_FRAC, "QK_LIMIT": m.QK_LIMIT,
+        "V_LIMIT": m.V_LIMIT, "_NORM_BITS": m._NORM_BITS, "_EPS_SHIFT": m._EPS_SHIFT,
+    }
+    assert ext.constants() == expected
+
+
+def test_env_var_selects_the_torch_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = torch.zeros(2, dtype=torch.int64)
+    assert kernels.enabled(x)
+    monkeypatch.setenv(kernels.ENV_VAR, "torch")
+    assert not kernels.enabled(x)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (1, 1, 2), (2, 3, 7), (1, 1, 64), (3, 4, 2048)])
+def test_rms_norm_quantize(shape: tuple[int, int, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    h = _with_edges(_ints(shape, 46), fp.ACT_LIMIT)
+    gain = _with_edges(_ints(shape[-1:], 20), 1 << 20)
+    for eps_scaled in (0, 47223664828696452, (1 << 62) - 1):
+        _assert_same(m.rms_norm_quantize(h, gain, eps_scaled),
+                     _reference(monkeypatch, m.rms_norm_quantize, h, gain, eps_scaled))
+
+
+@pytest.mark.parametrize(("rows", "k", "n"), [(1, 1, 1), (1, 64, 96), (5, 33, 17), (16, 128, 300)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_linear_dequantization(rows: int, k: int, n: int, bias: bool,
+                               monkeypatch: pytest.MonkeyPatch) -> None:
+    weight = torch.randint(-128, 128, (n, k), generator=GEN, dtype=torch.int8)
+    weight[0] = -128  # extreme accumulators: +-K * 128 * 127
+    linear = m.Linear(
+        weight_t=weight.t(),
+        mant=torch.randint(2**14, 2**16 + 1, (n,), generator=GEN),
+        exp=torch.randint(-10, 80, (n,), generator=GEN),  # shifts from < 0 to > 62
+        bias=_ints((n,), 40) if bias else None,
+    )
+    xq = torch.randint(-127, 128, (rows, k), generator=GEN, dtype=torch.int8)
+    xq[-1] = 127
+    xm = torch.randint(2**14, 2**16 + 1, (rows, 1), generator=GEN)
+    xe = torch.randint(-20, 60, (rows, 1), generator=GEN)
+    residual = _with_edges(_ints((rows, n), 46), fp.ACT_LIMIT)
+    for res in (None, residual):
+        _assert_same(linear(xq, xm, xe, res), _reference(monkeypatch, linear, xq, xm, xe, res))
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> m.IntModel:
+    path = write_random_checkpoint(tmp_path_factory.mktemp("kernels"), tiny_config(), seed=3)
+    return Engine.load(path).model
+
+
+def _cache(model: m.IntModel, rows: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    c = model.config
+    shape = (rows, c.num_key_value_heads, length, c.head_dim)
+    k = torch.randint(-m.QK_LIMIT, m.QK_LIMIT + 1, shape, generator=GEN, dtype=torch.int32)
+    v = torch.randint(-m.V_LIMIT, m.V_LIMIT + 1, shape, generator=GEN, dtype=torch.int32)
+    k[..., 0] = m.QK_LIMIT
+    v[..., 1] = -m.V_LIMIT
+    return k, v
+
+
+# (positions per batch entry, cache row per entry): a decode step with mixed lengths, prefill
+# chunks at different offsets, one token at position 0.
+BATCHES = [
+    ([[0]], [0]),
+    ([[7], [0], [30], [3]], [2, 0, 3, 1]),
+    ([[0, 1, 2, 3]], [1]),
+    ([[5, 6, 7], [20, 21, 22]], [3, 0]),
+]
+
+
+@pytest.mark.parametrize(("positions", "rows"), BATCHES)
+def test_rope_to_cache_and_attend(positions: list[list[int]], rows: list[int], tiny_model: m.IntModel,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    c = tiny_model.config
+    pos, row = torch.tensor(positions), torch.tensor(rows)
+    width = (c.num_attention_heads + 2 * c.num_key_value_heads) * c.head_dim
+    qkv = _with_edges(_ints((len(rows), len(positions[0]), width), 30), 1 << 26)
+    k_cache, v_cache = _cache(tiny_model, 4, 40)
+    k_ref, v_ref = k_cache.clone(), v_cache.clone()
+    q = m._rope_to_cache(tiny_model, qkv, pos, row, k_cache, v_cache)
+    q_ref = _reference(monkeypatch, m._rope_to_cache, tiny_model, qkv, pos, row, k_ref, v_ref)
+    _assert_same((q, k_cache, v_cache), (q_ref, k_ref, v_ref))
+    _assert_same(m._attend(tiny_model, q, k_cache, v_cache, pos, row),
+                 _reference(monkeypatch, m._attend, tiny_model, q, k_cache, v_cache, pos, row))
+
+
+def test_attend_with_extreme_queries(tiny_model: m.IntModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    c = tiny_model.config
+    k_cache, v_cache = _cache(tiny_model, 2, 64)
+    pos, row = torch.tensor([[63], [10]]), torch.tensor([1, 0])
+    shape = (2, 1, c.num_attention_heads, c.head_dim)
+    for q in (torch.full(shape, m.QK_LIMIT), torch.full(shape, -m.QK_LIMIT), torch.zeros(shape, dtype=torch.int64)):
+        _assert_same(m._attend(tiny_model, q, k_cache, v_cache, pos, row),
+                     _reference(monkeypatch, m._attend, tiny_model, q, k_cache, v_cache, pos, row))
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 2), (1, 1, 10), (2, 3, 320), (1, 5, 11264)])
+def test_swiglu_quantize(shape: tuple[int, int, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    gate_up = _ints(shape, 34)
+    half = shape[-1] // 2
+    gate_up[..., :half] = _with_edges(gate_up[..., :half], 1 << 30)
+    gate_up[..., half:] = _with_edges(gate_up[..., half:], 1 << 31)
+    _assert_same(m._swiglu_quantize(gate_up), _reference(monkeypatch, m._swiglu_quantize, gate_up))
+
+
+def _forward(model: m.IntModel, tokens: list[list[int]], chunk: int) -> tuple[list[torch.Tensor], m.KVCache]:
+    """Logits of a batch of equal-length sequences, prefilled in chunks then decoded one token
+    at a time for a subset of rows at different positions."""
+    bsz, length = len(tokens), len(tokens[0])
+    cache = m.KVCache.allocate(model.config, bsz, length + 4, model.device)
+    ids = torch.tensor(tokens)
+    logits = []
+    for start in range(0, length, chunk):
+        piece = ids[:, start : start + chunk]
+        positions = torch.arange(start, start + piece.shape[1]).expand(bsz, -1)
+        h = m.forward_layers(model, m.embed(model, piece), cache, positions)
+        logits.append(m.head(model, h))
+    rows = torch.tensor([2, 0])
+    for step in range(3):
+        positions = torch.tensor([[length + step], [length - 3 + step]])
+        h = m.forward_layers(model, m.embed(model, ids[rows, step : step + 1]), cache, positions, rows=rows)
+        logits.append(m.head(model, h))
+    return logits, cache
+
+
+@pytest.mark.parametrize("variant", ["llama", "qwen2"])
+def test_whole_model_logits_equal_torch_path(variant: str, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tiny_config() if variant == "llama" else tiny_config(
+        architectures=["Qwen2ForCausalLM"], model_type="qwen2", attention_bias=True)
+    model = Engine.load(write_random_checkpoint(tmp_path, config, seed=1)).model
+    tokens = torch.randint(0, 320, (3, 21), generator=GEN).tolist()
+    with torch.inference_mode():
+        for chunk in (21, 8):
+            fused, fused_cache = _forward(model, tokens, chunk)
+            ref, ref_cache = _reference(monkeypatch, _forward, model, tokens, chunk)
+            _assert_same(fused, ref)
+            _assert_same(fused_cache.k + fused_cache.v, ref_cache.k + ref_cache.v)
+
+
+def test_generation_equals_torch_path(tiny_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    prompts = ["a", "a longer prompt, of another length", "mid length"]
+    params = SamplingParams(max_tokens=10, temperature=1.0, seed=7)
+    fused = tiny_engine.generate(prompts, params, prefill_chunk=5)
+    ref = _reference(monkeypatch, tiny_engine.generate, prompts, params, 5)
+    assert [(r.token_ids, r.logits_hash) for r in fused] == [(r.token_ids, r.logits_hash) for r in ref]
+
+
+def test_failed_build_warns_once_and_falls_back(tiny_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    expected = tiny_engine.generate(["fallback"], SamplingParams(max_tokens=4))[0]
+
+    def broken_build() -> None:
+        raise OSError("no compiler here")
+
+    monkeypatch.setattr(kernels, "build", broken_build)
+    monkeypatch.setattr(kernels, "_extension", None)
+    monkeypatch.setattr(kernels, "_tried", False)
+    x = torch.zeros(1, dtype=torch.int64)
+    with pytest.warns(RuntimeWarning, match="no compiler here"):
+        assert not kernels.enabled(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not kernels.enabled(x)
+        result = tiny_engine.generate(["fallback"], SamplingParams(max_tokens=4))[0]
+    assert (result.token_ids, result.logits_hash) == (expected.token_ids, expected.logits_hash)
