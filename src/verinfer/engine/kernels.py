@@ -94,18 +94,24 @@ def rms_norm_quantize(
     return q, mant, exp
 
 
-def dequantize_linear(
-    acc: torch.Tensor,
+def int8_matmul(x: torch.Tensor, w_t: torch.Tensor) -> torch.Tensor:
+    """`fp.int8_matmul` (w_t: the (K, N) transposed view of a contiguous (N, K) weight)."""
+    return _ext().int8_matmul(x.contiguous(), w_t.t())
+
+
+def linear(
+    xq: torch.Tensor,
     xm: torch.Tensor,
     xe: torch.Tensor,
+    weight_t: torch.Tensor,
     mant: torch.Tensor,
     shift_base: torch.Tensor,
     bias: torch.Tensor | None,
     residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """`model.Linear`'s scaling of its int32 product (R, N); with `residual`, the clamped sum."""
-    return _ext().dequantize_linear(
-        acc.contiguous(), xm.contiguous(), xe.contiguous(), mant, shift_base, bias,
+    """`model.Linear.__call__`: product and scaling (R, N); with `residual`, the clamped sum."""
+    return _ext().linear(
+        xq.contiguous(), xm.contiguous(), xe.contiguous(), weight_t.t(), mant, shift_base, bias,
         None if residual is None else residual.contiguous(),
     )
 

@@ -50,10 +50,10 @@ class Linear:
 
         With `residual` (T, N), returns the residual update clamp(residual + out, +-ACT_LIMIT).
         """
-        acc = fp.int8_matmul(xq, self.weight_t)
-        if kernels.enabled(acc):
-            return kernels.dequantize_linear(acc, xm, xe, self.mant, self.shift_base, self.bias, residual)
-        out = fp.shift_round(acc.to(torch.int64) * (xm * self.mant), xe + self.shift_base)
+        if kernels.enabled(xq):
+            return kernels.linear(xq, xm, xe, self.weight_t, self.mant, self.shift_base, self.bias, residual)
+        acc = fp.int8_matmul(xq, self.weight_t).to(torch.int64)
+        out = fp.shift_round(acc * (xm * self.mant), xe + self.shift_base)
         out = out if self.bias is None else out + self.bias
         return out if residual is None else (residual + out).clamp(-fp.ACT_LIMIT, fp.ACT_LIMIT)
 

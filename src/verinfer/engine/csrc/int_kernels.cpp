@@ -191,19 +191,80 @@ std::vector<torch::Tensor> rms_norm_quantize(const torch::Tensor& h, const torch
   return {q, mant, exp};
 }
 
-// model.Linear's dequantization of an int32 product acc (R, N) with input row scales (R, 1):
+// Products with at most this many rows use the loop below (weights streamed once, memory
+// bound); larger ones use torch._int_mm (oneDNN, compute bound). Both are exact int32 sums.
+constexpr int64_t SMALL_ROWS = 16;
+
+// out[r, c] = x[r] . w[c] for int8 rows widened to int16 (x16: rows x k), columns c0..c1-1.
+// Blocks of 4 columns x 4 rows: each loaded weight serves 4 rows and each loaded input 4
+// columns. Written so that the compiler vectorizes the k loop with 16-bit multiply-adds;
+// target clones pick the widest vector ISA the CPU has (all give the same integers).
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+void small_matmul(const int16_t* x16, const int8_t* w, int32_t* out, int64_t rows, int64_t k, int64_t n,
+                  int64_t c0, int64_t c1) {
+  constexpr int64_t block = 4;
+  int64_t c = c0;
+  for (; c + block <= c1; c += block) {
+    const int8_t* wc = w + c * k;
+    int64_t r = 0;
+    for (; r + block <= rows; r += block) {
+      const int16_t* xr = x16 + r * k;
+      int32_t acc[block][block] = {};
+      for (int64_t i = 0; i < k; ++i) {
+        for (int64_t j = 0; j < block; ++j) {
+          const int32_t v = static_cast<int16_t>(wc[j * k + i]);
+          for (int64_t q = 0; q < block; ++q) acc[q][j] += xr[q * k + i] * v;
+        }
+      }
+      for (int64_t q = 0; q < block; ++q)
+        for (int64_t j = 0; j < block; ++j) out[(r + q) * n + c + j] = acc[q][j];
+    }
+    for (; r < rows; ++r) {
+      const int16_t* xr = x16 + r * k;
+      int32_t acc[block] = {};
+      for (int64_t i = 0; i < k; ++i)
+        for (int64_t j = 0; j < block; ++j) acc[j] += xr[i] * static_cast<int16_t>(wc[j * k + i]);
+      for (int64_t j = 0; j < block; ++j) out[r * n + c + j] = acc[j];
+    }
+  }
+  for (; c < c1; ++c) {
+    for (int64_t r = 0; r < rows; ++r) {
+      int32_t acc = 0;
+      for (int64_t i = 0; i < k; ++i) acc += x16[r * k + i] * static_cast<int16_t>(w[c * k + i]);
+      out[r * n + c] = acc;
+    }
+  }
+}
+
+// fp.int8_matmul(x, w.t()) for x (R, K) and a row-major weight w (N, K): (R, N) int32.
+torch::Tensor int8_matmul(const torch::Tensor& x, const torch::Tensor& w) {
+  check(x, torch::kInt8, "x");
+  check(w, torch::kInt8, "weight");
+  TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1), "x (R, K) and weight (N, K) expected");
+  const int64_t rows = x.size(0), k = x.size(1), n = w.size(0);
+  if (rows > SMALL_ROWS) return at::_int_mm(x, w.t());
+  auto out = torch::empty({rows, n}, x.options().dtype(torch::kInt32));
+  const int8_t* xp = x.data_ptr<int8_t>();
+  const std::vector<int16_t> x16(xp, xp + rows * k);
+  const int8_t* wp = w.data_ptr<int8_t>();
+  int32_t* op = out.data_ptr<int32_t>();
+  at::parallel_for(0, n, std::max<int64_t>(1, 65536 / std::max<int64_t>(k * rows, 1)), [&](int64_t c0, int64_t c1) {
+    small_matmul(x16.data(), wp, op, rows, k, n, c0, c1);
+  });
+  return out;
+}
+
+// model.Linear: int8 x (R, K) with row scales (R, 1) times weight (N, K) with column scales,
 // shift_round(acc * (xm * mant), xe + shift_base) (+ bias); with a residual (R, N), returns
 // clamp(residual + that, +-ACT_LIMIT), the residual update of a decoder layer.
-torch::Tensor dequantize_linear(const torch::Tensor& acc, const torch::Tensor& xm, const torch::Tensor& xe,
-                                const torch::Tensor& mant, const torch::Tensor& shift_base,
-                                const c10::optional<torch::Tensor>& bias,
-                                const c10::optional<torch::Tensor>& residual) {
-  check(acc, torch::kInt32, "acc");
+torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& xm, const torch::Tensor& xe,
+                     const torch::Tensor& weight, const torch::Tensor& mant, const torch::Tensor& shift_base,
+                     const c10::optional<torch::Tensor>& bias, const c10::optional<torch::Tensor>& residual) {
+  const torch::Tensor acc = int8_matmul(x, weight);
   check(xm, torch::kInt64, "xm");
   check(xe, torch::kInt64, "xe");
   check(mant, torch::kInt64, "mant");
   check(shift_base, torch::kInt64, "shift_base");
-  TORCH_CHECK(acc.dim() == 2, "acc must be (rows, columns)");
   const int64_t rows = acc.size(0), n = acc.size(1);
   TORCH_CHECK(xm.numel() == rows && xe.numel() == rows, "one row scale per row is needed");
   TORCH_CHECK(mant.numel() == n && shift_base.numel() == n, "one weight scale per column is needed");
@@ -219,7 +280,7 @@ torch::Tensor dequantize_linear(const torch::Tensor& acc, const torch::Tensor& x
     TORCH_CHECK(residual->numel() == rows * n, "residual must match the output");
     res = residual->data_ptr<int64_t>();
   }
-  auto out = torch::empty({rows, n}, acc.options().dtype(torch::kInt64));
+  auto out = torch::empty({rows, n}, x.options().dtype(torch::kInt64));
   const int32_t* ap = acc.data_ptr<int32_t>();
   const int64_t* xmp = xm.data_ptr<int64_t>();
   const int64_t* xep = xe.data_ptr<int64_t>();
@@ -426,7 +487,8 @@ std::map<std::string, int64_t> constants() {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rms_norm_quantize", &rms_norm_quantize);
-  m.def("dequantize_linear", &dequantize_linear);
+  m.def("int8_matmul", &int8_matmul);
+  m.def("linear", &linear);
   m.def("rope_to_cache", &rope_to_cache);
   m.def("attend", &attend);
   m.def("swiglu_quantize", &swiglu_quantize);
