@@ -94,9 +94,12 @@ def rms_norm_quantize(
     return q, mant, exp
 
 
-def int8_matmul(x: torch.Tensor, w_t: torch.Tensor) -> torch.Tensor:
-    """`fp.int8_matmul` (w_t: the (K, N) transposed view of a contiguous (N, K) weight)."""
-    return _ext().int8_matmul(x.contiguous(), w_t.t())
+def int8_matmul(x: torch.Tensor, w_t: torch.Tensor, vnni: bool = True) -> torch.Tensor:
+    """`fp.int8_matmul` (w_t: the (K, N) transposed view of a contiguous (N, K) weight).
+
+    `vnni=False` keeps to the 16-bit path even on CPUs with AVX512-VNNI (same integers).
+    """
+    return _ext().int8_matmul(x.contiguous(), w_t.t(), vnni)
 
 
 def linear(

@@ -191,28 +191,28 @@ std::vector<torch::Tensor> rms_norm_quantize(const torch::Tensor& h, const torch
   return {q, mant, exp};
 }
 
-// Products with at most this many rows use the loop below (weights streamed once, memory
-// bound); larger ones use torch._int_mm (oneDNN, compute bound). Both are exact int32 sums.
+// Without VNNI, products with more rows than this go to torch._int_mm (oneDNN), which is then
+// faster than the 16-bit loop; both are exact int32 sums.
 constexpr int64_t SMALL_ROWS = 16;
 
-// out[r, c] = x[r] . w[c] for int8 rows widened to int16 (x16: rows x k), columns c0..c1-1.
-// Blocks of 4 columns x 4 rows: each loaded weight serves 4 rows and each loaded input 4
-// columns. Written so that the compiler vectorizes the k loop with 16-bit multiply-adds;
-// target clones pick the widest vector ISA the CPU has (all give the same integers).
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-void small_matmul(const int16_t* x16, const int8_t* w, int32_t* out, int64_t rows, int64_t k, int64_t n,
-                  int64_t c0, int64_t c1) {
+// out[r, c] = sum_i x[r][i] * weight(w[c][i]) for columns c0..c1-1, in blocks of 4 columns x
+// 4 rows: each loaded weight serves 4 rows and each loaded input 4 columns. Plain loops that
+// the compiler vectorizes with multiply-adds (see the two instantiations below).
+template <typename Input, typename Weight>
+inline __attribute__((always_inline)) void blocked_products(const Input* x, const int8_t* w, int32_t* out,
+                                                            int64_t rows, int64_t k, int64_t n, int64_t c0,
+                                                            int64_t c1, Weight weight) {
   constexpr int64_t block = 4;
   int64_t c = c0;
   for (; c + block <= c1; c += block) {
     const int8_t* wc = w + c * k;
     int64_t r = 0;
     for (; r + block <= rows; r += block) {
-      const int16_t* xr = x16 + r * k;
+      const Input* xr = x + r * k;
       int32_t acc[block][block] = {};
       for (int64_t i = 0; i < k; ++i) {
         for (int64_t j = 0; j < block; ++j) {
-          const int32_t v = static_cast<int16_t>(wc[j * k + i]);
+          const auto v = weight(wc[j * k + i]);
           for (int64_t q = 0; q < block; ++q) acc[q][j] += xr[q * k + i] * v;
         }
       }
@@ -220,37 +220,71 @@ void small_matmul(const int16_t* x16, const int8_t* w, int32_t* out, int64_t row
         for (int64_t j = 0; j < block; ++j) out[(r + q) * n + c + j] = acc[q][j];
     }
     for (; r < rows; ++r) {
-      const int16_t* xr = x16 + r * k;
+      const Input* xr = x + r * k;
       int32_t acc[block] = {};
       for (int64_t i = 0; i < k; ++i)
-        for (int64_t j = 0; j < block; ++j) acc[j] += xr[i] * static_cast<int16_t>(wc[j * k + i]);
+        for (int64_t j = 0; j < block; ++j) acc[j] += xr[i] * weight(wc[j * k + i]);
       for (int64_t j = 0; j < block; ++j) out[r * n + c + j] = acc[j];
     }
   }
   for (; c < c1; ++c) {
     for (int64_t r = 0; r < rows; ++r) {
       int32_t acc = 0;
-      for (int64_t i = 0; i < k; ++i) acc += x16[r * k + i] * static_cast<int16_t>(w[c * k + i]);
+      for (int64_t i = 0; i < k; ++i) acc += x[r * k + i] * weight(w[c * k + i]);
       out[r * n + c] = acc;
     }
   }
 }
 
-// fp.int8_matmul(x, w.t()) for x (R, K) and a row-major weight w (N, K): (R, N) int32.
-torch::Tensor int8_matmul(const torch::Tensor& x, const torch::Tensor& w) {
+// Inputs widened to int16: 16-bit multiply-adds (pmaddwd) on any x86-64; target clones pick the
+// widest vector ISA the CPU has.
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+void products_int16(const int16_t* x16, const int8_t* w, int32_t* out, int64_t rows, int64_t k, int64_t n,
+                    int64_t c0, int64_t c1) {
+  blocked_products(x16, w, out, rows, k, n, c0, c1, [](int8_t b) { return static_cast<int16_t>(b); });
+}
+
+// With AVX512-VNNI: 8-bit multiply-adds (vpdpbusd) of unsigned by signed bytes. The weight's
+// bits flipped at the top read as unsigned w + 128, so x . (w + 128) - 128 sum(x) = x . w,
+// exactly (all int32, and the true sums fit).
+__attribute__((target("arch=x86-64-v4,avx512vnni")))
+void products_vnni(const int8_t* x, const int32_t* x_sums, const int8_t* w, int32_t* out, int64_t rows,
+                   int64_t k, int64_t n, int64_t c0, int64_t c1) {
+  blocked_products(x, w, out, rows, k, n, c0, c1,
+                   [](int8_t b) { return static_cast<uint8_t>(static_cast<uint8_t>(b) ^ 0x80); });
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = c0; c < c1; ++c) out[r * n + c] -= 128 * x_sums[r];
+}
+
+const bool has_vnni = __builtin_cpu_supports("x86-64-v4") && __builtin_cpu_supports("avx512vnni");
+
+// fp.int8_matmul(x, w.t()) for x (R, K) and a row-major weight w (N, K): (R, N) int32. `vnni`
+// false forces the 16-bit path or _int_mm (for tests; all give the same integers).
+torch::Tensor int8_matmul(const torch::Tensor& x, const torch::Tensor& w, bool vnni) {
   check(x, torch::kInt8, "x");
   check(w, torch::kInt8, "weight");
   TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1), "x (R, K) and weight (N, K) expected");
   const int64_t rows = x.size(0), k = x.size(1), n = w.size(0);
-  if (rows > SMALL_ROWS) return at::_int_mm(x, w.t());
+  const bool use_vnni = vnni && has_vnni;
+  if (!use_vnni && rows > SMALL_ROWS) return at::_int_mm(x, w.t());
   auto out = torch::empty({rows, n}, x.options().dtype(torch::kInt32));
   const int8_t* xp = x.data_ptr<int8_t>();
-  const std::vector<int16_t> x16(xp, xp + rows * k);
   const int8_t* wp = w.data_ptr<int8_t>();
   int32_t* op = out.data_ptr<int32_t>();
-  at::parallel_for(0, n, std::max<int64_t>(1, 65536 / std::max<int64_t>(k * rows, 1)), [&](int64_t c0, int64_t c1) {
-    small_matmul(x16.data(), wp, op, rows, k, n, c0, c1);
-  });
+  const int64_t columns_per_task = std::max<int64_t>(4, 65536 / std::max<int64_t>(k * rows, 1));
+  if (use_vnni) {
+    std::vector<int32_t> x_sums(rows, 0);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t i = 0; i < k; ++i) x_sums[r] += xp[r * k + i];
+    at::parallel_for(0, n, columns_per_task, [&](int64_t c0, int64_t c1) {
+      products_vnni(xp, x_sums.data(), wp, op, rows, k, n, c0, c1);
+    });
+  } else {
+    const std::vector<int16_t> x16(xp, xp + rows * k);
+    at::parallel_for(0, n, columns_per_task, [&](int64_t c0, int64_t c1) {
+      products_int16(x16.data(), wp, op, rows, k, n, c0, c1);
+    });
+  }
   return out;
 }
 
@@ -260,7 +294,7 @@ torch::Tensor int8_matmul(const torch::Tensor& x, const torch::Tensor& w) {
 torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& xm, const torch::Tensor& xe,
                      const torch::Tensor& weight, const torch::Tensor& mant, const torch::Tensor& shift_base,
                      const c10::optional<torch::Tensor>& bias, const c10::optional<torch::Tensor>& residual) {
-  const torch::Tensor acc = int8_matmul(x, weight);
+  const torch::Tensor acc = int8_matmul(x, weight, true);
   check(xm, torch::kInt64, "xm");
   check(xe, torch::kInt64, "xe");
   check(mant, torch::kInt64, "mant");
@@ -366,6 +400,27 @@ torch::Tensor rope_to_cache(const torch::Tensor& qkv, const torch::Tensor& cos, 
   return q;
 }
 
+// dots[j] = q . keys[j] for j < count, exact in int64 (|q|, |k| < 2**20, so |dot| < 2**48).
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+void key_dots(const int32_t* q, const int32_t* keys, int64_t count, int64_t hd, int64_t* dots) {
+  for (int64_t j = 0; j < count; ++j) {
+    const int32_t* kj = keys + j * hd;
+    int64_t dot = 0;
+    for (int64_t i = 0; i < hd; ++i) dot += static_cast<int64_t>(q[i]) * kj[i];
+    dots[j] = dot;
+  }
+}
+
+// acc[i] += sum_j probs[j] * values[j][i], exact in int64 (probs <= 2**20, |v| < 2**26).
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+void mix_values(const int32_t* probs, const int32_t* values, int64_t count, int64_t hd, int64_t* acc) {
+  for (int64_t j = 0; j < count; ++j) {
+    const int64_t p = probs[j];
+    const int32_t* vj = values + j * hd;
+    for (int64_t i = 0; i < hd; ++i) acc[i] += p * vj[i];
+  }
+}
+
 // model._attend: causal attention of rotated q (B, T, H, hd) over cache rows rows[b] (keys at
 // positions 0..positions[b, t]), then fp.quantize_rows of the mixed heads (B, T, H hd).
 std::vector<torch::Tensor> attend(const torch::Tensor& q, const torch::Tensor& k_cache,
@@ -392,8 +447,15 @@ std::vector<torch::Tensor> attend(const torch::Tensor& q, const torch::Tensor& k
   for (int64_t b = 0; b < bsz; ++b)
     TORCH_CHECK(rp[b] >= 0 && rp[b] < cache_rows, "cache row ", rp[b], " does not exist");
   const int64_t group = heads / n_kv, width = heads * hd;
+  // Rotated queries are saturated below 2**20 (QK_LIMIT): 32 bits hold them, which lets the
+  // dot products use 32 x 32 -> 64-bit vector multiplies.
+  const int64_t* q64 = q.data_ptr<int64_t>();
+  std::vector<int32_t> q32(q.numel());
+  for (int64_t i = 0; i < q.numel(); ++i) {
+    TORCH_CHECK(q64[i] >= -QK_LIMIT && q64[i] <= QK_LIMIT, "rotated queries must lie within +-QK_LIMIT");
+    q32[i] = static_cast<int32_t>(q64[i]);
+  }
   auto mixed = torch::empty({bsz, t, width}, q.options());
-  const int64_t* qp = q.data_ptr<int64_t>();
   const int32_t* kp = k_cache.data_ptr<int32_t>();
   const int32_t* vp = v_cache.data_ptr<int32_t>();
   int64_t* mp = mixed.data_ptr<int64_t>();
@@ -401,22 +463,18 @@ std::vector<torch::Tensor> attend(const torch::Tensor& q, const torch::Tensor& k
   // One task per (b, t, head): its row of scores, softmax and weighted sum of values.
   at::parallel_for(0, bsz * t * heads, 1, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> w;
+    std::vector<int32_t> probs;
     std::vector<int64_t> acc(hd);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t bt = task / heads, h = task - bt * heads, b = bt / t;
       const int64_t keys = pos[bt] + 1;
-      const int64_t* qh = qp + task * hd;
       const int64_t base = (rp[b] * n_kv + h / group) * span * hd;
-      const int32_t* kh = kp + base;
-      const int32_t* vh = vp + base;
       w.resize(keys);
+      probs.resize(keys);
+      key_dots(q32.data() + task * hd, kp + base, keys, hd, w.data());
       int64_t top = INT64_MIN;
       for (int64_t j = 0; j < keys; ++j) {
-        const int32_t* kj = kh + j * hd;
-        int64_t dot = 0;
-        for (int64_t i = 0; i < hd; ++i) dot += qh[i] * kj[i];
-        dot = shift_round_const(dot, dot_shift);
-        w[j] = shift_round_const(dot * inv_sqrt_mant, inv_sqrt_exp);
+        w[j] = shift_round_const(shift_round_const(w[j], dot_shift) * inv_sqrt_mant, inv_sqrt_exp);
         top = std::max(top, w[j]);
       }
       int64_t total = 0;
@@ -424,12 +482,10 @@ std::vector<torch::Tensor> attend(const torch::Tensor& q, const torch::Tensor& k
         w[j] = exp_neg(std::max<int64_t>(top - w[j], 0), tables);
         total += w[j];
       }
+      // Each probability lies in [0, 2**PROB_FRAC]: 32 bits hold it.
+      for (int64_t j = 0; j < keys; ++j) probs[j] = static_cast<int32_t>(div_round(w[j] << PROB_FRAC, total));
       std::fill(acc.begin(), acc.end(), 0);
-      for (int64_t j = 0; j < keys; ++j) {
-        const int64_t prob = div_round(w[j] << PROB_FRAC, total);
-        const int32_t* vj = vh + j * hd;
-        for (int64_t i = 0; i < hd; ++i) acc[i] += prob * vj[i];
-      }
+      mix_values(probs.data(), vp + base, keys, hd, acc.data());
       int64_t* out = mp + bt * width + h * hd;
       for (int64_t i = 0; i < hd; ++i) out[i] = shift_round_const(acc[i], PROB_FRAC);
     }
@@ -487,7 +543,7 @@ std::map<std::string, int64_t> constants() {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rms_norm_quantize", &rms_norm_quantize);
-  m.def("int8_matmul", &int8_matmul);
+  m.def("int8_matmul", &int8_matmul, py::arg("x"), py::arg("w"), py::arg("vnni") = true);
   m.def("linear", &linear);
   m.def("rope_to_cache", &rope_to_cache);
   m.def("attend", &attend);
