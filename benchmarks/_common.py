@@ -84,6 +84,14 @@ def model_dir(name: str) -> Path:
     raise ValueError(f"unknown model {name!r} (use demo or 1b)")
 
 
+def fingerprint(hf_dir: Path) -> str:
+    """Names, sizes and modification times of a checkpoint's files: a retrained or rewritten
+    checkpoint gets fresh conversions instead of stale cached ones."""
+    stats = [(f.name, f.stat().st_size, f.stat().st_mtime_ns)
+             for f in sorted(hf_dir.iterdir()) if f.is_file()]
+    return hashlib.sha256(repr(stats).encode()).hexdigest()[:12]
+
+
 def verinfer_quantized(model: str, hf_dir: Path) -> Path:
     """The checkpoint quantized once by the engine (so timed children load int8 directly).
 
@@ -96,7 +104,7 @@ def verinfer_quantized(model: str, hf_dir: Path) -> Path:
     code_hash = hashlib.sha256(b"".join(
         (engine_src / name).read_bytes() for name in ("quantize.py", "config.py", "checkpoint.py")
     )).hexdigest()[:12]
-    out = BENCH_DIR / f"{model}-verinfer-{code_hash}"
+    out = BENCH_DIR / f"{model}-verinfer-{code_hash}-{fingerprint(hf_dir)}"
     if (out / ".complete").is_file():
         return out
     print(f"quantizing {hf_dir} into {out} (once) ...", flush=True)
@@ -121,7 +129,7 @@ def llama_cpp_available() -> str | None:
 
 def gguf_q8_0(model: str, hf_dir: Path) -> Path:
     """The checkpoint converted to GGUF Q8_0 with llama.cpp's own converter (cached)."""
-    out = BENCH_DIR / f"{model}-q8_0.gguf"
+    out = BENCH_DIR / f"{model}-{fingerprint(hf_dir)}-q8_0.gguf"
     if out.is_file():
         return out
     converter = LLAMA_CPP_SRC / "convert_hf_to_gguf.py"

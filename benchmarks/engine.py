@@ -19,23 +19,33 @@ from then until the last token; tokens/s of batch 8 count all 8 sequences. One w
     /tmp/v1/bin/python benchmarks/engine.py --engines verinfer,llamacpp --json /tmp/engine.json
 
 llama.cpp is optional (not in the lock files); without it that engine is skipped with a note.
-To install it and the GGUF converter (a source build, a few minutes):
+To install it and the GGUF converter (a source build of llama.cpp, several minutes on 2 cores;
+figures in BENCHMARKS.md used llama-cpp-python 0.3.36):
 
     CMAKE_ARGS="-DGGML_NATIVE=ON" /tmp/v1/bin/pip install --no-binary llama-cpp-python \
         llama-cpp-python
+    /tmp/v1/bin/pip install sentencepiece        # the converter imports it for Llama models
     /tmp/v1/bin/pip download --no-deps --no-binary :all: llama-cpp-python -d /tmp/llama-sdist
     mkdir -p /tmp/verinfer-bench && tar -xzf /tmp/llama-sdist/llama_cpp_python-*.tar.gz \
         -C /tmp/llama-sdist && cp -r /tmp/llama-sdist/llama_cpp_python-*/vendor/llama.cpp \
         /tmp/verinfer-bench/llama.cpp
 
-The benchmark then converts each checkpoint with that tree's `convert_hf_to_gguf.py
---outtype q8_0` (using its bundled `gguf-py`) into /tmp/verinfer-bench/<model>-q8_0.gguf.
+The benchmark then converts each checkpoint once with that tree's `convert_hf_to_gguf.py
+<checkpoint> --outtype q8_0` (its bundled `gguf-py`, so no `gguf` from PyPI is needed) into
+/tmp/verinfer-bench/<model>-<fingerprint>-q8_0.gguf. Our BPE tokenizers are not in the
+converter's table of known pre-tokenizers, so they are declared GPT-2-like (they are); the
+benchmark feeds token ids, so this never touches the figures.
+
+llama.cpp's worker threads spin while they wait: on a 2-core machine where anything else runs,
+its figures collapse. Run the benchmark on an otherwise idle machine (the table's title shows
+the load average at the start).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import sys
@@ -238,6 +248,7 @@ def child_main(args: argparse.Namespace) -> int:
     prefill_s = statistics.median(t[0] for t in result["timings"])
     decode_s = statistics.median(t[1] for t in result["timings"])
     result |= {
+        "load_1min": os.getloadavg()[0],
         "prefill_tok_s": args.batch * PROMPT_LEN / prefill_s,
         "decode_tok_s": args.batch * args.new_tokens / decode_s,
         "peak_rss_mb": peak_rss_mb(),
@@ -365,8 +376,9 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     print(f"machine: {info}", flush=True)
     rows, notes = measure(models, engines, batches, args.new_tokens, args.repeats)
+    load_end = " ".join(f"{x:.1f}" for x in os.getloadavg())
     title = (f"prefill {PROMPT_LEN} tokens, decode {args.new_tokens} tokens, {THREADS} threads, "
-             f"median of {args.repeats}")
+             f"median of {args.repeats}; load average {info['load']} at start, {load_end} at end")
     print_table(rows, notes, title)
     if args.json:
         record = {"machine": info, "new_tokens": args.new_tokens, "repeats": args.repeats,

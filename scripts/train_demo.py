@@ -56,16 +56,29 @@ class Document:
     text: str
 
 
-def _clean_docstring(text: str) -> str:
-    """Drops interactive-session lines, which are code rather than English."""
-    kept = [line for line in text.splitlines() if not line.lstrip().startswith((">>>", "... "))]
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(kept)).strip()
+def prose(text: str) -> str:
+    """The English paragraphs of a docstring or reference page, each joined into one line.
+
+    Indented blocks (code, grammar rules, tables), interactive sessions and heading underlines
+    are dropped, and hard-wrapped lines are joined: otherwise a small model spends its capacity
+    on line breaks and indentation instead of words.
+    """
+    paragraphs = []
+    for block in re.split(r"\n[ \t]*\n", text):
+        lines = [line for line in block.splitlines() if line.strip()]
+        lines = [line for line in lines if not set(line.strip()) <= set("*=-~^#")]
+        if not lines or any(line.startswith((" ", "\t")) for line in lines):
+            continue
+        if any(line.startswith((">>>", "...")) for line in lines):
+            continue
+        paragraphs.append(" ".join(" ".join(lines).split()))
+    return "\n\n".join(paragraphs)
 
 
 def collect_documents() -> list[Document]:
     """The corpus, in an order that depends only on the installed CPython."""
     documents = [
-        Document(f"topic:{key}", pydoc_data.topics.topics[key].strip())
+        Document(f"topic:{key}", prose(pydoc_data.topics.topics[key]))
         for key in sorted(pydoc_data.topics.topics)
     ]
     stdlib = Path(sysconfig.get_paths()["stdlib"])
@@ -86,11 +99,11 @@ def collect_documents() -> list[Document]:
                 ):
                     continue
                 docstring = ast.get_docstring(node)
-                text = _clean_docstring(docstring) if docstring else ""
+                text = prose(docstring) if docstring else ""
                 if len(text.split()) >= 8:  # one-liners like "Return x." teach little
                     name = getattr(node, "name", "<module>")
                     documents.append(Document(f"doc:{relative}:{name}:{getattr(node, 'lineno', 0)}", text))
-    return documents
+    return [d for d in documents if d.text]
 
 
 def split_documents(documents: list[Document]) -> tuple[list[Document], list[Document]]:
@@ -338,7 +351,7 @@ what the installed CPython ships, so another Python version gives a slightly dif
 | held-out loss, saved bf16 weights | {bf16_heldout:.4f} (perplexity {math.exp(bf16_heldout):.2f}) |
 | parameters | {n_params:,} (tied embeddings) |
 | architecture | LlamaForCausalLM, hidden {config.hidden_size}, {config.num_hidden_layers} layers, {config.num_attention_heads} heads, {config.num_key_value_heads} KV heads, MLP {config.intermediate_size}, vocab {config.vocab_size}, rope_theta {ROPE_THETA:g} |
-| corpus | `pydoc_data.topics` + stdlib docstrings: {len(train_stream):,} train tokens, {len(heldout_stream):,} held-out tokens (`heldout.txt`) |
+| corpus | `pydoc_data.topics` + stdlib docstrings, prose paragraphs only (code, grammar, sessions dropped): {len(train_stream):,} train tokens, {len(heldout_stream):,} held-out tokens (`heldout.txt`) |
 | tokenizer | byte-level BPE, vocab {tokenizer.get_vocab_size()}, specials `<unk>`=0 `<s>`=1 `</s>`=2 |
 | machine | {machine_description()} |
 | checkpoint size | {size / 1e6:.1f} MB |

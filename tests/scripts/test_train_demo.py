@@ -34,9 +34,12 @@ def test_split_is_deterministic_disjoint_and_capped(train_demo) -> None:  # type
     assert 0 < sum(len(d.text) + 2 for d in heldout) <= train_demo.HELDOUT_MAX_BYTES
 
 
-def test_docstring_cleaning_drops_interactive_sessions(train_demo) -> None:  # type: ignore[no-untyped-def]
-    text = "Return the sum.\n\n>>> add(1, 2)\n3\n... more\nIt is exact."
-    assert train_demo._clean_docstring(text) == "Return the sum.\n\n3\nIt is exact."
+def test_prose_keeps_paragraphs_and_drops_code(train_demo) -> None:  # type: ignore[no-untyped-def]
+    text = ('The "if" statement\n******************\n\nReturn the sum of\nits arguments.\n\n'
+            "   if_stmt ::= 'if' expr\n\n>>> add(1, 2)\n3\n\nIt is exact.")
+    assert train_demo.prose(text) == (
+        'The "if" statement\n\nReturn the sum of its arguments.\n\nIt is exact.'
+    )
 
 
 def test_tokenizer_round_trips_text_with_spaces(train_demo) -> None:  # type: ignore[no-untyped-def]
