@@ -404,10 +404,30 @@ torch::Tensor rope_to_cache(const torch::Tensor& qkv, const torch::Tensor& cos, 
   return q;
 }
 
-// dots[j] = q . keys[j] for j < count, exact in int64 (|q|, |k| < 2**20, so |dot| < 2**48).
+// dots[j] = q . keys[j] for j < count, exact in int64 (|q|, |k| < 2**20, so |dot| < 2**48);
+// four keys per pass share the loads of q.
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 void key_dots(const int32_t* q, const int32_t* keys, int64_t count, int64_t hd, int64_t* dots) {
-  for (int64_t j = 0; j < count; ++j) {
+  int64_t j = 0;
+  for (; j + 4 <= count; j += 4) {
+    const int32_t* k0 = keys + j * hd;
+    const int32_t* k1 = k0 + hd;
+    const int32_t* k2 = k1 + hd;
+    const int32_t* k3 = k2 + hd;
+    int64_t d0 = 0, d1 = 0, d2 = 0, d3 = 0;
+    for (int64_t i = 0; i < hd; ++i) {
+      const int64_t qi = q[i];
+      d0 += qi * k0[i];
+      d1 += qi * k1[i];
+      d2 += qi * k2[i];
+      d3 += qi * k3[i];
+    }
+    dots[j] = d0;
+    dots[j + 1] = d1;
+    dots[j + 2] = d2;
+    dots[j + 3] = d3;
+  }
+  for (; j < count; ++j) {
     const int32_t* kj = keys + j * hd;
     int64_t dot = 0;
     for (int64_t i = 0; i < hd; ++i) dot += static_cast<int64_t>(q[i]) * kj[i];
@@ -415,10 +435,20 @@ void key_dots(const int32_t* q, const int32_t* keys, int64_t count, int64_t hd, 
   }
 }
 
-// acc[i] += sum_j probs[j] * values[j][i], exact in int64 (probs <= 2**20, |v| < 2**26).
+// acc[i] += sum_j probs[j] * values[j][i], exact in int64 (probs <= 2**20, |v| < 2**26);
+// four keys per pass share the loads and stores of acc.
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 void mix_values(const int32_t* probs, const int32_t* values, int64_t count, int64_t hd, int64_t* acc) {
-  for (int64_t j = 0; j < count; ++j) {
+  int64_t j = 0;
+  for (; j + 4 <= count; j += 4) {
+    const int64_t p0 = probs[j], p1 = probs[j + 1], p2 = probs[j + 2], p3 = probs[j + 3];
+    const int32_t* v0 = values + j * hd;
+    const int32_t* v1 = v0 + hd;
+    const int32_t* v2 = v1 + hd;
+    const int32_t* v3 = v2 + hd;
+    for (int64_t i = 0; i < hd; ++i) acc[i] += p0 * v0[i] + p1 * v1[i] + p2 * v2[i] + p3 * v3[i];
+  }
+  for (; j < count; ++j) {
     const int64_t p = probs[j];
     const int32_t* vj = values + j * hd;
     for (int64_t i = 0; i < hd; ++i) acc[i] += p * vj[i];
