@@ -16,6 +16,14 @@
 #include <string>
 #include <vector>
 
+// On x86-64, hot loops are compiled for several vector ISAs and the widest the CPU has is
+// picked at load time; elsewhere they are compiled once for the build's target.
+#if defined(__x86_64__)
+#define VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define VECTOR_CLONES
+#endif
+
 namespace {
 
 // Mirrors of the Python constants; tests/engine/test_kernels.py checks they agree.
@@ -242,12 +250,13 @@ inline __attribute__((always_inline)) void blocked_products(const Input* x, cons
 
 // Inputs widened to int16: 16-bit multiply-adds (pmaddwd) on any x86-64; target clones pick the
 // widest vector ISA the CPU has.
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+VECTOR_CLONES
 void products_int16(const int16_t* x16, const int8_t* w, int32_t* out, int64_t rows, int64_t k, int64_t n,
                     int64_t c0, int64_t c1) {
   blocked_products(x16, w, out, rows, k, n, c0, c1, [](int8_t b) { return static_cast<int16_t>(b); });
 }
 
+#if defined(__x86_64__)
 // With AVX512-VNNI: 8-bit multiply-adds (vpdpbusd) of unsigned by signed bytes. The weight's
 // bits flipped at the top read as unsigned w + 128, so x . (w + 128) - 128 sum(x) = x . w,
 // exactly (all int32, and the true sums fit).
@@ -261,6 +270,9 @@ void products_vnni(const int8_t* x, const int32_t* x_sums, const int8_t* w, int3
 }
 
 const bool has_vnni = __builtin_cpu_supports("x86-64-v4") && __builtin_cpu_supports("avx512vnni");
+#else
+const bool has_vnni = false;
+#endif
 
 // fp.int8_matmul(x, w.t()) for x (R, K) and a row-major weight w (N, K): (R, N) int32. `vnni`
 // false forces the 16-bit path or _int_mm (for tests; all give the same integers).
@@ -276,6 +288,7 @@ torch::Tensor int8_matmul(const torch::Tensor& x, const torch::Tensor& w, bool v
   const int8_t* wp = w.data_ptr<int8_t>();
   int32_t* op = out.data_ptr<int32_t>();
   const int64_t columns_per_task = std::max<int64_t>(4, 65536 / std::max<int64_t>(k * rows, 1));
+#if defined(__x86_64__)
   if (use_vnni) {
     std::vector<int32_t> x_sums(rows, 0);
     for (int64_t r = 0; r < rows; ++r)
@@ -283,12 +296,13 @@ torch::Tensor int8_matmul(const torch::Tensor& x, const torch::Tensor& w, bool v
     at::parallel_for(0, n, columns_per_task, [&](int64_t c0, int64_t c1) {
       products_vnni(xp, x_sums.data(), wp, op, rows, k, n, c0, c1);
     });
-  } else {
-    const std::vector<int16_t> x16(xp, xp + rows * k);
-    at::parallel_for(0, n, columns_per_task, [&](int64_t c0, int64_t c1) {
-      products_int16(x16.data(), wp, op, rows, k, n, c0, c1);
-    });
+    return out;
   }
+#endif
+  const std::vector<int16_t> x16(xp, xp + rows * k);
+  at::parallel_for(0, n, columns_per_task, [&](int64_t c0, int64_t c1) {
+    products_int16(x16.data(), wp, op, rows, k, n, c0, c1);
+  });
   return out;
 }
 
@@ -326,11 +340,15 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& xm, const torc
   const int64_t* sp = shift_base.data_ptr<int64_t>();
   int64_t* op = out.data_ptr<int64_t>();
   at::parallel_for(0, rows * n, 16384, [&](int64_t begin, int64_t end) {
+    int64_t r = begin / n, c = begin - r * n;
     for (int64_t idx = begin; idx < end; ++idx) {
-      const int64_t r = idx / n, c = idx - r * n;
       int64_t v = shift_round_var(static_cast<int64_t>(ap[idx]) * (xmp[r] * mp[c]), xep[r] + sp[c]);
       if (bp) v += bp[c];
       op[idx] = res ? clamp(res[idx] + v, -ACT_LIMIT, ACT_LIMIT) : v;
+      if (++c == n) {
+        c = 0;
+        ++r;
+      }
     }
   });
   return out;
@@ -406,7 +424,7 @@ torch::Tensor rope_to_cache(const torch::Tensor& qkv, const torch::Tensor& cos, 
 
 // dots[j] = q . keys[j] for j < count, exact in int64 (|q|, |k| < 2**20, so |dot| < 2**48);
 // four keys per pass share the loads of q.
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+VECTOR_CLONES
 void key_dots(const int32_t* q, const int32_t* keys, int64_t count, int64_t hd, int64_t* dots) {
   int64_t j = 0;
   for (; j + 4 <= count; j += 4) {
@@ -437,7 +455,7 @@ void key_dots(const int32_t* q, const int32_t* keys, int64_t count, int64_t hd, 
 
 // acc[i] += sum_j probs[j] * values[j][i], exact in int64 (probs <= 2**20, |v| < 2**26);
 // four keys per pass share the loads and stores of acc.
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+VECTOR_CLONES
 void mix_values(const int32_t* probs, const int32_t* values, int64_t count, int64_t hd, int64_t* acc) {
   int64_t j = 0;
   for (; j + 4 <= count; j += 4) {
