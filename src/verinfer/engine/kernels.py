@@ -51,8 +51,10 @@ def extension() -> ModuleType | None:
             # torch reports a failed compile as RuntimeError; a missing tool or a bad .so as
             # OSError/ImportError; a subprocess may fail on its own.
             except (RuntimeError, OSError, ImportError, subprocess.SubprocessError) as exc:
+                # A failed compile's message carries the whole compiler log: keep its first line.
+                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
                 warnings.warn(
-                    f"verinfer: fused CPU kernels unavailable, using the slower torch path ({exc})",
+                    f"verinfer: fused CPU kernels unavailable, using the slower torch path ({reason})",
                     RuntimeWarning,
                     stacklevel=2,
                 )
