@@ -3,6 +3,8 @@ inputs, and the whole model (prefill and batched decode); the fallback warns onc
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -70,6 +72,18 @@ def test_constants_mirror_python() -> None:
         "V_LIMIT": m.V_LIMIT, "_NORM_BITS": m._NORM_BITS, "_EPS_SHIFT": m._EPS_SHIFT,
     }
     assert ext.constants() == expected
+
+
+def test_build_is_lazy_and_quiet() -> None:
+    probe = (
+        "from verinfer.engine import kernels, model\n"
+        "assert not kernels._tried, 'importing the engine must not build anything'\n"
+        "assert kernels.extension() is not None\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == done.stderr == ""
 
 
 def test_env_var_selects_the_torch_path(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,7 +3,8 @@
 Pure computation on tensors already in memory: no loading, no I/O. Every step is integer
 arithmetic (see `fixedpoint`), so the output bytes do not depend on thread count, batch
 composition, chunking or device. One model definition serves whole-model inference and layer
-ranges (`forward_layers`) for split inference.
+ranges (`forward_layers`) for split inference. On CPU the hot steps run as fused C++ kernels
+(`kernels`) that equal the torch code here byte for byte; that code stays the reference.
 
 Value formats: the residual stream, v, MLP activations and logits are int64 fixed point with
 `ACT_FRAC` fraction bits; inputs of every weight product are int8 with a per-row scale; rotated
