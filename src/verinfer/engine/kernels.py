@@ -30,7 +30,7 @@ _tried = False
 
 def build() -> ModuleType:
     """Compile (or load the cached build of) the extension; raises on failure."""
-    from torch.utils.cpp_extension import load
+    from torch.utils.cpp_extension import load  # here: it imports setuptools, rarely needed
 
     return load(
         name=EXTENSION_NAME,
@@ -59,13 +59,6 @@ def extension() -> ModuleType | None:
                     stacklevel=2,
                 )
         return _extension
-
-
-def reset() -> None:
-    """Forget the outcome of the last build attempt (the next use tries again)."""
-    global _extension, _tried
-    with _lock:
-        _extension, _tried = None, False
 
 
 def enabled(x: torch.Tensor) -> bool:
@@ -101,7 +94,7 @@ def int8_matmul(x: torch.Tensor, w_t: torch.Tensor, vnni: bool = True) -> torch.
 
     `vnni=False` keeps to the 16-bit path even on CPUs with AVX512-VNNI (same integers).
     """
-    return _ext().int8_matmul(x.contiguous(), w_t.t(), vnni)
+    return _ext().int8_matmul(x.contiguous(), w_t.t().contiguous(), vnni)
 
 
 def linear(
@@ -116,7 +109,8 @@ def linear(
 ) -> torch.Tensor:
     """`model.Linear.__call__`: product and scaling (R, N); with `residual`, the clamped sum."""
     return _ext().linear(
-        xq.contiguous(), xm.contiguous(), xe.contiguous(), weight_t.t(), mant, shift_base, bias,
+        xq.contiguous(), xm.contiguous(), xe.contiguous(), weight_t.t().contiguous(),
+        mant.contiguous(), shift_base.contiguous(), None if bias is None else bias.contiguous(),
         None if residual is None else residual.contiguous(),
     )
 
