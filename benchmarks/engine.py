@@ -46,6 +46,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import resource
 import statistics
 import sys
@@ -73,12 +74,13 @@ THREADS = 2
 
 
 def prompts(vocab: int, batch: int, seed: int = 0) -> list[list[int]]:
-    """`batch` different prompts of PROMPT_LEN ids, the same for every engine."""
-    import torch
+    """`batch` different prompts of PROMPT_LEN ids, the same for every engine.
 
-    gen = torch.Generator().manual_seed(seed)
+    Plain `random`, not torch: the llama.cpp child must not carry torch in its peak RSS.
+    """
+    rng = random.Random(seed)
     # Ids 0-2 are the special tokens; everything else is ordinary text in every tokenizer here.
-    return torch.randint(3, min(vocab, 4096), (batch, PROMPT_LEN), generator=gen).tolist()
+    return [[rng.randrange(3, min(vocab, 4096)) for _ in range(PROMPT_LEN)] for _ in range(batch)]
 
 
 def peak_rss_mb() -> float:
