@@ -140,3 +140,22 @@ def test_bad_model_directories_get_one_clear_error(
 def test_missing_directory(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="does not exist"):
         Engine.load(tmp_path / "nowhere")
+
+
+def test_rope_parameters_dict_is_read() -> None:
+    from verinfer.engine.config import parse_config
+
+    config = tiny_config()
+    del config["rope_theta"]
+    config["rope_parameters"] = {"rope_theta": 1000000.0, "rope_type": "default"}
+    parsed = parse_config(config)
+    assert parsed.rope_theta == "1000000.0" and parsed.rope_scaling is None
+    config["rope_parameters"] = {"rope_theta": 500000.0, "rope_type": "linear", "factor": 2.0}
+    assert parse_config(config).rope_scaling == {"rope_type": "linear", "factor": 2.0}
+
+
+def test_mlp_bias_is_refused() -> None:
+    from verinfer.engine.config import parse_config
+
+    with pytest.raises(ModelError, match="mlp_bias"):
+        parse_config(tiny_config(mlp_bias=True))

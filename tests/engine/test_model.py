@@ -21,6 +21,12 @@ VARIANTS = {
                       "high_freq_factor": 4.0, "original_max_position_embeddings": 64},
     ),
     "llama-rope-linear": tiny_config(rope_scaling={"type": "linear", "factor": 2.0}),
+    "llama-rope-parameters": {  # transformers >= 5 style: one dict for theta, type and scaling
+        **{k: v for k, v in tiny_config().items() if k != "rope_theta"},
+        "rope_parameters": {"rope_theta": 250000.0, "rope_type": "llama3", "factor": 4.0,
+                            "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                            "original_max_position_embeddings": 64},
+    },
     "mistral": tiny_config(architectures=["MistralForCausalLM"], model_type="mistral",
                            sliding_window=None),
     "qwen2": tiny_config(architectures=["Qwen2ForCausalLM"], model_type="qwen2",

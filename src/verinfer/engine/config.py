@@ -118,7 +118,17 @@ def parse_config(raw: dict[str, Any]) -> ModelConfig:
         raise ModelError(f"unsupported hidden_act {raw.get('hidden_act')!r} (only silu)")
     if raw.get("partial_rotary_factor", 1) != 1:
         raise ModelError("unsupported partial_rotary_factor (only full rotary embeddings)")
-    scaling = raw.get("rope_scaling")
+    if raw.get("mlp_bias", False):
+        raise ModelError("unsupported mlp_bias = true (MLP projections without bias only)")
+    # transformers >= 5 writes RoPE settings as one `rope_parameters` dict (theta, type and
+    # scaling fields); older configs use top-level `rope_theta` and `rope_scaling`.
+    rope_parameters = raw.get("rope_parameters")
+    if isinstance(rope_parameters, dict):
+        theta = rope_parameters.get("rope_theta", raw.get("rope_theta", 10000.0))
+        scaling = rope_parameters
+    else:
+        theta = raw.get("rope_theta", 10000.0)
+        scaling = raw.get("rope_scaling")
     if scaling is not None:
         rope_type = scaling.get("rope_type", scaling.get("type", "default"))
         if rope_type not in SUPPORTED_ROPE_TYPES:
@@ -126,7 +136,7 @@ def parse_config(raw: dict[str, Any]) -> ModelConfig:
                 f"unsupported rope_scaling type {rope_type!r} "
                 f"(supported: {', '.join(SUPPORTED_ROPE_TYPES)})"
             )
-        scaling = {**scaling, "rope_type": rope_type}
+        scaling = {k: v for k, v in scaling.items() if k != "rope_theta"} | {"rope_type": rope_type}
         if rope_type == "default":
             scaling = None
     context = _positive_int(raw, "max_position_embeddings")
@@ -149,7 +159,7 @@ def parse_config(raw: dict[str, Any]) -> ModelConfig:
         head_dim=head_dim,
         max_position_embeddings=context,
         rms_norm_eps=_number_text(raw.get("rms_norm_eps", 1e-6), "rms_norm_eps"),
-        rope_theta=_number_text(raw.get("rope_theta", 10000.0), "rope_theta"),
+        rope_theta=_number_text(theta, "rope_theta"),
         rope_scaling=scaling,
         tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
         attention_bias=bool(raw.get("attention_bias", default_bias)),
