@@ -118,9 +118,10 @@ def verinfer_quantized(model: str, hf_dir: Path) -> Path:
         return out
     print(f"quantizing {hf_dir} into {out} (once) ...", flush=True)
     code = (
-        "import sys\n"
-        "from verinfer.engine import Engine\n"
-        "Engine.load(sys.argv[1]).save_quantized(sys.argv[2], sys.argv[1])\n"
+        "import sys, pathlib\n"
+        "from verinfer.engine.quantize import quantize_checkpoint, save_quantized\n"
+        "src = pathlib.Path(sys.argv[1])\n"
+        "save_quantized(quantize_checkpoint(src), sys.argv[2], src / 'tokenizer.json')\n"
     )
     subprocess.run([sys.executable, "-c", code, str(hf_dir), str(out)], check=True)
     (out / ".complete").write_text("ok\n")

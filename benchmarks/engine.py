@@ -115,7 +115,7 @@ def time_verinfer(path: Path, batch: int, new_tokens: int, repeats: int) -> dict
 
     run(2)  # warm-up
     timings = [run(new_tokens) for _ in range(repeats)]
-    weights = sum(t.numel() * t.element_size() for t in engine.quantized.tensors.values())
+    weights = engine.model.weight_bytes()
     # Row 0 has the same prompt at every batch size: its output must be the same bytes.
     return {"load_s": load_s, "timings": timings, "weights_bytes": weights,
             "row0_output_hash": results[0].output_hash, "model_id": engine.model_id}

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from verinfer.engine import Engine
-from verinfer.engine.quantize import QUANTIZED_WEIGHTS, quantize_checkpoint
+from verinfer.engine.quantize import QUANTIZED_WEIGHTS, quantize_checkpoint, save_quantized
 from verinfer.engine.testing import tiny_config, write_random_checkpoint
 from verinfer.errors import ModelError
 
@@ -45,8 +45,12 @@ def test_sharded_checkpoint_equals_single_file(tmp_path: Path) -> None:
     assert quantize_checkpoint(single).model_id == quantize_checkpoint(sharded).model_id
 
 
+def _save(model_dir: Path, out: Path) -> Path:
+    return save_quantized(quantize_checkpoint(model_dir), out, model_dir / "tokenizer.json")
+
+
 def test_quantized_save_and_load_round_trip(tiny_dir: Path, tiny_engine: Engine, tmp_path: Path) -> None:
-    out = tiny_engine.save_quantized(tmp_path / "q", tiny_dir)
+    out = _save(tiny_dir, tmp_path / "q")
     loaded = Engine.load(out)
     assert loaded.model_id == tiny_engine.model_id
     a = loaded.generate(["round trip"])[0]
@@ -54,8 +58,8 @@ def test_quantized_save_and_load_round_trip(tiny_dir: Path, tiny_engine: Engine,
     assert (a.token_ids, a.logits_hash) == (b.token_ids, b.logits_hash)
 
 
-def test_tampered_quantized_weights_are_refused(tiny_dir: Path, tiny_engine: Engine, tmp_path: Path) -> None:
-    out = tiny_engine.save_quantized(tmp_path / "q", tiny_dir)
+def test_tampered_quantized_weights_are_refused(tiny_dir: Path, tmp_path: Path) -> None:
+    out = _save(tiny_dir, tmp_path / "q")
     tensors = load_file(str(out / QUANTIZED_WEIGHTS))
     tensors["model.norm.weight"][0] += 1
     save_file(tensors, str(out / QUANTIZED_WEIGHTS))

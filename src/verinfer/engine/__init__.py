@@ -23,7 +23,7 @@ _EXPORTS = {
     "SamplingParams": "verinfer.engine.sampler",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = ["Engine", "GenerationResult", "SamplingParams", "TokenEvent", "output_hash"]
 
 
 def __getattr__(name: str) -> Any:

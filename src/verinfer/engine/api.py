@@ -20,7 +20,6 @@ from verinfer.engine.quantize import (
     is_quantized_dir,
     load_quantized,
     quantize_checkpoint,
-    save_quantized,
 )
 from verinfer.engine.sampler import SamplingParams
 from verinfer.errors import GenerationParamsError, ModelError
@@ -54,7 +53,8 @@ class Engine:
     """A loaded, quantized model with its tokenizer, on one device."""
 
     def __init__(self, qmodel: QuantizedModel, tokenizer: Tokenizer, device: str = "cpu") -> None:
-        self.quantized = qmodel
+        # Only the device-resident integer model is kept: holding the quantized tensors too
+        # would double the resident size (the q/k/v and gate/up weights are stacked copies).
         self.model = IntModel(qmodel, _resolve_device(device))
         self.tokenizer = tokenizer
 
@@ -75,9 +75,6 @@ class Engine:
         else:
             qmodel = quantize_checkpoint(model_dir, progress)
         return cls(qmodel, tokenizer, device)
-
-    def save_quantized(self, out_dir: str | Path, tokenizer_source: str | Path) -> Path:
-        return save_quantized(self.quantized, out_dir, Path(tokenizer_source) / "tokenizer.json")
 
     @property
     def config(self) -> ModelConfig:

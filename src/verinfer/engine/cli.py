@@ -82,15 +82,19 @@ def quantize(
     """Quantize a checkpoint to int8 once and save it (loads faster; same model_id)."""
     from rich.progress import Progress
 
-    from verinfer.engine import Engine
     from verinfer.engine.checkpoint import expected_shapes
     from verinfer.engine.config import load_config
+    from verinfer.engine.quantize import quantize_checkpoint, save_quantized
 
     with Progress(transient=True) as progress:
         task = progress.add_task("quantizing", total=len(expected_shapes(load_config(model))))
-        engine = Engine.load(model, progress=lambda name: progress.advance(task))
-    engine.save_quantized(out, model)
-    typer.echo(f"model_id: {engine.model_id}")
+        qmodel = quantize_checkpoint(model, progress=lambda name: progress.advance(task))
+    if not (model / "tokenizer.json").is_file():
+        from verinfer.errors import ModelError
+
+        raise ModelError(f"{model}: no tokenizer.json")
+    save_quantized(qmodel, out, model / "tokenizer.json")
+    typer.echo(f"model_id: {qmodel.model_id}")
     typer.echo(f"saved to {out}")
 
 

@@ -152,6 +152,17 @@ class IntModel:
         self.inv_sqrt_mant, self.inv_sqrt_exp = _inv_sqrt_scale(c.head_dim)
 
 
+    def weight_bytes(self) -> int:
+        """Bytes of int8 weight matrices held (an embedding tied to the head counted once)."""
+        linears = [self.embed] + [
+            x for layer in self.layers
+            for x in (layer.qkv_proj, layer.o_proj, layer.gate_up_proj, layer.down_proj)
+        ]
+        if self.lm_head is not self.embed:
+            linears.append(self.lm_head)
+        return sum(x.weight_t.numel() for x in linears)
+
+
 def _inv_sqrt_scale(head_dim: int) -> tuple[int, int]:
     """1 / sqrt(head_dim) as mant * 2**-exp with a 15-bit mantissa, from an exact isqrt."""
     exp = 0
