@@ -123,12 +123,15 @@ def parse_config(raw: dict[str, Any]) -> ModelConfig:
     # transformers >= 5 writes RoPE settings as one `rope_parameters` dict (theta, type and
     # scaling fields); older configs use top-level `rope_theta` and `rope_scaling`.
     rope_parameters = raw.get("rope_parameters")
+    scaling: dict[str, Any] | None
     if isinstance(rope_parameters, dict):
         theta = rope_parameters.get("rope_theta", raw.get("rope_theta", 10000.0))
         scaling = rope_parameters
     else:
         theta = raw.get("rope_theta", 10000.0)
         scaling = raw.get("rope_scaling")
+    if scaling is not None and not isinstance(scaling, dict):
+        raise ModelError(f"config.json: rope_scaling must be an object, got {scaling!r}")
     if scaling is not None:
         rope_type = scaling.get("rope_type", scaling.get("type", "default"))
         if rope_type not in SUPPORTED_ROPE_TYPES:
