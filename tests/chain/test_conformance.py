@@ -15,6 +15,7 @@ from typing import Any
 import boa
 import pytest
 from boa_driver import apply_op, read_state
+from conftest import params_tuple
 
 from verinfer.protocol.settlement import SettlementParams
 from verinfer.protocol.settlement_codec import params_from_json, state_from_json
@@ -51,18 +52,7 @@ def test_suite_header() -> None:
 def test_contract_matches_vector(case: dict[str, Any], settlement_deployer: Any) -> None:
     params: SettlementParams = params_from_json(case["params"]).validate()
     boa.env.timestamp = 0
-    contract = settlement_deployer.deploy(
-        (
-            params.min_stake,
-            params.unbonding_delay,
-            params.reward_asserter,
-            params.reward_validators,
-            params.slash,
-            params.protocol_fee_bps,
-            params.discount_bps,
-            params.challenger_share_bps,
-        )
-    )
+    contract = settlement_deployer.deploy(params_tuple(params))
     addresses, epochs = _addresses_and_epochs(case)
     for op in case["setup"]:
         apply_op(contract, op)

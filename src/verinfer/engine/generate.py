@@ -130,24 +130,17 @@ def decode_n_tokens(
 ) -> Iterator[TokenEvent]:
     """Accept each row's first token, then step all unfinished rows together until done."""
     device = model.device
-    active = []
-    for state, logits in zip(states, first_logits, strict=True):
-        event = state.accept(logits)
-        yield event
-        if event.finish_reason is None:
-            active.append(state)
-    while active:
+    active, logits = list(states), first_logits
+    while True:
+        for state, row_logits in zip(active, logits, strict=True):
+            yield state.accept(row_logits)
+        active = [s for s in active if not s.result.finish_reason]
+        if not active:
+            return
         rows = torch.tensor([s.index for s in active], device=device)
         tokens = torch.tensor([s.result.token_ids[-1] for s in active], device=device)
         positions = torch.tensor([s.position - 1 for s in active], device=device)
-        logits = decode_one_token(model, cache, rows, tokens, positions)
-        still = []
-        for state, row_logits in zip(active, logits, strict=True):
-            event = state.accept(row_logits)
-            yield event
-            if event.finish_reason is None:
-                still.append(state)
-        active = still
+        logits = list(decode_one_token(model, cache, rows, tokens, positions))
 
 
 def generate_stream(
