@@ -103,6 +103,10 @@ def _break(kind: str, model: Path) -> None:
         tensors = load_file(str(model / "model.safetensors"))
         tensors["model.norm.weight"][0] = float("nan")
         save_file(tensors, str(model / "model.safetensors"))
+    elif kind == "huge-gain":
+        tensors = load_file(str(model / "model.safetensors"))
+        tensors["model.norm.weight"][0] = 4096.0
+        save_file(tensors, str(model / "model.safetensors"))
     elif kind == "int-weights":
         tensors = load_file(str(model / "model.safetensors"))
         tensors["model.norm.weight"] = tensors["model.norm.weight"].to(torch.int32)
@@ -127,6 +131,7 @@ def _break(kind: str, model: Path) -> None:
         ("missing-tensor", "lacks tensor model.layers.0.self_attn.k_proj.weight"),
         ("shape", "has shape"),
         ("nan", "NaN"),
+        ("huge-gain", "model.norm.weight has values of magnitude >= 2048"),
         ("int-weights", "expected a float"),
         ("no-tokenizer", "no tokenizer.json"),
         ("bad-tokenizer", "not a valid tokenizer.json"),

@@ -68,6 +68,27 @@ def test_quantize_rows_range_and_reconstruction() -> None:
     assert float(rel.max()) < 1 / 254 + 1e-4  # half a quantization step
 
 
+def test_wide_rows_range_and_reconstruction() -> None:
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randint(-(2**45), 2**45, (8, 64), generator=gen)
+    x[0] = fp.ACT_LIMIT  # the largest activation
+    q, m, e = fp.quantize_rows(x, fp.ACT_FRAC, fp.WIDE_LEVELS)
+    assert q.dtype == torch.int16 and int(q.abs().max()) == fp.WIDE_LEVELS
+    back = q.double() * m.double() * torch.pow(2.0, -e.double())
+    real = x.double() / 2**fp.ACT_FRAC
+    rel = (back - real).abs().amax(-1) / real.abs().amax(-1)
+    assert float(rel.max()) < 1 / (2 * fp.WIDE_LEVELS) + 1e-4  # half a step, 129 times finer
+
+
+def test_wide_matmul_is_the_exact_product() -> None:
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randint(-fp.WIDE_LEVELS, fp.WIDE_LEVELS + 1, (6, 96), generator=gen, dtype=torch.int16)
+    x[0], x[1] = fp.WIDE_LEVELS, -fp.WIDE_LEVELS
+    w = torch.randint(-127, 128, (40, 96), generator=gen, dtype=torch.int8)
+    w[0] = -127
+    assert torch.equal(fp.wide_matmul(x, w.t()), x.long() @ w.long().t())
+
+
 def test_exp_neg_accuracy() -> None:
     d = torch.arange(0, 30 << fp.ACT_FRAC, 977)
     got = fp.exp_neg(d).double() / 2**fp.EXP_FRAC

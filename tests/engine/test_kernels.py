@@ -70,6 +70,8 @@ def test_constants_mirror_python() -> None:
         "PROB_FRAC": fp.PROB_FRAC, "EXP_FRAC": fp.EXP_FRAC, "_LOG2E_FRAC": fp._LOG2E_FRAC,
         "ROPE_FRAC": rope.ROPE_FRAC, "QK_FRAC": m.QK_FRAC, "QK_LIMIT": m.QK_LIMIT,
         "V_LIMIT": m.V_LIMIT, "_NORM_BITS": m._NORM_BITS, "_EPS_SHIFT": m._EPS_SHIFT,
+        "INT8_LEVELS": fp.INT8_LEVELS, "WIDE_LEVELS": fp.WIDE_LEVELS,
+        "WIDE_SCALE_SHIFT": fp.WIDE_SCALE_SHIFT,
     }
     assert ext.constants() == expected
 
@@ -93,13 +95,15 @@ def test_env_var_selects_the_torch_path(monkeypatch: pytest.MonkeyPatch) -> None
     assert not kernels.enabled(x)
 
 
+@pytest.mark.parametrize("levels", [fp.INT8_LEVELS, fp.WIDE_LEVELS])
 @pytest.mark.parametrize("shape", [(1, 1, 1), (1, 1, 2), (2, 3, 7), (1, 1, 64), (3, 4, 2048)])
-def test_rms_norm_quantize(shape: tuple[int, int, int], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rms_norm_quantize(shape: tuple[int, int, int], levels: int, monkeypatch: pytest.MonkeyPatch) -> None:
     h = _with_edges(_ints(shape, 46), fp.ACT_LIMIT)
-    gain = _with_edges(_ints(shape[-1:], 20), 1 << 20)
+    gain_limit = (1 << (fp.ACT_FRAC + 11)) - 1  # the largest gain quantize accepts
+    gain = _with_edges(_ints(shape[-1:], 26), gain_limit - 1)
     for eps_scaled in (0, 47223664828696452, (1 << 62) - 1):
-        _assert_same(m.rms_norm_quantize(h, gain, eps_scaled),
-                     _reference(monkeypatch, m.rms_norm_quantize, h, gain, eps_scaled))
+        _assert_same(m.rms_norm_quantize(h, gain, eps_scaled, levels),
+                     _reference(monkeypatch, m.rms_norm_quantize, h, gain, eps_scaled, levels))
 
 
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 16, 17, 40, 130])
@@ -116,7 +120,8 @@ def test_int8_matmul(rows: int, k: int, n: int) -> None:
 @pytest.mark.parametrize(("rows", "k", "n"), [(1, 1, 1), (1, 64, 96), (5, 33, 17), (16, 128, 300),
                                               (40, 64, 24)])
 @pytest.mark.parametrize("bias", [False, True])
-def test_linear_dequantization(rows: int, k: int, n: int, bias: bool,
+@pytest.mark.parametrize("levels", [fp.INT8_LEVELS, fp.WIDE_LEVELS])
+def test_linear_dequantization(rows: int, k: int, n: int, bias: bool, levels: int,
                                monkeypatch: pytest.MonkeyPatch) -> None:
     weight = torch.randint(-128, 128, (n, k), generator=GEN, dtype=torch.int8)
     weight[0] = -128  # extreme accumulators: +-K * 128 * 127
@@ -126,8 +131,9 @@ def test_linear_dequantization(rows: int, k: int, n: int, bias: bool,
         exp=torch.randint(-10, 80, (n,), generator=GEN),  # shifts from < 0 to > 62
         bias=_ints((n,), 40) if bias else None,
     )
-    xq = torch.randint(-127, 128, (rows, k), generator=GEN, dtype=torch.int8)
-    xq[-1] = 127
+    xq = torch.randint(-levels, levels + 1, (rows, k), generator=GEN).to(fp.row_dtype(levels))
+    xq[-1] = levels
+    xq[0, : k // 2] = -levels
     xm = torch.randint(2**14, 2**16 + 1, (rows, 1), generator=GEN)
     xe = torch.randint(-20, 60, (rows, 1), generator=GEN)
     residual = _with_edges(_ints((rows, n), 46), fp.ACT_LIMIT)

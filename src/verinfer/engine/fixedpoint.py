@@ -6,6 +6,9 @@ Conventions, fixed once for the whole engine:
   `[2**14, 2**16]` (or 0), so two mantissas times an int8 product's accumulator (at most
   K * 127**2 < 2**30 for K <= 2**15) stay below 2**62.
 - Rounding is half up (toward +infinity) everywhere: `(x + 2**(s-1)) >> s`.
+- Inputs of weight products are rows of int8 (`INT8_LEVELS` steps each side of 0) or *wide*
+  rows of int16 (`WIDE_LEVELS` steps), each row with its scale; a wide row's product with an
+  int8 weight is two exact int8 products (`wide_matmul`).
 Every function is exact integer arithmetic, so its result is the same bytes on any device,
 thread count or batch composition. Value bounds that keep int64 from overflowing are stated
 where they matter and enforced by saturation (`clamp`), which is itself deterministic.
@@ -25,6 +28,9 @@ ACT_LIMIT = (1 << 46) - 1  # |activation| < 2**30 in real units: bounds every pr
 PROB_FRAC = 20  # attention probabilities are integers in [0, 2**20]
 EXP_FRAC = 30  # fixed-point output of exp / sigmoid
 _LOG2E_FRAC = 30
+INT8_LEVELS = 127
+WIDE_LEVELS = (1 << 14) - 1  # wide rows: |q| <= 16383, so q = 128 * hi + lo with hi, lo int8
+WIDE_SCALE_SHIFT = 16  # a wide product times its row mantissa is rounded by 2**16 (see model)
 
 
 def shift_round(x: torch.Tensor, shift: int | torch.Tensor) -> torch.Tensor:
@@ -87,16 +93,24 @@ def ratio_to_scale(
     return mant, torch.where(num == 0, 0, k + extra_exp)
 
 
-def quantize_rows(x: torch.Tensor, frac: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Symmetric per-row int8 of fixed-point `x` (`frac` fraction bits), with the row scales.
+def quantize_rows(
+    x: torch.Tensor, frac: int, levels: int = INT8_LEVELS
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Symmetric per-row integers of fixed-point `x` (`frac` fraction bits), with the row scales.
 
-    Returns `(q, mant, exp)` with `x * 2**-frac ~= q * mant * 2**-exp`. The row scale comes from
-    the row's integer max, never from a float.
+    Returns `(q, mant, exp)` with `x * 2**-frac ~= q * mant * 2**-exp` and |q| <= `levels`: int8
+    for `INT8_LEVELS`, int16 (a wide row) for `WIDE_LEVELS`. The row scale comes from the row's
+    integer max, never from a float. Needs |x| < 2**46 (`ACT_LIMIT`).
     """
     amax = x.abs().amax(dim=-1, keepdim=True).clamp(min=1)
-    q = div_round(127 * x, amax).to(torch.int8)
-    mant, exp = ratio_to_scale(amax, 127, frac)
+    q = div_round(levels * x, amax).to(row_dtype(levels))
+    mant, exp = ratio_to_scale(amax, levels, frac)
     return q, mant, exp
+
+
+def row_dtype(levels: int) -> torch.dtype:
+    """int8 rows for `INT8_LEVELS`, int16 for `WIDE_LEVELS`."""
+    return torch.int8 if levels <= INT8_LEVELS else torch.int16
 
 
 def dequantize(q: torch.Tensor, mant: torch.Tensor, exp: torch.Tensor, frac: int) -> torch.Tensor:
@@ -117,6 +131,18 @@ def int8_matmul(x: torch.Tensor, w_t: torch.Tensor) -> torch.Tensor:
             x = torch.cat([x, x.new_zeros(padded_rows - rows, x.shape[1])])
         return torch._int_mm(x, w_t)[:rows]
     return torch._int_mm(x, w_t)
+
+
+def wide_matmul(x: torch.Tensor, w_t: torch.Tensor) -> torch.Tensor:
+    """Exact product of wide rows x (T, K) int16 with an int8 `w_t` (K, N): (T, N) int64.
+
+    x = 128 * hi + lo with hi = x >> 7 in [-128, 127] and lo = x & 127 in [0, 127] (|x| <=
+    WIDE_LEVELS): one int8 product of the 2T stacked rows [hi; lo] reads the weight once.
+    """
+    rows = x.shape[0]
+    halves = torch.cat([x >> 7, x & 127]).to(torch.int8)
+    acc = int8_matmul(halves, w_t).to(torch.int64)
+    return acc[:rows] * 128 + acc[rows:]
 
 
 def exact_float_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -82,10 +82,10 @@ def _exp2(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
 
 
 def rms_norm_quantize(
-    h: torch.Tensor, gain: torch.Tensor, eps_scaled: int
+    h: torch.Tensor, gain: torch.Tensor, eps_scaled: int, levels: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`model.rms_norm_quantize`."""
-    q, mant, exp = _ext().rms_norm_quantize(h.contiguous(), gain.contiguous(), eps_scaled)
+    q, mant, exp = _ext().rms_norm_quantize(h.contiguous(), gain.contiguous(), eps_scaled, levels)
     return q, mant, exp
 
 
@@ -107,7 +107,8 @@ def linear(
     bias: torch.Tensor | None,
     residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """`model.Linear.__call__`: product and scaling (R, N); with `residual`, the clamped sum."""
+    """`model.Linear.__call__` (int8 or wide rows): product and scaling (R, N); with
+    `residual`, the clamped sum."""
     return _ext().linear(
         xq.contiguous(), xm.contiguous(), xe.contiguous(), weight_t.t().contiguous(),
         mant.contiguous(), shift_base.contiguous(), None if bias is None else bias.contiguous(),

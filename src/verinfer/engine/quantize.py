@@ -33,11 +33,13 @@ from verinfer.errors import ModelError
 from verinfer.protocol.merkle import merkle_root
 
 # Bumped whenever any integer kernel changes what it computes: it is part of model_id.
-NUMERICS_VERSION = 1
+# v2: the q/k/v, down and head projections take wide (15-bit) inputs (fidelity); gains < 2**11.
+NUMERICS_VERSION = 2
 QUANTIZED_MANIFEST = "verinfer-model.json"
 QUANTIZED_WEIGHTS = "weights.safetensors"
 FORMAT_NAME = "verinfer-int8"
-_PARAM_LIMIT = 1 << 15  # |gain| and |bias| must stay below this (they are stored in int32)
+_BIAS_LIMIT = 1 << 15  # |bias| must stay below this (stored in int32)
+_GAIN_LIMIT = 1 << 11  # |norm gain| must stay below this: RMSNorm's wide rows need the headroom
 
 
 @dataclass(frozen=True)
@@ -70,8 +72,9 @@ def quantize_matrix(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
 def quantize_vector(name: str, v: torch.Tensor) -> torch.Tensor:
     """Norm gain or bias to int32 fixed point (ACT_FRAC fraction bits)."""
     v64 = v.to(torch.float64)
-    if bool((v64.abs() >= _PARAM_LIMIT).any()):
-        raise ModelError(f"tensor {name} has values of magnitude >= {_PARAM_LIMIT}, not supported")
+    limit = _BIAS_LIMIT if name.endswith(".bias") else _GAIN_LIMIT
+    if bool((v64.abs() >= limit).any()):
+        raise ModelError(f"tensor {name} has values of magnitude >= {limit}, not supported")
     return torch.round(v64 * (1 << fp.ACT_FRAC)).to(torch.int32)
 
 

@@ -1,12 +1,13 @@
 """Write (or check) the engine's golden vectors: request -> tokens, logits hash, model_id.
 
-    python tests/vectors/engine/make_golden.py          # rewrite golden-v1.json
+    python tests/vectors/engine/make_golden.py          # rewrite golden-v<NUMERICS_VERSION>.json
     python tests/vectors/engine/make_golden.py --check  # exit 1 if anything differs
     python tests/vectors/engine/make_golden.py --check --device cuda  # the CPU <-> GPU check
 
 Models are either tiny random checkpoints defined by (config, seed) — rebuilt identically on any
-machine — or the committed demo model. Changing the file is a deliberate act: bump
-`NUMERICS_VERSION` in verinfer/engine/quantize.py and say why in the commit.
+machine — or the committed demo model. The file is named after the engine's numerics version:
+changing what the engine computes is a deliberate act — bump `NUMERICS_VERSION` in
+verinfer/engine/quantize.py, write the new file, remove the old one, say why in the commit.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from verinfer.engine.testing import tiny_config, write_random_checkpoint
 from verinfer.errors import VerinferError
 
 ROOT = Path(__file__).resolve().parents[3]
-GOLDEN = Path(__file__).with_name("golden-v1.json")
+GOLDEN = Path(__file__).with_name(f"golden-v{NUMERICS_VERSION}.json")
 
 MODELS: dict[str, dict[str, Any]] = {
     "tiny-llama": {"random": tiny_config(), "seed": 1},

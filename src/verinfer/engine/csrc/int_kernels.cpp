@@ -39,6 +39,9 @@ constexpr int64_t QK_LIMIT = (int64_t{1} << 20) - 1;  // model.QK_LIMIT
 constexpr int64_t V_LIMIT = (int64_t{1} << 26) - 1;   // model.V_LIMIT
 constexpr int64_t NORM_BITS = 20;    // model._NORM_BITS
 constexpr int64_t EPS_SHIFT = 40;    // model._EPS_SHIFT
+constexpr int64_t INT8_LEVELS = 127;   // fixedpoint.INT8_LEVELS
+constexpr int64_t WIDE_LEVELS = 16383;  // fixedpoint.WIDE_LEVELS
+constexpr int64_t WIDE_SCALE_SHIFT = 16;  // fixedpoint.WIDE_SCALE_SHIFT
 
 inline int64_t clamp(int64_t x, int64_t lo, int64_t hi) { return std::min(std::max(x, lo), hi); }
 
@@ -95,13 +98,21 @@ inline void ratio_to_scale(int64_t num, int64_t den, int64_t extra_exp, int64_t*
   *exp = num == 0 ? 0 : k + extra_exp;
 }
 
-// fp.quantize_rows on one row of n values.
-void quantize_row(const int64_t* x, int64_t n, int64_t frac, int8_t* q, int64_t* mant, int64_t* exp) {
+// fp.quantize_rows on one row of n values: Q is int8_t for INT8_LEVELS, int16_t for WIDE_LEVELS.
+template <typename Q>
+void quantize_row(const int64_t* x, int64_t n, int64_t frac, int64_t levels, Q* q, int64_t* mant,
+                  int64_t* exp) {
   int64_t amax = INT64_MIN;
   for (int64_t i = 0; i < n; ++i) amax = std::max(amax, abs64(x[i]));
   amax = std::max<int64_t>(amax, 1);
-  for (int64_t i = 0; i < n; ++i) q[i] = static_cast<int8_t>(div_round(127 * x[i], amax));
-  ratio_to_scale(amax, 127, frac, mant, exp);
+  for (int64_t i = 0; i < n; ++i) q[i] = static_cast<Q>(div_round(levels * x[i], amax));
+  ratio_to_scale(amax, levels, frac, mant, exp);
+}
+
+// The dtype of rows with `levels` steps (fp.row_dtype).
+torch::ScalarType row_dtype(int64_t levels) {
+  TORCH_CHECK(levels == INT8_LEVELS || levels == WIDE_LEVELS, "levels must be ", INT8_LEVELS, " or ", WIDE_LEVELS);
+  return levels == INT8_LEVELS ? torch::kInt8 : torch::kInt16;
 }
 
 // The exp2 tables and log2(e) of fp._exp2_tables.
@@ -158,19 +169,22 @@ int64_t grain(int64_t row_work, int64_t min_work = 32768) {
 
 }  // namespace
 
-// model.rms_norm_quantize over the last axis of h: (q int8, mant (..., 1), exp (..., 1)).
+// model.rms_norm_quantize over the last axis of h: (q int8 or int16 by `levels`, mant (..., 1),
+// exp (..., 1)).
 std::vector<torch::Tensor> rms_norm_quantize(const torch::Tensor& h, const torch::Tensor& gain,
-                                             int64_t eps_scaled) {
+                                             int64_t eps_scaled, int64_t levels) {
   check(h, torch::kInt64, "h");
   check(gain, torch::kInt64, "gain");
   const int64_t d = h.size(-1), rows = h.numel() / d;
   TORCH_CHECK(gain.numel() == d, "gain has ", gain.numel(), " entries, rows have ", d);
-  auto q = torch::empty(h.sizes(), h.options().dtype(torch::kInt8));
+  const bool wide = row_dtype(levels) == torch::kInt16;
+  auto q = torch::empty(h.sizes(), h.options().dtype(row_dtype(levels)));
   auto mant = torch::empty(with_last(h, 1), h.options());
   auto exp = torch::empty(with_last(h, 1), h.options());
   const int64_t* hp = h.data_ptr<int64_t>();
   const int64_t* g = gain.data_ptr<int64_t>();
-  int8_t* qp = q.data_ptr<int8_t>();
+  int8_t* q8 = wide ? nullptr : q.data_ptr<int8_t>();
+  int16_t* q16 = wide ? q.data_ptr<int16_t>() : nullptr;
   int64_t* mp = mant.data_ptr<int64_t>();
   int64_t* ep = exp.data_ptr<int64_t>();
   at::parallel_for(0, rows, grain(d), [&](int64_t begin, int64_t end) {
@@ -192,8 +206,12 @@ std::vector<torch::Tensor> rms_norm_quantize(const torch::Tensor& h, const torch
       const int64_t mean_sq = floor_div(sum_sq, d);
       const int64_t eps = eps_scaled >> std::min<int64_t>(2 * shift + EPS_SHIFT, 62);
       const int64_t rms = std::max<int64_t>(isqrt(mean_sq + eps), 1);
-      for (int64_t i = 0; i < d; ++i) qp[r * d + i] = static_cast<int8_t>(div_round(127 * y[i], ymax));
-      ratio_to_scale(ymax, 127 * rms, ACT_FRAC, mp + r, ep + r);
+      if (wide) {
+        for (int64_t i = 0; i < d; ++i) q16[r * d + i] = static_cast<int16_t>(div_round(levels * y[i], ymax));
+      } else {
+        for (int64_t i = 0; i < d; ++i) q8[r * d + i] = static_cast<int8_t>(div_round(levels * y[i], ymax));
+      }
+      ratio_to_scale(ymax, levels * rms, ACT_FRAC, mp + r, ep + r);
     }
   });
   return {q, mant, exp};
@@ -306,18 +324,38 @@ torch::Tensor int8_matmul(const torch::Tensor& x, const torch::Tensor& w, bool v
   return out;
 }
 
-// model.Linear: int8 x (R, K) with row scales (R, 1) times weight (N, K) with column scales,
-// shift_round(acc * (xm * mant), xe + shift_base) (+ bias); with a residual (R, N), returns
-// clamp(residual + that, +-ACT_LIMIT), the residual update of a decoder layer.
+// fp.wide_matmul's halves of wide rows x (R, K) int16: (2R, K) int8, rows [x >> 7; x & 127].
+torch::Tensor wide_halves(const torch::Tensor& x) {
+  check(x, torch::kInt16, "x");
+  TORCH_CHECK(x.dim() == 2, "x (R, K) expected");
+  const int64_t count = x.numel();
+  auto halves = torch::empty({2 * x.size(0), x.size(1)}, x.options().dtype(torch::kInt8));
+  const int16_t* xp = x.data_ptr<int16_t>();
+  int8_t* hi = halves.data_ptr<int8_t>();
+  int8_t* lo = hi + count;
+  for (int64_t i = 0; i < count; ++i) {
+    TORCH_CHECK(xp[i] >= -WIDE_LEVELS && xp[i] <= WIDE_LEVELS, "wide rows must lie within +-WIDE_LEVELS");
+    hi[i] = static_cast<int8_t>(xp[i] >> 7);
+    lo[i] = static_cast<int8_t>(xp[i] & 127);
+  }
+  return halves;
+}
+
+// model.Linear: x (R, K) int8, or wide int16, with row scales (R, 1) times weight (N, K) with
+// column scales. int8: shift_round(acc * (xm * mant), xe + shift_base); wide (acc = 128 acc_hi
+// + acc_lo): shift_round(shift_round(acc * xm, WIDE_SCALE_SHIFT) * mant, xe - WIDE_SCALE_SHIFT
+// + shift_base). Then + bias; with a residual (R, N), returns clamp(residual + that,
+// +-ACT_LIMIT), the residual update of a decoder layer.
 torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& xm, const torch::Tensor& xe,
                      const torch::Tensor& weight, const torch::Tensor& mant, const torch::Tensor& shift_base,
                      const c10::optional<torch::Tensor>& bias, const c10::optional<torch::Tensor>& residual) {
-  const torch::Tensor acc = int8_matmul(x, weight, true);
+  const bool wide = x.scalar_type() == torch::kInt16;
+  const torch::Tensor acc = int8_matmul(wide ? wide_halves(x) : x, weight, true);
   check(xm, torch::kInt64, "xm");
   check(xe, torch::kInt64, "xe");
   check(mant, torch::kInt64, "mant");
   check(shift_base, torch::kInt64, "shift_base");
-  const int64_t rows = acc.size(0), n = acc.size(1);
+  const int64_t rows = wide ? acc.size(0) / 2 : acc.size(0), n = acc.size(1);
   TORCH_CHECK(xm.numel() == rows && xe.numel() == rows, "one row scale per row is needed");
   TORCH_CHECK(mant.numel() == n && shift_base.numel() == n, "one weight scale per column is needed");
   const int64_t* bp = nullptr;
@@ -342,7 +380,13 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& xm, const torc
   at::parallel_for(0, rows * n, 16384, [&](int64_t begin, int64_t end) {
     int64_t r = begin / n, c = begin - r * n;
     for (int64_t idx = begin; idx < end; ++idx) {
-      int64_t v = shift_round_var(static_cast<int64_t>(ap[idx]) * (xmp[r] * mp[c]), xep[r] + sp[c]);
+      int64_t v;
+      if (wide) {
+        const int64_t a = int64_t{128} * ap[idx] + ap[idx + rows * n];
+        v = shift_round_var(shift_round_const(a * xmp[r], WIDE_SCALE_SHIFT) * mp[c], xep[r] - WIDE_SCALE_SHIFT + sp[c]);
+      } else {
+        v = shift_round_var(static_cast<int64_t>(ap[idx]) * (xmp[r] * mp[c]), xep[r] + sp[c]);
+      }
       if (bp) v += bp[c];
       op[idx] = res ? clamp(res[idx] + v, -ACT_LIMIT, ACT_LIMIT) : v;
       if (++c == n) {
@@ -549,13 +593,14 @@ std::vector<torch::Tensor> attend(const torch::Tensor& q, const torch::Tensor& k
   int64_t* omp = om.data_ptr<int64_t>();
   int64_t* oep = oe.data_ptr<int64_t>();
   at::parallel_for(0, bsz * t, grain(width), [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) quantize_row(mp + r * width, width, ACT_FRAC, oqp + r * width, omp + r, oep + r);
+    for (int64_t r = begin; r < end; ++r)
+      quantize_row(mp + r * width, width, ACT_FRAC, INT8_LEVELS, oqp + r * width, omp + r, oep + r);
   });
   return {oq, om, oe};
 }
 
 // model._swiglu_quantize: silu(gate) * clamp(up) per row of gate_up (..., 2F), saturated and
-// quantized per row for the down projection: (q int8 (..., F), mant (..., 1), exp (..., 1)).
+// quantized per row for the down projection: (wide q int16 (..., F), mant (..., 1), exp (..., 1)).
 std::vector<torch::Tensor> swiglu_quantize(const torch::Tensor& gate_up, const torch::Tensor& hi,
                                            const torch::Tensor& lo, int64_t log2e) {
   check(gate_up, torch::kInt64, "gate_up");
@@ -563,11 +608,11 @@ std::vector<torch::Tensor> swiglu_quantize(const torch::Tensor& gate_up, const t
   const int64_t width = gate_up.size(-1);
   TORCH_CHECK(width % 2 == 0, "gate_up must have an even width");
   const int64_t f = width / 2, rows = gate_up.numel() / width;
-  auto q = torch::empty(with_last(gate_up, f), gate_up.options().dtype(torch::kInt8));
+  auto q = torch::empty(with_last(gate_up, f), gate_up.options().dtype(torch::kInt16));
   auto mant = torch::empty(with_last(gate_up, 1), gate_up.options());
   auto exp = torch::empty(with_last(gate_up, 1), gate_up.options());
   const int64_t* src = gate_up.data_ptr<int64_t>();
-  int8_t* qp = q.data_ptr<int8_t>();
+  int16_t* qp = q.data_ptr<int16_t>();
   int64_t* mp = mant.data_ptr<int64_t>();
   int64_t* ep = exp.data_ptr<int64_t>();
   constexpr int64_t up_limit = int64_t{1} << 31;
@@ -580,7 +625,7 @@ std::vector<torch::Tensor> swiglu_quantize(const torch::Tensor& gate_up, const t
         const int64_t a = shift_round_const(silu(gate[i], tables) * clamp(up[i], -up_limit, up_limit), ACT_FRAC);
         act[i] = clamp(a, -ACT_LIMIT, ACT_LIMIT);
       }
-      quantize_row(act.data(), f, ACT_FRAC, qp + r * f, mp + r, ep + r);
+      quantize_row(act.data(), f, ACT_FRAC, WIDE_LEVELS, qp + r * f, mp + r, ep + r);
     }
   });
   return {q, mant, exp};
@@ -590,7 +635,8 @@ std::map<std::string, int64_t> constants() {
   return {{"ACT_FRAC", ACT_FRAC},   {"MANT_BITS", MANT_BITS}, {"ACT_LIMIT", ACT_LIMIT},
           {"PROB_FRAC", PROB_FRAC}, {"EXP_FRAC", EXP_FRAC},   {"_LOG2E_FRAC", LOG2E_FRAC},
           {"ROPE_FRAC", ROPE_FRAC}, {"QK_FRAC", QK_FRAC},     {"QK_LIMIT", QK_LIMIT},
-          {"V_LIMIT", V_LIMIT},     {"_NORM_BITS", NORM_BITS}, {"_EPS_SHIFT", EPS_SHIFT}};
+          {"V_LIMIT", V_LIMIT},     {"_NORM_BITS", NORM_BITS}, {"_EPS_SHIFT", EPS_SHIFT},
+          {"INT8_LEVELS", INT8_LEVELS}, {"WIDE_LEVELS", WIDE_LEVELS}, {"WIDE_SCALE_SHIFT", WIDE_SCALE_SHIFT}};
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
