@@ -12,7 +12,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from verinfer.engine import Engine
-from verinfer.engine.quantize import QUANTIZED_WEIGHTS, quantize_checkpoint, save_quantized
+from verinfer.engine.model import IntModel
+from verinfer.engine.quantize import (
+    QUANTIZED_WEIGHTS,
+    load_quantized,
+    quantize_checkpoint,
+    save_quantized,
+)
 from verinfer.engine.testing import tiny_config, write_random_checkpoint
 from verinfer.errors import ModelError
 
@@ -65,6 +71,26 @@ def test_tampered_quantized_weights_are_refused(tiny_dir: Path, tmp_path: Path) 
     save_file(tensors, str(out / QUANTIZED_WEIGHTS))
     with pytest.raises(ModelError, match="model_id"):
         Engine.load(out)
+
+
+@pytest.mark.parametrize("cut", [0.5, 0.999])
+def test_truncated_quantized_weights_are_refused(cut: float, tiny_dir: Path, tmp_path: Path) -> None:
+    out = _save(tiny_dir, tmp_path / "q")
+    data = (out / QUANTIZED_WEIGHTS).read_bytes()
+    (out / QUANTIZED_WEIGHTS).write_bytes(data[: int(len(data) * cut)])
+    with pytest.raises(ModelError, match="unreadable"):
+        Engine.load(out)
+
+
+def test_loaded_model_keeps_one_copy_of_stacked_weights(tiny_dir: Path, tmp_path: Path) -> None:
+    qmodel = load_quantized(_save(tiny_dir, tmp_path / "q"))
+    model = IntModel(qmodel)
+    stacked = model.layers[0].qkv_proj.weight_t.t()
+    q_part = qmodel.tensors["model.layers.0.self_attn.q_proj.weight"]
+    v_part = qmodel.tensors["model.layers.0.self_attn.v_proj.weight"]
+    assert q_part.untyped_storage().data_ptr() == stacked.untyped_storage().data_ptr()
+    assert torch.equal(v_part, stacked[-v_part.shape[0] :])
+    assert v_part.untyped_storage().data_ptr() == stacked.untyped_storage().data_ptr()
 
 
 def _break(kind: str, model: Path) -> None:

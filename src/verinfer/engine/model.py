@@ -119,7 +119,12 @@ class KVCache:
 
 
 class IntModel:
-    """Device-resident integer weights and tables of one quantized model."""
+    """Device-resident integer weights and tables of one quantized model.
+
+    On the quantized tensors' own device the model shares their storage: the q/k/v and
+    gate/up weights it stacks replace the separate tensors in `qmodel.tensors` by views of
+    the stacked ones (same values and shapes).
+    """
 
     def __init__(self, qmodel: QuantizedModel, device: str | torch.device = "cpu") -> None:
         self.config = qmodel.config
@@ -140,6 +145,19 @@ class IntModel:
                 bias=vec(bias_name) if bias_name in t else None,
             )
 
+        def stacked(names: list[str]) -> Linear:
+            # Where the stacked weight lives with the parts, the parts become views of it, so
+            # loading never holds two copies of more than one layer's weights (peak memory).
+            joined = Linear.stack([linear(name) for name in names])
+            rows = joined.weight_t.t()
+            if rows.device == t[names[0]].device:
+                start = 0
+                for name in names:
+                    count = t[name].shape[0]
+                    t[name] = rows[start : start + count]
+                    start += count
+            return joined
+
         self.embed = linear("model.embed_tokens.weight")
         self.layers = []
         for i in range(c.num_hidden_layers):
@@ -147,10 +165,10 @@ class IntModel:
             self.layers.append(
                 Layer(
                     input_norm=vec(p + "input_layernorm.weight"),
-                    qkv_proj=Linear.stack([linear(p + f"self_attn.{x}_proj.weight") for x in "qkv"]),
+                    qkv_proj=stacked([p + f"self_attn.{x}_proj.weight" for x in "qkv"]),
                     o_proj=linear(p + "self_attn.o_proj.weight"),
                     post_norm=vec(p + "post_attention_layernorm.weight"),
-                    gate_up_proj=Linear.stack([linear(p + f"mlp.{x}_proj.weight") for x in ("gate", "up")]),
+                    gate_up_proj=stacked([p + f"mlp.{x}_proj.weight" for x in ("gate", "up")]),
                     down_proj=linear(p + "mlp.down_proj.weight"),
                 )
             )

@@ -15,6 +15,7 @@ same model_id run the same integers with the same arithmetic.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import struct
@@ -22,15 +23,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from verinfer.engine import fixedpoint as fp
 from verinfer.engine.checkpoint import read_tensors
 from verinfer.engine.config import ModelConfig, load_config
 from verinfer.errors import ModelError
-from verinfer.protocol.merkle import merkle_root
+from verinfer.protocol.merkle import LEAF_PREFIX, leaf_hash, merkle_root_of_hashes
 
 # Bumped whenever any integer kernel changes what it computes: it is part of model_id.
 # v2: the q/k/v, down and head projections take wide (15-bit) inputs (fidelity); gains < 2**11.
@@ -98,16 +99,21 @@ def quantize_checkpoint(
     return QuantizedModel(config, tensors, compute_model_id(config, tensors))
 
 
-def tensor_leaf(name: str, tensor: torch.Tensor) -> bytes:
-    """Canonical bytes of one tensor: name, dtype, shape, little-endian contents."""
+def tensor_leaf_hash(name: str, tensor: torch.Tensor) -> bytes:
+    """`leaf_hash` of one tensor's canonical bytes: name, dtype, shape, little-endian contents.
+
+    Hashed incrementally, so the contents are never copied into one bytes object.
+    """
     t = tensor.detach().to("cpu").contiguous().numpy()
-    raw = t.astype(t.dtype.newbyteorder("<"), copy=False).tobytes()
+    t = t.astype(t.dtype.newbyteorder("<"), copy=False)
     dtype = str(t.dtype).encode()
     encoded_name = name.encode()
     header = struct.pack("<I", len(encoded_name)) + encoded_name
     header += struct.pack("<I", len(dtype)) + dtype + struct.pack("<I", t.ndim)
     header += b"".join(struct.pack("<Q", s) for s in t.shape)
-    return b"verinfer-tensor-v1\x00" + header + raw
+    digest = hashlib.sha256(LEAF_PREFIX + b"verinfer-tensor-v1\x00" + header)
+    digest.update(t.reshape(-1).view(np.uint8).data)
+    return digest.digest()
 
 
 def config_leaf(config: ModelConfig) -> bytes:
@@ -116,8 +122,8 @@ def config_leaf(config: ModelConfig) -> bytes:
 
 
 def compute_model_id(config: ModelConfig, tensors: dict[str, torch.Tensor]) -> str:
-    leaves = [config_leaf(config)] + [tensor_leaf(n, tensors[n]) for n in sorted(tensors)]
-    return merkle_root(leaves).hex()
+    hashes = [leaf_hash(config_leaf(config))] + [tensor_leaf_hash(n, tensors[n]) for n in sorted(tensors)]
+    return merkle_root_of_hashes(hashes).hex()
 
 
 def save_quantized(model: QuantizedModel, out_dir: str | Path, tokenizer_file: Path) -> Path:
@@ -156,8 +162,8 @@ def load_quantized(model_dir: str | Path) -> QuantizedModel:
             f"v{NUMERICS_VERSION}: quantize the original checkpoint again"
         )
     try:
-        tensors = load_file(str(model_dir / QUANTIZED_WEIGHTS))
-    except (SafetensorError, OSError, ValueError) as exc:
+        tensors = _read_tensors(model_dir / QUANTIZED_WEIGHTS)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
         raise ModelError(f"{model_dir / QUANTIZED_WEIGHTS}: unreadable ({exc})") from exc
     model_id = compute_model_id(config, tensors)
     if model_id != manifest.get("model_id"):
@@ -165,3 +171,33 @@ def load_quantized(model_dir: str | Path) -> QuantizedModel:
             f"{model_dir}: weights do not match the manifest's model_id (corrupt or altered files)"
         )
     return QuantizedModel(config, tensors, model_id)
+
+
+_DTYPES = {"I8": torch.int8, "I16": torch.int16, "I32": torch.int32, "I64": torch.int64}
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """The integer tensors of a safetensors file, read into ordinary memory one by one.
+
+    Not memory-mapped: mapped pages stay resident for as long as any tensor of the file lives,
+    next to the copies the model makes (stacked weights), which would double peak memory.
+    """
+    with path.open("rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(header_len))
+        header.pop("__metadata__", None)
+        file_size = f.seek(0, 2)
+        tensors: dict[str, torch.Tensor] = {}
+        for name, info in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
+            if info["dtype"] not in _DTYPES:
+                raise ValueError(f"tensor {name} has dtype {info['dtype']}, expected an integer type")
+            start, end = (8 + header_len + offset for offset in info["data_offsets"])
+            tensor = torch.empty(info["shape"], dtype=_DTYPES[info["dtype"]])
+            raw = tensor.view(-1).view(torch.uint8).numpy()
+            if end - start != raw.nbytes or end > file_size:
+                raise ValueError(f"tensor {name} does not fit its shape or the file")
+            f.seek(start)
+            if f.readinto(raw.data) != raw.nbytes:
+                raise ValueError(f"tensor {name} is truncated")
+            tensors[name] = tensor
+    return tensors

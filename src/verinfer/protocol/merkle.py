@@ -24,7 +24,11 @@ def node_hash(left: bytes, right: bytes) -> bytes:
 
 
 def _levels(leaves: Sequence[bytes]) -> list[list[bytes]]:
-    level = [leaf_hash(x) for x in leaves] or [leaf_hash(b"")]
+    return _levels_over([leaf_hash(x) for x in leaves])
+
+
+def _levels_over(leaf_hashes: list[bytes]) -> list[list[bytes]]:
+    level = leaf_hashes or [leaf_hash(b"")]
     levels = [level]
     while len(level) > 1:
         nxt = [node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
@@ -38,6 +42,11 @@ def _levels(leaves: Sequence[bytes]) -> list[list[bytes]]:
 def merkle_root(leaves: Sequence[bytes]) -> bytes:
     """Root over `leaves` in order (each leaf is raw bytes, hashed here)."""
     return _levels(leaves)[-1][0]
+
+
+def merkle_root_of_hashes(leaf_hashes: Sequence[bytes]) -> bytes:
+    """`merkle_root` from the leaves' `leaf_hash`es, for leaves too large to hold together."""
+    return _levels_over(list(leaf_hashes))[-1][0]
 
 
 def merkle_proof(leaves: Sequence[bytes], index: int) -> list[tuple[bool, bytes]]:
