@@ -47,13 +47,14 @@ class Linear:
     def __call__(
         self, xq: torch.Tensor, xm: torch.Tensor, xe: torch.Tensor, residual: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """(T, K) int8 with row scales (T, 1) -> (T, N) int64 fixed point.
+        """(..., K) int8 with row scales (..., 1) -> (..., N) int64 fixed point.
 
-        With `residual` (T, N), returns the residual update clamp(residual + out, +-ACT_LIMIT).
+        With `residual` (..., N), returns the residual update clamp(residual + out, +-ACT_LIMIT).
         """
         if kernels.enabled(xq):
             return kernels.linear(xq, xm, xe, self.weight_t, self.mant, self.shift_base, self.bias, residual)
-        acc = fp.int8_matmul(xq, self.weight_t).to(torch.int64)
+        flat = xq.reshape(-1, xq.shape[-1])  # (R, K): the product wants two dimensions
+        acc = fp.int8_matmul(flat, self.weight_t).to(torch.int64).view(*xq.shape[:-1], -1)
         out = fp.shift_round(acc * (xm * self.mant), xe + self.shift_base)
         out = out if self.bias is None else out + self.bias
         return out if residual is None else (residual + out).clamp(-fp.ACT_LIMIT, fp.ACT_LIMIT)
@@ -208,10 +209,7 @@ def _project(
 
     With `residual` (B, T, N): the clamped residual update instead (see `Linear`).
     """
-    b, t, k = xq.shape
-    flat_residual = None if residual is None else residual.reshape(b * t, -1)
-    out = linear(xq.reshape(b * t, k), xm.reshape(b * t, 1), xe.reshape(b * t, 1), flat_residual)
-    return out.reshape(b, t, -1)
+    return linear(xq, xm, xe, residual)
 
 
 def embed(model: IntModel, tokens: torch.Tensor) -> torch.Tensor:
