@@ -3,6 +3,7 @@ inputs, and the whole model (prefill and batched decode); the fallback warns onc
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import warnings
@@ -24,6 +25,7 @@ GEN = torch.Generator().manual_seed(20261121)
 @pytest.fixture(autouse=True)
 def _fused_on(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.delenv(kernels.ENV_VAR, raising=False)
+    monkeypatch.setattr(kernels, "_fused", None)  # restored afterwards, unlike reload_setting()
     assert kernels.extension() is not None, "the C++ kernels must build on this machine"
     yield
 
@@ -32,6 +34,7 @@ def _reference(monkeypatch: pytest.MonkeyPatch, fn: Callable[..., Any], *args: A
     """`fn(*args)` on the torch path."""
     with monkeypatch.context() as patch:
         patch.setenv(kernels.ENV_VAR, "torch")
+        patch.setattr(kernels, "_fused", None)
         return fn(*args)
 
 
@@ -88,26 +91,60 @@ def test_build_is_lazy_and_quiet() -> None:
     assert done.stdout == done.stderr == ""
 
 
-def test_env_var_selects_the_torch_path(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_env_var_selects_the_torch_path_once_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
     x = torch.zeros(2, dtype=torch.int64)
     assert kernels.enabled(x)
     monkeypatch.setenv(kernels.ENV_VAR, "torch")
+    assert kernels.enabled(x), "the setting is read at the first use only"
+    kernels.reload_setting()
     assert not kernels.enabled(x)
+    monkeypatch.delenv(kernels.ENV_VAR)
+    assert not kernels.enabled(x)
+    kernels.reload_setting()
+    assert kernels.enabled(x)
+    assert not kernels.enabled(torch.zeros(2, dtype=torch.int64, device="meta"))
+
+
+def test_env_var_selects_the_torch_path_in_a_new_process() -> None:
+    probe = (
+        "import torch\n"
+        "from verinfer.engine import kernels\n"
+        "assert not kernels.enabled(torch.zeros(1))\n"
+        "assert not kernels._tried, 'the torch path must not build the extension'\n"
+    )
+    env = {**os.environ, kernels.ENV_VAR: "torch"}
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
+                          check=False, env=env)
+    assert done.returncode == 0, done.stderr
+
+
+def test_floor_divide_fast_is_the_exact_floor() -> None:
+    ext = kernels.extension()
+    assert ext is not None
+    limit = (1 << 52) - 1
+    for d in (1, 2, 3, 127, 254, 2**20 + 7, 2**31 - 1, 2**44 + 3, limit):
+        q = torch.randint(-(limit // d), limit // d + 1, (4000,), generator=GEN)
+        a = (q * d + torch.randint(-2, 3, q.shape, generator=GEN)).clamp(-limit, limit)  # near multiples
+        a = torch.cat([a, torch.randint(-limit, limit + 1, (4000,), generator=GEN),
+                       torch.tensor([0, 1, -1, limit, -limit, d, -d, d - 1, 1 - d])]).clamp(-limit, limit)
+        _assert_same(ext.floor_divide_fast(a, d), torch.div(a, d, rounding_mode="floor"))
 
 
 @pytest.mark.parametrize("levels", [fp.INT8_LEVELS, fp.WIDE_LEVELS])
 @pytest.mark.parametrize("shape", [(1, 1, 1), (1, 1, 2), (2, 3, 7), (1, 1, 64), (3, 4, 2048)])
-def test_rms_norm_quantize(shape: tuple[int, int, int], levels: int, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("gain_bits", [12, 26])  # 26: the largest gains, past the fast division
+def test_rms_norm_quantize(shape: tuple[int, int, int], levels: int, gain_bits: int,
+                           monkeypatch: pytest.MonkeyPatch) -> None:
     h = _with_edges(_ints(shape, 46), fp.ACT_LIMIT)
     gain_limit = (1 << (fp.ACT_FRAC + 11)) - 1  # the largest gain quantize accepts
-    gain = _with_edges(_ints(shape[-1:], 26), gain_limit - 1)
+    gain = _with_edges(_ints(shape[-1:], gain_bits), min(1 << gain_bits, gain_limit - 1))
     for eps_scaled in (0, 47223664828696452, (1 << 62) - 1):
         _assert_same(m.rms_norm_quantize(h, gain, eps_scaled, levels),
                      _reference(monkeypatch, m.rms_norm_quantize, h, gain, eps_scaled, levels))
 
 
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 16, 17, 40, 130])
-@pytest.mark.parametrize(("k", "n"), [(1, 1), (7, 3), (64, 96), (2048, 40)])
+@pytest.mark.parametrize(("k", "n"), [(1, 1), (7, 3), (64, 96), (130, 9), (200, 97), (2048, 40)])
 def test_int8_matmul(rows: int, k: int, n: int) -> None:
     weight = torch.randint(-128, 128, (n, k), generator=GEN, dtype=torch.int8)
     x = torch.randint(-128, 128, (rows, k), generator=GEN, dtype=torch.int8)
@@ -117,8 +154,9 @@ def test_int8_matmul(rows: int, k: int, n: int) -> None:
     _assert_same(kernels.int8_matmul(x, weight.t(), vnni=False), reference)
 
 
-@pytest.mark.parametrize(("rows", "k", "n"), [(1, 1, 1), (1, 64, 96), (5, 33, 17), (16, 128, 300),
-                                              (40, 64, 24)])
+@pytest.mark.parametrize(("rows", "k", "n"), [(1, 1, 1), (1, 64, 96), (2, 200, 70), (3, 130, 37),
+                                              (5, 33, 17), (8, 256, 130), (16, 128, 300), (17, 64, 61),
+                                              (40, 64, 24), (1, 2048, 300), (2, 5632, 64)])
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("levels", [fp.INT8_LEVELS, fp.WIDE_LEVELS])
 def test_linear_dequantization(rows: int, k: int, n: int, bias: bool, levels: int,
@@ -139,6 +177,12 @@ def test_linear_dequantization(rows: int, k: int, n: int, bias: bool, levels: in
     residual = _with_edges(_ints((rows, n), 46), fp.ACT_LIMIT)
     for res in (None, residual):
         _assert_same(linear(xq, xm, xe, res), _reference(monkeypatch, linear, xq, xm, xe, res))
+    # (B, T, K) inputs, as the model passes them, and non-contiguous ones.
+    args = (xq.view(1, rows, k), xm.view(1, rows, 1), xe.view(1, rows, 1), residual.view(1, rows, n))
+    _assert_same(m._project(linear, *args), _reference(monkeypatch, m._project, linear, *args))
+    strided = torch.zeros(rows, 2 * k, dtype=xq.dtype)
+    strided[:, ::2] = xq
+    _assert_same(linear(strided[:, ::2], xm, xe), _reference(monkeypatch, linear, xq, xm, xe))
 
 
 @pytest.fixture(scope="module")
@@ -179,6 +223,18 @@ def test_rope_to_cache_and_attend(positions: list[list[int]], rows: list[int], t
     q = m._rope_to_cache(tiny_model, qkv, pos, row, k_cache, v_cache)
     q_ref = _reference(monkeypatch, m._rope_to_cache, tiny_model, qkv, pos, row, k_ref, v_ref)
     _assert_same((q, k_cache, v_cache), (q_ref, k_ref, v_ref))
+    _assert_same(m._attend(tiny_model, q, k_cache, v_cache, pos, row),
+                 _reference(monkeypatch, m._attend, tiny_model, q, k_cache, v_cache, pos, row))
+
+
+@pytest.mark.parametrize("position", [0, 1, 127, 128, 299])
+def test_attend_decode_at_long_positions(position: int, tiny_model: m.IntModel,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    c = tiny_model.config
+    k_cache, v_cache = _cache(tiny_model, 2, 300)
+    k_cache[1, :, : position + 1] = k_cache[1, :, :1]  # row 1: every key alike, so one flat softmax
+    pos, row = torch.tensor([[position], [position]]), torch.tensor([0, 1])
+    q = _with_edges(_ints((2, 1, c.num_attention_heads, c.head_dim), 20), m.QK_LIMIT).clamp(-m.QK_LIMIT, m.QK_LIMIT)
     _assert_same(m._attend(tiny_model, q, k_cache, v_cache, pos, row),
                  _reference(monkeypatch, m._attend, tiny_model, q, k_cache, v_cache, pos, row))
 
@@ -254,6 +310,7 @@ def test_failed_build_warns_once_and_falls_back(tiny_engine: Engine, monkeypatch
     monkeypatch.setattr(kernels, "build", broken_build)
     monkeypatch.setattr(kernels, "_extension", None)
     monkeypatch.setattr(kernels, "_tried", False)
+    monkeypatch.setattr(kernels, "_fused", None)
     x = torch.zeros(1, dtype=torch.int64)
     with pytest.warns(RuntimeWarning, match="no compiler here"):
         assert not kernels.enabled(x)

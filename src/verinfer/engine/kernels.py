@@ -26,6 +26,7 @@ ENV_VAR = "VERINFER_KERNELS"  # "torch" selects the reference torch path
 _lock = threading.Lock()
 _extension: ModuleType | None = None
 _tried = False
+_fused: bool | None = None  # see use_fused
 
 
 def build() -> ModuleType:
@@ -61,13 +62,25 @@ def extension() -> ModuleType | None:
         return _extension
 
 
+def use_fused() -> bool:
+    """Whether CPU work goes to the fused kernels: `VERINFER_KERNELS` is not "torch" and the
+    extension builds. Decided at the first call and kept for the process (`enabled` runs for
+    every step of every layer; reading the environment each time cost ~1 ms per decode step)."""
+    global _fused
+    if _fused is None:
+        _fused = os.environ.get(ENV_VAR, "") != "torch" and extension() is not None
+    return _fused
+
+
+def reload_setting() -> None:
+    """Forget the decision of `use_fused`, so the next use reads `VERINFER_KERNELS` again."""
+    global _fused
+    _fused = None
+
+
 def enabled(x: torch.Tensor) -> bool:
-    """Whether work on `x` goes to the fused kernels: CPU, not disabled, extension built."""
-    return (
-        x.device.type == "cpu"
-        and os.environ.get(ENV_VAR, "") != "torch"
-        and extension() is not None
-    )
+    """Whether work on `x` goes to the fused kernels: a CPU tensor and `use_fused()`."""
+    return x.is_cpu and (_fused if _fused is not None else use_fused())
 
 
 def _ext() -> ModuleType:
@@ -107,13 +120,9 @@ def linear(
     bias: torch.Tensor | None,
     residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """`model.Linear.__call__` (int8 or wide rows): product and scaling (R, N); with
-    `residual`, the clamped sum."""
-    return _ext().linear(
-        xq.contiguous(), xm.contiguous(), xe.contiguous(), weight_t.t().contiguous(),
-        mant.contiguous(), shift_base.contiguous(), None if bias is None else bias.contiguous(),
-        None if residual is None else residual.contiguous(),
-    )
+    """`model.Linear.__call__` on int8 or wide rows xq (..., K) with scales (..., 1): (..., N);
+    with `residual` (..., N), the clamped sum. The extension makes its inputs contiguous itself."""
+    return _ext().linear(xq, xm, xe, weight_t, mant, shift_base, bias, residual)
 
 
 def rope_to_cache(

@@ -53,20 +53,22 @@ class Linear:
     def __call__(
         self, xq: torch.Tensor, xm: torch.Tensor, xe: torch.Tensor, residual: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """(T, K) int8 or wide (int16) rows with row scales (T, 1) -> (T, N) int64 fixed point.
+        """(..., K) int8 or wide (int16) rows with row scales (..., 1) -> (..., N) int64 fixed point.
 
         A wide row's product (up to K * 16383 * 127) times its row mantissa is rounded by
         2**WIDE_SCALE_SHIFT before the weight mantissa multiplies it, so every intermediate
         stays below 2**62 for K < 2**24; an int8 row's product needs no such step.
-        With `residual` (T, N), returns the residual update clamp(residual + out, +-ACT_LIMIT).
+        With `residual` (..., N), returns the residual update clamp(residual + out, +-ACT_LIMIT).
         """
         if kernels.enabled(xq):
             return kernels.linear(xq, xm, xe, self.weight_t, self.mant, self.shift_base, self.bias, residual)
+        flat = xq.reshape(-1, xq.shape[-1])  # (R, K): the products want two dimensions
         if xq.dtype == torch.int16:
-            acc = fp.shift_round(fp.wide_matmul(xq, self.weight_t) * xm, fp.WIDE_SCALE_SHIFT)
+            wide = fp.wide_matmul(flat, self.weight_t).view(*xq.shape[:-1], -1)
+            acc = fp.shift_round(wide * xm, fp.WIDE_SCALE_SHIFT)
             shift = xe - fp.WIDE_SCALE_SHIFT + self.shift_base
         else:
-            acc = fp.int8_matmul(xq, self.weight_t).to(torch.int64) * xm
+            acc = fp.int8_matmul(flat, self.weight_t).to(torch.int64).view(*xq.shape[:-1], -1) * xm
             shift = xe + self.shift_base
         out = fp.shift_round(acc * self.mant, shift)
         out = out if self.bias is None else out + self.bias
@@ -242,10 +244,7 @@ def _project(
 
     With `residual` (B, T, N): the clamped residual update instead (see `Linear`).
     """
-    b, t, k = xq.shape
-    flat_residual = None if residual is None else residual.reshape(b * t, -1)
-    out = linear(xq.reshape(b * t, k), xm.reshape(b * t, 1), xe.reshape(b * t, 1), flat_residual)
-    return out.reshape(b, t, -1)
+    return linear(xq, xm, xe, residual)
 
 
 def embed(model: IntModel, tokens: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,10 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <cstdint>
 #include <map>
@@ -71,6 +75,24 @@ inline int64_t floor_div(int64_t a, int64_t b) {
 // fp.div_round, den > 0.
 inline int64_t div_round(int64_t num, int64_t den) { return floor_div(2 * num + den, 2 * den); }
 
+// Operands below this use `floor_div_fast`.
+constexpr int64_t FAST_DIV_LIMIT = int64_t{1} << 52;
+
+// floor(a / d) for |a| < 2**52 and 0 < d < 2**52, given inv = 1.0 / d in float64: exact, with
+// no integer division (tens of cycles each) and no branch, so loops of it vectorize. a is exact
+// in float64 and the rounded product a * inv is within |a / d| 2**-52 < 1 of a / d; truncated,
+// it is within 2 of the floor, and the compares below move it onto the floor exactly.
+inline int64_t floor_div_fast(int64_t a, int64_t d, double inv) {
+  int64_t q = static_cast<int64_t>(static_cast<double>(a) * inv);
+  int64_t r = a - q * d;  // |q d| < |a| + 2 d: no overflow
+  for (int step = 0; step < 2; ++step) {
+    const bool low = r < 0, high = r >= d;
+    q += static_cast<int64_t>(high) - static_cast<int64_t>(low);
+    r += (low ? d : 0) - (high ? d : 0);
+  }
+  return q;
+}
+
 // fp.bit_length for x >= 0.
 inline int64_t bit_length(int64_t x) { return x == 0 ? 0 : 64 - __builtin_clzll(static_cast<uint64_t>(x)); }
 
@@ -98,14 +120,39 @@ inline void ratio_to_scale(int64_t num, int64_t den, int64_t extra_exp, int64_t*
   *exp = num == 0 ? 0 : k + extra_exp;
 }
 
-// fp.quantize_rows on one row of n values: Q is int8_t for INT8_LEVELS, int16_t for WIDE_LEVELS.
+// q[i] = div_round(levels x[i], amax) for amax >= 1 and |x[i]| <= amax (or x[i] = INT64_MIN, whose
+// abs wraps and whose 2 levels x[i] wraps to 0).
 template <typename Q>
-void quantize_row(const int64_t* x, int64_t n, int64_t frac, int64_t levels, Q* q, int64_t* mant,
-                  int64_t* exp) {
+inline __attribute__((always_inline)) void scale_row(const int64_t* x, int64_t n, int64_t amax, int64_t levels,
+                                                     Q* q) {
+  // |2 levels x + amax| <= (2 levels + 1) amax and 2 amax stay below 2**52: the fast division
+  // (amax < 2**44, 2**28 in real units, for int8 rows; amax < 2**37 for wide rows).
+  if (amax < (int64_t{1} << 52) / (2 * levels + 1)) {
+    const double inv = 1.0 / static_cast<double>(2 * amax);
+    for (int64_t i = 0; i < n; ++i)
+      q[i] = static_cast<Q>(floor_div_fast(2 * levels * x[i] + amax, 2 * amax, inv));
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) q[i] = static_cast<Q>(div_round(levels * x[i], amax));
+}
+
+VECTOR_CLONES
+void scale_to_int8(const int64_t* x, int64_t n, int64_t amax, int8_t* q) { scale_row(x, n, amax, INT8_LEVELS, q); }
+
+VECTOR_CLONES
+void scale_to_wide(const int64_t* x, int64_t n, int64_t amax, int16_t* q) { scale_row(x, n, amax, WIDE_LEVELS, q); }
+
+inline void scale_to(const int64_t* x, int64_t n, int64_t amax, int8_t* q) { scale_to_int8(x, n, amax, q); }
+inline void scale_to(const int64_t* x, int64_t n, int64_t amax, int16_t* q) { scale_to_wide(x, n, amax, q); }
+
+// fp.quantize_rows on one row of n values: int8_t rows (INT8_LEVELS) or int16_t (WIDE_LEVELS).
+template <typename Q>
+void quantize_row(const int64_t* x, int64_t n, int64_t frac, Q* q, int64_t* mant, int64_t* exp) {
+  constexpr int64_t levels = sizeof(Q) == 1 ? INT8_LEVELS : WIDE_LEVELS;
   int64_t amax = INT64_MIN;
   for (int64_t i = 0; i < n; ++i) amax = std::max(amax, abs64(x[i]));
   amax = std::max<int64_t>(amax, 1);
-  for (int64_t i = 0; i < n; ++i) q[i] = static_cast<Q>(div_round(levels * x[i], amax));
+  scale_to(x, n, amax, q);
   ratio_to_scale(amax, levels, frac, mant, exp);
 }
 
@@ -207,9 +254,9 @@ std::vector<torch::Tensor> rms_norm_quantize(const torch::Tensor& h, const torch
       const int64_t eps = eps_scaled >> std::min<int64_t>(2 * shift + EPS_SHIFT, 62);
       const int64_t rms = std::max<int64_t>(isqrt(mean_sq + eps), 1);
       if (wide) {
-        for (int64_t i = 0; i < d; ++i) q16[r * d + i] = static_cast<int16_t>(div_round(levels * y[i], ymax));
+        scale_to_wide(y.data(), d, ymax, q16 + r * d);
       } else {
-        for (int64_t i = 0; i < d; ++i) q8[r * d + i] = static_cast<int8_t>(div_round(levels * y[i], ymax));
+        scale_to_int8(y.data(), d, ymax, q8 + r * d);
       }
       ratio_to_scale(ymax, levels * rms, ACT_FRAC, mp + r, ep + r);
     }
@@ -221,17 +268,29 @@ std::vector<torch::Tensor> rms_norm_quantize(const torch::Tensor& h, const torch
 // faster than the 16-bit loop; both are exact int32 sums.
 constexpr int64_t SMALL_ROWS = 16;
 
-// out[r, c] = sum_i x[r][i] * weight(w[c][i]) for columns c0..c1-1, in blocks of 4 columns x
-// 4 rows: each loaded weight serves 4 rows and each loaded input 4 columns. Plain loops that
-// the compiler vectorizes with multiply-adds (see the two instantiations below).
+// Columns per block of the product loops: each loaded input row serves this many columns.
+constexpr int64_t COLUMN_BLOCK = 4;
+
+// Up to this many rows, the VNNI products take one column at a time (column_dots): the weight
+// is then one sequential stream, which measured faster (memory-bound); more rows take tiles of
+// 4 x 4 (vnni_columns), which reuse each load more (compute-bound).
+constexpr int64_t STREAM_ROWS = 3;
+
+// How far ahead of its reads column_dots prefetches the weight (best of 1, 4, 8, 16 KiB).
+constexpr int64_t STREAM_PREFETCH = 8192;
+
+// acc[r * stride + c - c0] = sum_i x[r][i] * weight(w[c][i]) for columns c0..c1-1, in blocks of
+// 4 columns x 4 rows: each loaded weight serves 4 rows and each loaded input 4 columns. Plain
+// loops that the compiler vectorizes with 16-bit multiply-adds (products_int16).
 template <typename Input, typename Weight>
-inline __attribute__((always_inline)) void blocked_products(const Input* x, const int8_t* w, int32_t* out,
-                                                            int64_t rows, int64_t k, int64_t n, int64_t c0,
-                                                            int64_t c1, Weight weight) {
-  constexpr int64_t block = 4;
+inline __attribute__((always_inline)) void blocked_products(const Input* x, const int8_t* w, int32_t* acc,
+                                                            int64_t stride, int64_t rows, int64_t k,
+                                                            int64_t c0, int64_t c1, Weight weight) {
+  constexpr int64_t block = COLUMN_BLOCK;
   int64_t c = c0;
   for (; c + block <= c1; c += block) {
     const int8_t* wc = w + c * k;
+    int32_t* out = acc + (c - c0);
     // Fetch the next block's weights from memory while this one computes: the loads of a
     // streamed weight otherwise stall the multiply-adds (1.3-1.6x faster measured).
     if (c + 2 * block <= c1)
@@ -239,29 +298,29 @@ inline __attribute__((always_inline)) void blocked_products(const Input* x, cons
     int64_t r = 0;
     for (; r + block <= rows; r += block) {
       const Input* xr = x + r * k;
-      int32_t acc[block][block] = {};
+      int32_t sums[block][block] = {};
       for (int64_t i = 0; i < k; ++i) {
         for (int64_t j = 0; j < block; ++j) {
           const auto v = weight(wc[j * k + i]);
-          for (int64_t q = 0; q < block; ++q) acc[q][j] += xr[q * k + i] * v;
+          for (int64_t q = 0; q < block; ++q) sums[q][j] += xr[q * k + i] * v;
         }
       }
       for (int64_t q = 0; q < block; ++q)
-        for (int64_t j = 0; j < block; ++j) out[(r + q) * n + c + j] = acc[q][j];
+        for (int64_t j = 0; j < block; ++j) out[(r + q) * stride + j] = sums[q][j];
     }
     for (; r < rows; ++r) {
       const Input* xr = x + r * k;
-      int32_t acc[block] = {};
+      int32_t sums[block] = {};
       for (int64_t i = 0; i < k; ++i)
-        for (int64_t j = 0; j < block; ++j) acc[j] += xr[i] * weight(wc[j * k + i]);
-      for (int64_t j = 0; j < block; ++j) out[r * n + c + j] = acc[j];
+        for (int64_t j = 0; j < block; ++j) sums[j] += xr[i] * weight(wc[j * k + i]);
+      for (int64_t j = 0; j < block; ++j) out[r * stride + j] = sums[j];
     }
   }
   for (; c < c1; ++c) {
     for (int64_t r = 0; r < rows; ++r) {
-      int32_t acc = 0;
-      for (int64_t i = 0; i < k; ++i) acc += x[r * k + i] * weight(w[c * k + i]);
-      out[r * n + c] = acc;
+      int32_t sum = 0;
+      for (int64_t i = 0; i < k; ++i) sum += x[r * k + i] * weight(w[c * k + i]);
+      acc[r * stride + c - c0] = sum;
     }
   }
 }
@@ -269,28 +328,177 @@ inline __attribute__((always_inline)) void blocked_products(const Input* x, cons
 // Inputs widened to int16: 16-bit multiply-adds (pmaddwd) on any x86-64; target clones pick the
 // widest vector ISA the CPU has.
 VECTOR_CLONES
-void products_int16(const int16_t* x16, const int8_t* w, int32_t* out, int64_t rows, int64_t k, int64_t n,
+void products_int16(const int16_t* x16, const int8_t* w, int32_t* acc, int64_t stride, int64_t rows, int64_t k,
                     int64_t c0, int64_t c1) {
-  blocked_products(x16, w, out, rows, k, n, c0, c1, [](int8_t b) { return static_cast<int16_t>(b); });
+  blocked_products(x16, w, acc, stride, rows, k, c0, c1, [](int8_t b) { return static_cast<int16_t>(b); });
 }
 
 #if defined(__x86_64__)
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v4,avx512vnni")
+
+// sum += the 4-byte dot products of unsigned u with signed s per int32 lane (vpdpbusd). Written
+// in asm because GCC 12 copies the accumulator of the intrinsic around every use.
+inline __m512i dpbusd(__m512i sum, __m512i u, __m512i s) {
+  asm("vpdpbusd %2, %1, %0" : "+v"(sum) : "v"(u), "v"(s));
+  return sum;
+}
+
 // With AVX512-VNNI: 8-bit multiply-adds (vpdpbusd) of unsigned by signed bytes. The weight's
 // bits flipped at the top read as unsigned w + 128, so x . (w + 128) - 128 sum(x) = x . w,
-// exactly (all int32, and the true sums fit).
-__attribute__((target("arch=x86-64-v4,avx512vnni")))
-void products_vnni(const int8_t* x, const int32_t* x_sums, const int8_t* w, int32_t* out, int64_t rows,
-                   int64_t k, int64_t n, int64_t c0, int64_t c1) {
-  blocked_products(x, w, out, rows, k, n, c0, c1,
-                   [](int8_t b) { return static_cast<uint8_t>(static_cast<uint8_t>(b) ^ 0x80); });
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = c0; c < c1; ++c) out[r * n + c] -= 128 * x_sums[r];
+// exactly (all int32, and the true sums fit). One tile: ROWS rows x COLS columns of 64-byte
+// lanes, so each weight load serves ROWS rows and each input load COLS columns. Each 64-byte
+// step also prefetches `pf_lines` cache lines from `pf` on (see vnni_columns).
+template <int ROWS, int COLS>
+inline void vnni_tile(const int8_t* x, const int32_t* x_sums, const int8_t* w, int64_t k, const int8_t* pf,
+                      int64_t pf_lines, int32_t* acc, int64_t stride) {
+  __m512i sums[ROWS][COLS];
+  for (int r = 0; r < ROWS; ++r)
+    for (int j = 0; j < COLS; ++j) sums[r][j] = _mm512_setzero_si512();
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  int64_t i = 0;
+  for (; i + 64 <= k; i += 64) {
+    for (int64_t l = 0; l < pf_lines; ++l) _mm_prefetch(reinterpret_cast<const char*>(pf + (i * pf_lines + l * 64)), _MM_HINT_T0);
+    __m512i wv[COLS];
+    for (int j = 0; j < COLS; ++j) wv[j] = _mm512_xor_si512(_mm512_loadu_si512(w + j * k + i), flip);
+    for (int r = 0; r < ROWS; ++r) {
+      const __m512i xv = _mm512_loadu_si512(x + r * k + i);
+      for (int j = 0; j < COLS; ++j) sums[r][j] = dpbusd(sums[r][j], wv[j], xv);
+    }
+  }
+  if (i < k) {
+    const __mmask64 lanes = _bzhi_u64(~uint64_t{0}, static_cast<unsigned>(k - i));
+    __m512i wv[COLS];
+    for (int j = 0; j < COLS; ++j) wv[j] = _mm512_xor_si512(_mm512_maskz_loadu_epi8(lanes, w + j * k + i), flip);
+    for (int r = 0; r < ROWS; ++r) {
+      const __m512i xv = _mm512_maskz_loadu_epi8(lanes, x + r * k + i);  // masked-off lanes add 0
+      for (int j = 0; j < COLS; ++j) sums[r][j] = dpbusd(sums[r][j], wv[j], xv);
+    }
+  }
+  for (int r = 0; r < ROWS; ++r)
+    for (int j = 0; j < COLS; ++j) acc[r * stride + j] = _mm512_reduce_add_epi32(sums[r][j]) - 128 * x_sums[r];
 }
+
+// The tiles of one block of COLS columns (COLS k contiguous bytes) over all rows, in row tiles
+// of 4. With `prefetch`, they also fetch the next block from memory in address order, spread
+// evenly over the tiles, so the memory stream keeps going while the tiles compute.
+template <int COLS>
+inline void vnni_columns(const int8_t* x, const int32_t* x_sums, const int8_t* w, int64_t rows, int64_t k,
+                         bool prefetch, int32_t* acc, int64_t stride) {
+  const int64_t tiles = (rows + 3) / 4, steps = k / 64;
+  const int64_t lines = prefetch && steps > 0 ? (COLS * k / 64 + tiles * steps - 1) / (tiles * steps) : 0;
+  const int8_t* next = w + COLS * k;
+  int64_t r = 0, t = 0;
+  for (; r + 4 <= rows; r += 4, ++t)
+    vnni_tile<4, COLS>(x + r * k, x_sums + r, w, k, next + t * steps * lines * 64, lines, acc + r * stride, stride);
+  const int8_t* pf = next + t * steps * lines * 64;
+  switch (rows - r) {
+    case 3: vnni_tile<3, COLS>(x + r * k, x_sums + r, w, k, pf, lines, acc + r * stride, stride); break;
+    case 2: vnni_tile<2, COLS>(x + r * k, x_sums + r, w, k, pf, lines, acc + r * stride, stride); break;
+    case 1: vnni_tile<1, COLS>(x + r * k, x_sums + r, w, k, pf, lines, acc + r * stride, stride); break;
+    default: break;
+  }
+}
+
+// For up to STREAM_ROWS rows: the products of one column, so the weight is read in one
+// sequential stream, prefetched STREAM_PREFETCH bytes ahead; two sums per row break the
+// dependency chain of the adds.
+template <int ROWS>
+inline void column_dots(const int8_t* x, const int32_t* x_sums, const int8_t* wc, int64_t k, int32_t* out,
+                        int64_t stride) {
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  __m512i even[ROWS], odd[ROWS];
+  for (int r = 0; r < ROWS; ++r) even[r] = odd[r] = _mm512_setzero_si512();
+  int64_t i = 0;
+  for (; i + 128 <= k; i += 128) {
+    _mm_prefetch(reinterpret_cast<const char*>(wc + i + STREAM_PREFETCH), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(wc + i + 64 + STREAM_PREFETCH), _MM_HINT_T0);
+    const __m512i w0 = _mm512_xor_si512(_mm512_loadu_si512(wc + i), flip);
+    const __m512i w1 = _mm512_xor_si512(_mm512_loadu_si512(wc + i + 64), flip);
+    for (int r = 0; r < ROWS; ++r) {
+      even[r] = dpbusd(even[r], w0, _mm512_loadu_si512(x + r * k + i));
+      odd[r] = dpbusd(odd[r], w1, _mm512_loadu_si512(x + r * k + i + 64));
+    }
+  }
+  for (; i < k; i += 64) {
+    const __mmask64 lanes = k - i >= 64 ? ~__mmask64{0} : _bzhi_u64(~uint64_t{0}, static_cast<unsigned>(k - i));
+    const __m512i w0 = _mm512_xor_si512(_mm512_maskz_loadu_epi8(lanes, wc + i), flip);
+    for (int r = 0; r < ROWS; ++r)
+      even[r] = dpbusd(even[r], w0, _mm512_maskz_loadu_epi8(lanes, x + r * k + i));
+  }
+  for (int r = 0; r < ROWS; ++r)
+    out[r * stride] = _mm512_reduce_add_epi32(_mm512_add_epi32(even[r], odd[r])) - 128 * x_sums[r];
+}
+
+void products_vnni(const int8_t* x, const int32_t* x_sums, const int8_t* w, int32_t* acc, int64_t stride,
+                   int64_t rows, int64_t k, int64_t c0, int64_t c1) {
+  static_assert(STREAM_ROWS == 3, "one case per row count below");
+  switch (rows) {
+    case 1: for (int64_t c = c0; c < c1; ++c) column_dots<1>(x, x_sums, w + c * k, k, acc + c - c0, stride); return;
+    case 2: for (int64_t c = c0; c < c1; ++c) column_dots<2>(x, x_sums, w + c * k, k, acc + c - c0, stride); return;
+    case 3: for (int64_t c = c0; c < c1; ++c) column_dots<3>(x, x_sums, w + c * k, k, acc + c - c0, stride); return;
+    default: break;
+  }
+  int64_t c = c0;
+  // Each block prefetches the next. Past the last block that reads another task's columns or
+  // past the weight's end: harmless (a prefetch never faults) and a few KiB per task.
+  for (; c + COLUMN_BLOCK <= c1; c += COLUMN_BLOCK)
+    vnni_columns<COLUMN_BLOCK>(x, x_sums, w + c * k, rows, k, true, acc + (c - c0), stride);
+  for (; c < c1; ++c) vnni_columns<1>(x, x_sums, w + c * k, rows, k, false, acc + (c - c0), stride);
+}
+
+#pragma GCC pop_options
 
 const bool has_vnni = __builtin_cpu_supports("x86-64-v4") && __builtin_cpu_supports("avx512vnni");
 #else
 const bool has_vnni = false;
 #endif
+
+// The int32 products x . w[c] of int8 rows x (R, K) with the rows of an int8 weight (N, K), by
+// the fastest exact route on this CPU (`vnni` false: never the VNNI one; all give the same
+// integers). `columns` writes those of columns c0..c1-1 to acc[r * stride + c - c0].
+class Products {
+ public:
+  Products(const torch::Tensor& x, const torch::Tensor& w, bool vnni)
+      : rows(x.size(0)), k(x.size(1)), n(w.size(0)), x_(x.data_ptr<int8_t>()), w_(w.data_ptr<int8_t>()) {
+    if (vnni && has_vnni) {
+      x_sums_.assign(rows, 0);
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t i = 0; i < k; ++i) x_sums_[r] += x_[r * k + i];
+    } else if (rows > SMALL_ROWS) {
+      whole_ = at::_int_mm(x, w.t());
+    } else {
+      x16_.assign(x_, x_ + rows * k);
+    }
+  }
+
+  // The whole (R, N) product if it was computed up front (torch._int_mm), else undefined.
+  const torch::Tensor& whole() const { return whole_; }
+
+  void columns(int64_t c0, int64_t c1, int32_t* acc, int64_t stride) const {
+#if defined(__x86_64__)
+    if (!x_sums_.empty()) return products_vnni(x_, x_sums_.data(), w_, acc, stride, rows, k, c0, c1);
+#endif
+    if (whole_.defined()) {
+      const int32_t* src = whole_.data_ptr<int32_t>();
+      for (int64_t r = 0; r < rows; ++r) std::copy(src + r * n + c0, src + r * n + c1, acc + r * stride);
+      return;
+    }
+    products_int16(x16_.data(), w_, acc, stride, rows, k, c0, c1);
+  }
+
+  // Blocks of COLUMN_BLOCK columns per parallel task: at least ~64 KiB of weight reads.
+  int64_t blocks_per_task() const { return std::max<int64_t>(1, 65536 / std::max<int64_t>(COLUMN_BLOCK * k * rows, 1)); }
+
+  const int64_t rows, k, n;
+
+ private:
+  const int8_t* x_;
+  const int8_t* w_;
+  std::vector<int32_t> x_sums_;
+  std::vector<int16_t> x16_;
+  torch::Tensor whole_;
+};
 
 // fp.int8_matmul(x, w.t()) for x (R, K) and a row-major weight w (N, K): (R, N) int32. `vnni`
 // false forces the 16-bit path or _int_mm (for tests; all give the same integers).
@@ -298,28 +506,15 @@ torch::Tensor int8_matmul(const torch::Tensor& x, const torch::Tensor& w, bool v
   check(x, torch::kInt8, "x");
   check(w, torch::kInt8, "weight");
   TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1), "x (R, K) and weight (N, K) expected");
-  const int64_t rows = x.size(0), k = x.size(1), n = w.size(0);
-  const bool use_vnni = vnni && has_vnni;
-  if (!use_vnni && rows > SMALL_ROWS) return at::_int_mm(x, w.t());
-  auto out = torch::empty({rows, n}, x.options().dtype(torch::kInt32));
-  const int8_t* xp = x.data_ptr<int8_t>();
-  const int8_t* wp = w.data_ptr<int8_t>();
+  const Products products(x, w, vnni);
+  if (products.whole().defined()) return products.whole();
+  const int64_t n = products.n;
+  auto out = torch::empty({products.rows, n}, x.options().dtype(torch::kInt32));
   int32_t* op = out.data_ptr<int32_t>();
-  const int64_t columns_per_task = std::max<int64_t>(4, 65536 / std::max<int64_t>(k * rows, 1));
-#if defined(__x86_64__)
-  if (use_vnni) {
-    std::vector<int32_t> x_sums(rows, 0);
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t i = 0; i < k; ++i) x_sums[r] += xp[r * k + i];
-    at::parallel_for(0, n, columns_per_task, [&](int64_t c0, int64_t c1) {
-      products_vnni(xp, x_sums.data(), wp, op, rows, k, n, c0, c1);
-    });
-    return out;
-  }
-#endif
-  const std::vector<int16_t> x16(xp, xp + rows * k);
-  at::parallel_for(0, n, columns_per_task, [&](int64_t c0, int64_t c1) {
-    products_int16(x16.data(), wp, op, rows, k, n, c0, c1);
+  const int64_t blocks = (n + COLUMN_BLOCK - 1) / COLUMN_BLOCK;
+  at::parallel_for(0, blocks, products.blocks_per_task(), [&](int64_t b0, int64_t b1) {
+    const int64_t c0 = b0 * COLUMN_BLOCK, c1 = std::min(b1 * COLUMN_BLOCK, n);
+    products.columns(c0, c1, op + c0, n);
   });
   return out;
 }
@@ -341,57 +536,96 @@ torch::Tensor wide_halves(const torch::Tensor& x) {
   return halves;
 }
 
-// model.Linear: x (R, K) int8, or wide int16, with row scales (R, 1) times weight (N, K) with
-// column scales. int8: shift_round(acc * (xm * mant), xe + shift_base); wide (acc = 128 acc_hi
-// + acc_lo): shift_round(shift_round(acc * xm, WIDE_SCALE_SHIFT) * mant, xe - WIDE_SCALE_SHIFT
-// + shift_base). Then + bias; with a residual (R, N), returns clamp(residual + that,
-// +-ACT_LIMIT), the residual update of a decoder layer.
-torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& xm, const torch::Tensor& xe,
-                     const torch::Tensor& weight, const torch::Tensor& mant, const torch::Tensor& shift_base,
-                     const c10::optional<torch::Tensor>& bias, const c10::optional<torch::Tensor>& residual) {
+// One output row of model.Linear over `count` columns: shift_round(acc * (xm * mant),
+// xe + shift_base) (+ bias), or with a residual row, clamp(residual + that, +-ACT_LIMIT).
+VECTOR_CLONES
+void dequantize_row(const int32_t* acc, int64_t count, int64_t xm, int64_t xe, const int64_t* mant,
+                    const int64_t* shift_base, const int64_t* bias, const int64_t* residual, int64_t* out) {
+  for (int64_t c = 0; c < count; ++c) {
+    int64_t v = shift_round_var(static_cast<int64_t>(acc[c]) * (xm * mant[c]), xe + shift_base[c]);
+    if (bias) v += bias[c];
+    out[c] = residual ? clamp(residual[c] + v, -ACT_LIMIT, ACT_LIMIT) : v;
+  }
+}
+
+// The same for a wide row, from the products of its halves (acc = 128 hi + lo):
+// shift_round(shift_round(acc * xm, WIDE_SCALE_SHIFT) * mant, xe - WIDE_SCALE_SHIFT + shift_base).
+VECTOR_CLONES
+void dequantize_wide_row(const int32_t* hi, const int32_t* lo, int64_t count, int64_t xm, int64_t xe,
+                         const int64_t* mant, const int64_t* shift_base, const int64_t* bias,
+                         const int64_t* residual, int64_t* out) {
+  for (int64_t c = 0; c < count; ++c) {
+    const int64_t acc = int64_t{128} * hi[c] + lo[c];
+    int64_t v = shift_round_var(shift_round_const(acc * xm, WIDE_SCALE_SHIFT) * mant[c],
+                                xe - WIDE_SCALE_SHIFT + shift_base[c]);
+    if (bias) v += bias[c];
+    out[c] = residual ? clamp(residual[c] + v, -ACT_LIMIT, ACT_LIMIT) : v;
+  }
+}
+
+// model.Linear on x (..., K), int8 or wide (int16), with row scales (..., 1) and the (K, N)
+// transposed view of a row-major weight (N, K) with column scales: (..., N) int64; with a
+// residual (..., N), the clamped sum (the residual update of a decoder layer). Each task takes
+// the products of its columns and scales them while they are in cache; a wide row's two halves
+// are two rows of one product, so the weight is read once for both.
+torch::Tensor linear(const torch::Tensor& x_in, const torch::Tensor& xm_in, const torch::Tensor& xe_in,
+                     const torch::Tensor& weight_t, const torch::Tensor& mant_in,
+                     const torch::Tensor& shift_base_in, const c10::optional<torch::Tensor>& bias_in,
+                     const c10::optional<torch::Tensor>& residual_in) {
+  TORCH_CHECK(weight_t.dim() == 2 && x_in.dim() >= 1 && x_in.size(-1) == weight_t.size(0),
+              "x (..., K) and weight_t (K, N) expected");
+  const torch::Tensor w = weight_t.t().contiguous();  // a view unless the weight is not row-major
+  const torch::Tensor x = x_in.contiguous(), xm = xm_in.contiguous(), xe = xe_in.contiguous();
+  const torch::Tensor mant = mant_in.contiguous(), shift_base = shift_base_in.contiguous();
   const bool wide = x.scalar_type() == torch::kInt16;
-  const torch::Tensor acc = int8_matmul(wide ? wide_halves(x) : x, weight, true);
+  check(x, wide ? torch::kInt16 : torch::kInt8, "x");
+  check(w, torch::kInt8, "weight");
   check(xm, torch::kInt64, "xm");
   check(xe, torch::kInt64, "xe");
   check(mant, torch::kInt64, "mant");
   check(shift_base, torch::kInt64, "shift_base");
-  const int64_t rows = wide ? acc.size(0) / 2 : acc.size(0), n = acc.size(1);
+  const int64_t k = w.size(1), n = w.size(0), rows = x.numel() / std::max<int64_t>(k, 1);
   TORCH_CHECK(xm.numel() == rows && xe.numel() == rows, "one row scale per row is needed");
   TORCH_CHECK(mant.numel() == n && shift_base.numel() == n, "one weight scale per column is needed");
-  const int64_t* bp = nullptr;
-  if (bias) {
-    check(*bias, torch::kInt64, "bias");
-    TORCH_CHECK(bias->numel() == n, "one bias per column is needed");
-    bp = bias->data_ptr<int64_t>();
+  torch::Tensor bias, residual;
+  if (bias_in) {
+    bias = bias_in->contiguous();
+    check(bias, torch::kInt64, "bias");
+    TORCH_CHECK(bias.numel() == n, "one bias per column is needed");
   }
-  const int64_t* res = nullptr;
-  if (residual) {
-    check(*residual, torch::kInt64, "residual");
-    TORCH_CHECK(residual->numel() == rows * n, "residual must match the output");
-    res = residual->data_ptr<int64_t>();
+  if (residual_in) {
+    residual = residual_in->contiguous();
+    check(residual, torch::kInt64, "residual");
+    TORCH_CHECK(residual.numel() == rows * n, "residual must match the output");
   }
-  auto out = torch::empty({rows, n}, x.options().dtype(torch::kInt64));
-  const int32_t* ap = acc.data_ptr<int32_t>();
+  const torch::Tensor x8 = wide ? wide_halves(x.view({rows, k})) : x.view({rows, k});
+  const Products products(x8, w, true);
+  auto out = torch::empty(with_last(x, n), x.options().dtype(torch::kInt64));
   const int64_t* xmp = xm.data_ptr<int64_t>();
   const int64_t* xep = xe.data_ptr<int64_t>();
   const int64_t* mp = mant.data_ptr<int64_t>();
   const int64_t* sp = shift_base.data_ptr<int64_t>();
+  const int64_t* bp = bias.defined() ? bias.data_ptr<int64_t>() : nullptr;
+  const int64_t* res = residual.defined() ? residual.data_ptr<int64_t>() : nullptr;
   int64_t* op = out.data_ptr<int64_t>();
-  at::parallel_for(0, rows * n, 16384, [&](int64_t begin, int64_t end) {
-    int64_t r = begin / n, c = begin - r * n;
-    for (int64_t idx = begin; idx < end; ++idx) {
-      int64_t v;
-      if (wide) {
-        const int64_t a = int64_t{128} * ap[idx] + ap[idx + rows * n];
-        v = shift_round_var(shift_round_const(a * xmp[r], WIDE_SCALE_SHIFT) * mp[c], xep[r] - WIDE_SCALE_SHIFT + sp[c]);
-      } else {
-        v = shift_round_var(static_cast<int64_t>(ap[idx]) * (xmp[r] * mp[c]), xep[r] + sp[c]);
-      }
-      if (bp) v += bp[c];
-      op[idx] = res ? clamp(res[idx] + v, -ACT_LIMIT, ACT_LIMIT) : v;
-      if (++c == n) {
-        c = 0;
-        ++r;
+  // Columns scaled per pass: the int32 products of a pass stay in L1.
+  constexpr int64_t pass = 16 * COLUMN_BLOCK;
+  const int64_t blocks = (n + COLUMN_BLOCK - 1) / COLUMN_BLOCK;
+  at::parallel_for(0, blocks, products.blocks_per_task(), [&](int64_t b0, int64_t b1) {
+    std::vector<int32_t> acc(products.rows * pass);
+    for (int64_t c0 = b0 * COLUMN_BLOCK, end = std::min(b1 * COLUMN_BLOCK, n); c0 < end; c0 += pass) {
+      const int64_t c1 = std::min(c0 + pass, end);
+      products.columns(c0, c1, acc.data(), pass);
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t* bias_c = bp ? bp + c0 : nullptr;
+        const int64_t* res_c = res ? res + r * n + c0 : nullptr;
+        if (wide) {
+          dequantize_wide_row(acc.data() + r * pass, acc.data() + (rows + r) * pass, c1 - c0, xmp[r], xep[r],
+                              mp + c0, sp + c0, bias_c, res_c, op + r * n + c0);
+        } else {
+          dequantize_row(acc.data() + r * pass, c1 - c0, xmp[r], xep[r], mp + c0, sp + c0, bias_c, res_c,
+                         op + r * n + c0);
+        }
       }
     }
   });
@@ -517,6 +751,34 @@ void mix_values(const int32_t* probs, const int32_t* values, int64_t count, int6
   }
 }
 
+// The attention probabilities (fp.softmax, PROB_FRAC bits) of one query from its key dots
+// (overwritten with the exp weights). Plain loops over the keys, so they vectorize.
+VECTOR_CLONES
+void softmax_row(int64_t* w, int64_t keys, int64_t inv_sqrt_mant, int64_t inv_sqrt_exp,
+                 const Exp2Tables& tables, int32_t* probs) {
+  constexpr int64_t dot_shift = 2 * QK_FRAC - ACT_FRAC;
+  int64_t top = INT64_MIN;
+  for (int64_t j = 0; j < keys; ++j) {
+    w[j] = shift_round_const(shift_round_const(w[j], dot_shift) * inv_sqrt_mant, inv_sqrt_exp);
+    top = std::max(top, w[j]);
+  }
+  int64_t total = 0;
+  for (int64_t j = 0; j < keys; ++j) {
+    w[j] = exp_neg(std::max<int64_t>(top - w[j], 0), tables);
+    total += w[j];
+  }
+  // Each probability lies in [0, 2**PROB_FRAC]: 32 bits hold it. Weights are at most 2**30
+  // (and the top one is 2**30), so for total < 2**50 the operands of div_round's floor division
+  // stay below 2**52.
+  if (total < (int64_t{1} << 50)) {
+    const double inv = 1.0 / static_cast<double>(2 * total);
+    for (int64_t j = 0; j < keys; ++j)
+      probs[j] = static_cast<int32_t>(floor_div_fast(2 * (w[j] << PROB_FRAC) + total, 2 * total, inv));
+    return;
+  }
+  for (int64_t j = 0; j < keys; ++j) probs[j] = static_cast<int32_t>(div_round(w[j] << PROB_FRAC, total));
+}
+
 // model._attend: causal attention of rotated q (B, T, H, hd) over cache rows rows[b] (keys at
 // positions 0..positions[b, t]), then fp.quantize_rows of the mixed heads (B, T, H hd).
 std::vector<torch::Tensor> attend(const torch::Tensor& q, const torch::Tensor& k_cache,
@@ -555,31 +817,18 @@ std::vector<torch::Tensor> attend(const torch::Tensor& q, const torch::Tensor& k
   const int32_t* kp = k_cache.data_ptr<int32_t>();
   const int32_t* vp = v_cache.data_ptr<int32_t>();
   int64_t* mp = mixed.data_ptr<int64_t>();
-  constexpr int64_t dot_shift = 2 * QK_FRAC - ACT_FRAC;
+  int64_t longest = 1;
+  for (int64_t i = 0; i < bsz * t; ++i) longest = std::max(longest, pos[i] + 1);
   // One task per (b, t, head): its row of scores, softmax and weighted sum of values.
   at::parallel_for(0, bsz * t * heads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<int64_t> w;
-    std::vector<int32_t> probs;
-    std::vector<int64_t> acc(hd);
+    std::vector<int64_t> w(longest), acc(hd);
+    std::vector<int32_t> probs(longest);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t bt = task / heads, h = task - bt * heads, b = bt / t;
       const int64_t keys = pos[bt] + 1;
       const int64_t base = (rp[b] * n_kv + h / group) * span * hd;
-      w.resize(keys);
-      probs.resize(keys);
       key_dots(q32.data() + task * hd, kp + base, keys, hd, w.data());
-      int64_t top = INT64_MIN;
-      for (int64_t j = 0; j < keys; ++j) {
-        w[j] = shift_round_const(shift_round_const(w[j], dot_shift) * inv_sqrt_mant, inv_sqrt_exp);
-        top = std::max(top, w[j]);
-      }
-      int64_t total = 0;
-      for (int64_t j = 0; j < keys; ++j) {
-        w[j] = exp_neg(std::max<int64_t>(top - w[j], 0), tables);
-        total += w[j];
-      }
-      // Each probability lies in [0, 2**PROB_FRAC]: 32 bits hold it.
-      for (int64_t j = 0; j < keys; ++j) probs[j] = static_cast<int32_t>(div_round(w[j] << PROB_FRAC, total));
+      softmax_row(w.data(), keys, inv_sqrt_mant, inv_sqrt_exp, tables, probs.data());
       std::fill(acc.begin(), acc.end(), 0);
       mix_values(probs.data(), vp + base, keys, hd, acc.data());
       int64_t* out = mp + bt * width + h * hd;
@@ -594,7 +843,7 @@ std::vector<torch::Tensor> attend(const torch::Tensor& q, const torch::Tensor& k
   int64_t* oep = oe.data_ptr<int64_t>();
   at::parallel_for(0, bsz * t, grain(width), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r)
-      quantize_row(mp + r * width, width, ACT_FRAC, INT8_LEVELS, oqp + r * width, omp + r, oep + r);
+      quantize_row(mp + r * width, width, ACT_FRAC, oqp + r * width, omp + r, oep + r);
   });
   return {oq, om, oe};
 }
@@ -625,10 +874,25 @@ std::vector<torch::Tensor> swiglu_quantize(const torch::Tensor& gate_up, const t
         const int64_t a = shift_round_const(silu(gate[i], tables) * clamp(up[i], -up_limit, up_limit), ACT_FRAC);
         act[i] = clamp(a, -ACT_LIMIT, ACT_LIMIT);
       }
-      quantize_row(act.data(), f, ACT_FRAC, WIDE_LEVELS, qp + r * f, mp + r, ep + r);
+      quantize_row(act.data(), f, ACT_FRAC, qp + r * f, mp + r, ep + r);
     }
   });
   return {q, mant, exp};
+}
+
+// floor(a / d) per element for 0 < d < 2**52 and |a| < 2**52, by floor_div_fast (for the tests).
+torch::Tensor floor_divide_fast(const torch::Tensor& a, int64_t d) {
+  check(a, torch::kInt64, "a");
+  TORCH_CHECK(d > 0 && d < FAST_DIV_LIMIT, "d must lie in (0, 2**52)");
+  auto out = torch::empty_like(a);
+  const int64_t* ap = a.data_ptr<int64_t>();
+  int64_t* op = out.data_ptr<int64_t>();
+  const double inv = 1.0 / static_cast<double>(d);
+  for (int64_t i = 0; i < a.numel(); ++i) {
+    TORCH_CHECK(ap[i] > -FAST_DIV_LIMIT && ap[i] < FAST_DIV_LIMIT, "|a| must be below 2**52");
+    op[i] = floor_div_fast(ap[i], d, inv);
+  }
+  return out;
 }
 
 std::map<std::string, int64_t> constants() {
@@ -646,5 +910,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rope_to_cache", &rope_to_cache);
   m.def("attend", &attend);
   m.def("swiglu_quantize", &swiglu_quantize);
+  m.def("floor_divide_fast", &floor_divide_fast);
   m.def("constants", &constants);
 }
