@@ -678,6 +678,67 @@ void mix_values(const int32_t* probs, const int32_t* values, int64_t count, int6
   }
 }
 
+#if defined(__x86_64__)
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v4")
+
+// With AVX-512, attention's products go through float64 multiply-adds, exactly, as
+// fp.exact_float_matmul takes them: rotated queries and keys are saturated below 2**20
+// (QK_LIMIT; the cache holds only what rope_to_cache wrote), so with head_dim <= 256 every partial
+// sum of q . k stays below 2**48; probabilities (<= 2**20, summing to < 2**21) times values
+// (< 2**26, V_LIMIT) stay below 2**47. Every product and partial sum is then an integer that
+// float64 holds exactly, in any order; one multiply-add replaces int64's widen, multiply, add.
+// Both need head_dim a multiple of 8 (one vector).
+
+// key_dots with q in float64.
+void key_dots_f64(const double* q, const int32_t* keys, int64_t count, int64_t hd, int64_t* dots) {
+  auto row = [&](const int32_t* k, int64_t i) { return _mm512_cvtepi32_pd(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(k + i))); };
+  int64_t j = 0;
+  for (; j + 4 <= count; j += 4) {
+    const int32_t* k0 = keys + j * hd;
+    __m512d d0 = _mm512_setzero_pd(), d1 = d0, d2 = d0, d3 = d0;
+    for (int64_t i = 0; i < hd; i += 8) {
+      const __m512d qi = _mm512_loadu_pd(q + i);
+      d0 = _mm512_fmadd_pd(qi, row(k0, i), d0);
+      d1 = _mm512_fmadd_pd(qi, row(k0 + hd, i), d1);
+      d2 = _mm512_fmadd_pd(qi, row(k0 + 2 * hd, i), d2);
+      d3 = _mm512_fmadd_pd(qi, row(k0 + 3 * hd, i), d3);
+    }
+    dots[j] = static_cast<int64_t>(_mm512_reduce_add_pd(d0));
+    dots[j + 1] = static_cast<int64_t>(_mm512_reduce_add_pd(d1));
+    dots[j + 2] = static_cast<int64_t>(_mm512_reduce_add_pd(d2));
+    dots[j + 3] = static_cast<int64_t>(_mm512_reduce_add_pd(d3));
+  }
+  for (; j < count; ++j) {
+    __m512d d = _mm512_setzero_pd();
+    for (int64_t i = 0; i < hd; i += 8) d = _mm512_fmadd_pd(_mm512_loadu_pd(q + i), row(keys + j * hd, i), d);
+    dots[j] = static_cast<int64_t>(_mm512_reduce_add_pd(d));
+  }
+}
+
+// mix_values into int64 acc (overwritten, not added to), 32 lanes of the head at a time held
+// in registers over all keys.
+void mix_values_f64(const int32_t* probs, const int32_t* values, int64_t count, int64_t hd, int64_t* acc) {
+  for (int64_t i0 = 0; i0 < hd; i0 += 32) {
+    const int64_t width = std::min<int64_t>(32, hd - i0) / 8;
+    __m512d a[4] = {_mm512_setzero_pd(), _mm512_setzero_pd(), _mm512_setzero_pd(), _mm512_setzero_pd()};
+    for (int64_t j = 0; j < count; ++j) {
+      const __m512d p = _mm512_set1_pd(static_cast<double>(probs[j]));
+      const int32_t* v = values + j * hd + i0;
+      for (int64_t u = 0; u < width; ++u)
+        a[u] = _mm512_fmadd_pd(p, _mm512_cvtepi32_pd(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + 8 * u))), a[u]);
+    }
+    for (int64_t u = 0; u < width; ++u) _mm512_storeu_si512(acc + i0 + 8 * u, _mm512_cvtpd_epi64(a[u]));
+  }
+}
+
+#pragma GCC pop_options
+
+const bool has_avx512 = __builtin_cpu_supports("x86-64-v4");
+#else
+const bool has_avx512 = false;
+#endif
+
 // The attention probabilities (fp.softmax, PROB_FRAC bits) of one query from its key dots
 // (overwritten with the exp weights). Plain loops over the keys, so they vectorize.
 VECTOR_CLONES
@@ -707,11 +768,12 @@ void softmax_row(int64_t* w, int64_t keys, int64_t inv_sqrt_mant, int64_t inv_sq
 }
 
 // model._attend: causal attention of rotated q (B, T, H, hd) over cache rows rows[b] (keys at
-// positions 0..positions[b, t]), then fp.quantize_rows of the mixed heads (B, T, H hd).
+// positions 0..positions[b, t]), then fp.quantize_rows of the mixed heads (B, T, H hd). `wide`
+// false keeps to the int64 products even with AVX-512 (same integers; for the tests).
 std::vector<torch::Tensor> attend(const torch::Tensor& q, const torch::Tensor& k_cache,
                                   const torch::Tensor& v_cache, const torch::Tensor& positions,
                                   const torch::Tensor& rows, int64_t inv_sqrt_mant, int64_t inv_sqrt_exp,
-                                  const torch::Tensor& hi, const torch::Tensor& lo, int64_t log2e) {
+                                  const torch::Tensor& hi, const torch::Tensor& lo, int64_t log2e, bool wide) {
   check(q, torch::kInt64, "q");
   check(k_cache, torch::kInt32, "k_cache");
   check(v_cache, torch::kInt32, "v_cache");
@@ -733,12 +795,15 @@ std::vector<torch::Tensor> attend(const torch::Tensor& q, const torch::Tensor& k
     TORCH_CHECK(rp[b] >= 0 && rp[b] < cache_rows, "cache row ", rp[b], " does not exist");
   const int64_t group = heads / n_kv, width = heads * hd;
   // Rotated queries are saturated below 2**20 (QK_LIMIT): 32 bits hold them, which lets the
-  // dot products use 32 x 32 -> 64-bit vector multiplies.
+  // dot products use 32 x 32 -> 64-bit vector multiplies, or float64 ones (see key_dots_f64).
+  const bool f64 = wide && has_avx512 && hd % 8 == 0 && hd <= 256;
   const int64_t* q64 = q.data_ptr<int64_t>();
   std::vector<int32_t> q32(q.numel());
+  std::vector<double> qf(f64 ? q.numel() : 0);
   for (int64_t i = 0; i < q.numel(); ++i) {
     TORCH_CHECK(q64[i] >= -QK_LIMIT && q64[i] <= QK_LIMIT, "rotated queries must lie within +-QK_LIMIT");
     q32[i] = static_cast<int32_t>(q64[i]);
+    if (f64) qf[i] = static_cast<double>(q64[i]);
   }
   auto mixed = torch::empty({bsz, t, width}, q.options());
   const int32_t* kp = k_cache.data_ptr<int32_t>();
@@ -754,10 +819,19 @@ std::vector<torch::Tensor> attend(const torch::Tensor& q, const torch::Tensor& k
       const int64_t bt = task / heads, h = task - bt * heads, b = bt / t;
       const int64_t keys = pos[bt] + 1;
       const int64_t base = (rp[b] * n_kv + h / group) * span * hd;
-      key_dots(q32.data() + task * hd, kp + base, keys, hd, w.data());
-      softmax_row(w.data(), keys, inv_sqrt_mant, inv_sqrt_exp, tables, probs.data());
-      std::fill(acc.begin(), acc.end(), 0);
-      mix_values(probs.data(), vp + base, keys, hd, acc.data());
+#if defined(__x86_64__)
+      if (f64) {
+        key_dots_f64(qf.data() + task * hd, kp + base, keys, hd, w.data());
+        softmax_row(w.data(), keys, inv_sqrt_mant, inv_sqrt_exp, tables, probs.data());
+        mix_values_f64(probs.data(), vp + base, keys, hd, acc.data());
+      } else
+#endif
+      {
+        key_dots(q32.data() + task * hd, kp + base, keys, hd, w.data());
+        softmax_row(w.data(), keys, inv_sqrt_mant, inv_sqrt_exp, tables, probs.data());
+        std::fill(acc.begin(), acc.end(), 0);
+        mix_values(probs.data(), vp + base, keys, hd, acc.data());
+      }
       int64_t* out = mp + bt * width + h * hd;
       for (int64_t i = 0; i < hd; ++i) out[i] = shift_round_const(acc[i], PROB_FRAC);
     }
@@ -833,7 +907,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("int8_matmul", &int8_matmul, py::arg("x"), py::arg("w"), py::arg("vnni") = true);
   m.def("linear", &linear);
   m.def("rope_to_cache", &rope_to_cache);
-  m.def("attend", &attend);
+  m.def("attend", &attend, py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("positions"),
+        py::arg("rows"), py::arg("inv_sqrt_mant"), py::arg("inv_sqrt_exp"), py::arg("hi"), py::arg("lo"),
+        py::arg("log2e"), py::arg("wide") = true);
   m.def("swiglu_quantize", &swiglu_quantize);
   m.def("floor_divide_fast", &floor_divide_fast);
   m.def("constants", &constants);
