@@ -732,6 +732,38 @@ void mix_values_f64(const int32_t* probs, const int32_t* values, int64_t count, 
   }
 }
 
+// w[j] = exp_neg(max(top - w[j], 0)) for j < count, 8 keys per vector with the tables read by
+// gathers; returns their sum. The same integer steps as exp_neg, lane by lane.
+int64_t exp_weights_avx512(int64_t* w, int64_t count, int64_t top, const Exp2Tables& tables) {
+  const __m512i zero = _mm512_setzero_si512(), one = _mm512_set1_epi64(1), most = _mm512_set1_epi64(62);
+  const __m512i vtop = _mm512_set1_epi64(top), cap = _mm512_set1_epi64(int64_t{64} << ACT_FRAC);
+  const __m512i log2e = _mm512_set1_epi64(tables.log2e);
+  const __m512i low_bits = _mm512_set1_epi64((int64_t{1} << ACT_FRAC) - 1), byte = _mm512_set1_epi64(0xFF);
+  // shift_round_const(x, 30) for the Q30 products (both fractions are 30 bits).
+  auto round30 = [&](__m512i x) { return _mm512_srai_epi64(_mm512_add_epi64(_mm512_srai_epi64(x, 29), one), 1); };
+  static_assert(LOG2E_FRAC == 30 && EXP_FRAC == 30, "round30 assumes both");
+  __m512i total = zero;
+  for (int64_t j = 0; j < count; j += 8) {
+    const __mmask8 lanes = count - j >= 8 ? 0xFF : static_cast<__mmask8>((1u << (count - j)) - 1);
+    const __m512i d = _mm512_min_epi64(_mm512_max_epi64(_mm512_sub_epi64(vtop, _mm512_maskz_loadu_epi64(lanes, w + j)), zero), cap);
+    const __m512i t = round30(_mm512_mullo_epi64(d, log2e));
+    const __m512i whole = _mm512_min_epi64(_mm512_srai_epi64(t, ACT_FRAC), most);
+    const __m512i frac = _mm512_and_si512(t, low_bits);  // indices below stay in [0, 256)
+    const __m512i hi = _mm512_i64gather_epi64(_mm512_srli_epi64(frac, 8), tables.hi, 8);
+    const __m512i lo = _mm512_i64gather_epi64(_mm512_and_si512(frac, byte), tables.lo, 8);
+    const __m512i mantissa = round30(_mm512_mullo_epi64(hi, lo));
+    // shift_round_var(mantissa, whole): both shifts clamped to [0, 62].
+    const __m512i less = _mm512_sub_epi64(whole, one);
+    const __m512i up = _mm512_min_epi64(_mm512_max_epi64(_mm512_sub_epi64(zero, less), zero), most);
+    const __m512i down = _mm512_min_epi64(_mm512_max_epi64(less, zero), most);
+    const __m512i shifted = _mm512_srav_epi64(_mm512_sllv_epi64(mantissa, up), down);
+    const __m512i e = _mm512_maskz_mov_epi64(lanes, _mm512_srai_epi64(_mm512_add_epi64(shifted, one), 1));
+    _mm512_mask_storeu_epi64(w + j, lanes, e);
+    total = _mm512_add_epi64(total, e);
+  }
+  return _mm512_reduce_add_epi64(total);
+}
+
 #pragma GCC pop_options
 
 const bool has_avx512 = __builtin_cpu_supports("x86-64-v4");
@@ -740,10 +772,11 @@ const bool has_avx512 = false;
 #endif
 
 // The attention probabilities (fp.softmax, PROB_FRAC bits) of one query from its key dots
-// (overwritten with the exp weights). Plain loops over the keys, so they vectorize.
+// (overwritten with the exp weights). Plain loops over the keys, so they vectorize; with `wide`
+// (AVX-512 only) the exp weights too, by exp_weights_avx512.
 VECTOR_CLONES
 void softmax_row(int64_t* w, int64_t keys, int64_t inv_sqrt_mant, int64_t inv_sqrt_exp,
-                 const Exp2Tables& tables, int32_t* probs) {
+                 const Exp2Tables& tables, bool wide, int32_t* probs) {
   constexpr int64_t dot_shift = 2 * QK_FRAC - ACT_FRAC;
   int64_t top = INT64_MIN;
   for (int64_t j = 0; j < keys; ++j) {
@@ -751,9 +784,16 @@ void softmax_row(int64_t* w, int64_t keys, int64_t inv_sqrt_mant, int64_t inv_sq
     top = std::max(top, w[j]);
   }
   int64_t total = 0;
-  for (int64_t j = 0; j < keys; ++j) {
-    w[j] = exp_neg(std::max<int64_t>(top - w[j], 0), tables);
-    total += w[j];
+#if defined(__x86_64__)
+  if (wide) {
+    total = exp_weights_avx512(w, keys, top, tables);
+  } else
+#endif
+  {
+    for (int64_t j = 0; j < keys; ++j) {
+      w[j] = exp_neg(std::max<int64_t>(top - w[j], 0), tables);
+      total += w[j];
+    }
   }
   // Each probability lies in [0, 2**PROB_FRAC]: 32 bits hold it. Weights are at most 2**30
   // (and the top one is 2**30), so for total < 2**50 the operands of div_round's floor division
@@ -822,13 +862,13 @@ std::vector<torch::Tensor> attend(const torch::Tensor& q, const torch::Tensor& k
 #if defined(__x86_64__)
       if (f64) {
         key_dots_f64(qf.data() + task * hd, kp + base, keys, hd, w.data());
-        softmax_row(w.data(), keys, inv_sqrt_mant, inv_sqrt_exp, tables, probs.data());
+        softmax_row(w.data(), keys, inv_sqrt_mant, inv_sqrt_exp, tables, true, probs.data());
         mix_values_f64(probs.data(), vp + base, keys, hd, acc.data());
       } else
 #endif
       {
         key_dots(q32.data() + task * hd, kp + base, keys, hd, w.data());
-        softmax_row(w.data(), keys, inv_sqrt_mant, inv_sqrt_exp, tables, probs.data());
+        softmax_row(w.data(), keys, inv_sqrt_mant, inv_sqrt_exp, tables, false, probs.data());
         std::fill(acc.begin(), acc.end(), 0);
         mix_values(probs.data(), vp + base, keys, hd, acc.data());
       }
