@@ -117,6 +117,14 @@ inline void ratio_to_scale(int64_t num, int64_t den, int64_t extra_exp, int64_t*
   *exp = num == 0 ? 0 : k + extra_exp;
 }
 
+// max |x[i]| (INT64_MIN for n = 0).
+VECTOR_CLONES
+int64_t abs_max(const int64_t* x, int64_t n) {
+  int64_t amax = INT64_MIN;
+  for (int64_t i = 0; i < n; ++i) amax = std::max(amax, abs64(x[i]));
+  return amax;
+}
+
 // q[i] = div_round(127 x[i], amax) for amax >= 1 and |x[i]| <= amax (or x[i] = INT64_MIN, whose
 // abs wraps and whose 254 x[i] wraps to 0).
 VECTOR_CLONES
@@ -132,9 +140,7 @@ void scale_to_int8(const int64_t* x, int64_t n, int64_t amax, int8_t* q) {
 
 // fp.quantize_rows on one row of n values.
 void quantize_row(const int64_t* x, int64_t n, int64_t frac, int8_t* q, int64_t* mant, int64_t* exp) {
-  int64_t amax = INT64_MIN;
-  for (int64_t i = 0; i < n; ++i) amax = std::max(amax, abs64(x[i]));
-  amax = std::max<int64_t>(amax, 1);
+  const int64_t amax = std::max<int64_t>(abs_max(x, n), 1);
   scale_to_int8(x, n, amax, q);
   ratio_to_scale(amax, 127, frac, mant, exp);
 }
@@ -193,6 +199,21 @@ int64_t grain(int64_t row_work, int64_t min_work = 32768) {
 
 }  // namespace
 
+// RMSNorm's row work: y[i] = shift_round(x[i], shift) * g[i]; *sum_sq = sum of the squared
+// rescaled x; returns max |y[i]|.
+VECTOR_CLONES
+int64_t rescale_row(const int64_t* x, int64_t n, int64_t shift, const int64_t* g, int64_t* y, int64_t* sum_sq) {
+  int64_t squares = 0, ymax = INT64_MIN;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t hs = shift_round_var(x[i], shift);
+    squares += hs * hs;
+    y[i] = hs * g[i];
+    ymax = std::max(ymax, abs64(y[i]));
+  }
+  *sum_sq = squares;
+  return ymax;
+}
+
 // model.rms_norm_quantize over the last axis of h: (q int8, mant (..., 1), exp (..., 1)).
 std::vector<torch::Tensor> rms_norm_quantize(const torch::Tensor& h, const torch::Tensor& gain,
                                              int64_t eps_scaled) {
@@ -212,18 +233,9 @@ std::vector<torch::Tensor> rms_norm_quantize(const torch::Tensor& h, const torch
     std::vector<int64_t> y(d);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t* x = hp + r * d;
-      int64_t amax = INT64_MIN;
-      for (int64_t i = 0; i < d; ++i) amax = std::max(amax, abs64(x[i]));
-      amax = std::max<int64_t>(amax, 1);
-      const int64_t shift = bit_length(amax) - NORM_BITS;
-      int64_t sum_sq = 0, ymax = INT64_MIN;
-      for (int64_t i = 0; i < d; ++i) {
-        const int64_t hs = shift_round_var(x[i], shift);
-        sum_sq += hs * hs;
-        y[i] = hs * g[i];
-        ymax = std::max(ymax, abs64(y[i]));
-      }
-      ymax = std::max<int64_t>(ymax, 1);
+      const int64_t shift = bit_length(std::max<int64_t>(abs_max(x, d), 1)) - NORM_BITS;
+      int64_t sum_sq = 0;
+      const int64_t ymax = std::max<int64_t>(rescale_row(x, d, shift, g, y.data(), &sum_sq), 1);
       const int64_t mean_sq = floor_div(sum_sq, d);
       const int64_t eps = eps_scaled >> std::min<int64_t>(2 * shift + EPS_SHIFT, 62);
       const int64_t rms = std::max<int64_t>(isqrt(mean_sq + eps), 1);
