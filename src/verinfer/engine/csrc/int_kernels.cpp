@@ -571,6 +571,29 @@ torch::Tensor linear(const torch::Tensor& x_in, const torch::Tensor& xm_in, cons
   return out;
 }
 
+// model._rotate of one head of 2 half values (rotate-half layout) with cos c and sin s:
+// out (int64 for q, int32 for the key cache) in QK_FRAC bits, saturated at QK_LIMIT.
+template <typename Out>
+inline void rotate_half(const int64_t* x, const int64_t* c, const int64_t* s, int64_t half, Out* out) {
+  constexpr int64_t in_limit = int64_t{1} << (ACT_FRAC + 10);
+  constexpr int64_t out_shift = ROPE_FRAC + ACT_FRAC - QK_FRAC;
+  for (int64_t i = 0; i < half; ++i) {
+    const int64_t x1 = clamp(x[i], -in_limit, in_limit), x2 = clamp(x[i + half], -in_limit, in_limit);
+    out[i] = static_cast<Out>(clamp(shift_round_const(x1 * c[i] - x2 * s[i], out_shift), -QK_LIMIT, QK_LIMIT));
+    out[i + half] = static_cast<Out>(clamp(shift_round_const(x2 * c[i] + x1 * s[i], out_shift), -QK_LIMIT, QK_LIMIT));
+  }
+}
+
+VECTOR_CLONES
+void rotate_head(const int64_t* x, const int64_t* c, const int64_t* s, int64_t half, int64_t* out) {
+  rotate_half(x, c, s, half, out);
+}
+
+VECTOR_CLONES
+void rotate_head(const int64_t* x, const int64_t* c, const int64_t* s, int64_t half, int32_t* out) {
+  rotate_half(x, c, s, half, out);
+}
+
 // model._rope_to_cache: rotate q and k of qkv (B, T, (H + 2 n_kv) hd) at `positions` (B, T),
 // write k and clamped v to cache row rows[b]; returns the rotated q (B, T, H, hd).
 torch::Tensor rope_to_cache(const torch::Tensor& qkv, const torch::Tensor& cos, const torch::Tensor& sin,
@@ -607,30 +630,16 @@ torch::Tensor rope_to_cache(const torch::Tensor& qkv, const torch::Tensor& cos, 
   int32_t* kp = k_cache.data_ptr<int32_t>();
   int32_t* vp = v_cache.data_ptr<int32_t>();
   const int64_t width = (heads + 2 * n_kv) * hd;
-  constexpr int64_t in_limit = int64_t{1} << (ACT_FRAC + 10);
-  constexpr int64_t out_shift = ROPE_FRAC + ACT_FRAC - QK_FRAC;
-  // model._rotate of one head, written through `put`.
-  auto rotate = [&](const int64_t* x, const int64_t* c, const int64_t* s, auto put) {
-    for (int64_t i = 0; i < half; ++i) {
-      const int64_t x1 = clamp(x[i], -in_limit, in_limit), x2 = clamp(x[i + half], -in_limit, in_limit);
-      put(i, clamp(shift_round_const(x1 * c[i] - x2 * s[i], out_shift), -QK_LIMIT, QK_LIMIT));
-      put(i + half, clamp(shift_round_const(x2 * c[i] + x1 * s[i], out_shift), -QK_LIMIT, QK_LIMIT));
-    }
-  };
   at::parallel_for(0, bsz * t, grain(width), [&](int64_t begin, int64_t end) {
     for (int64_t bt = begin; bt < end; ++bt) {
       const int64_t b = bt / t, p = pos[bt];
       const int64_t* x = src + bt * width;
       const int64_t* c = cp + p * half;
       const int64_t* s = snp + p * half;
-      for (int64_t h = 0; h < heads; ++h) {
-        int64_t* out = qp + (bt * heads + h) * hd;
-        rotate(x + h * hd, c, s, [out](int64_t i, int64_t v) { out[i] = v; });
-      }
+      for (int64_t h = 0; h < heads; ++h) rotate_head(x + h * hd, c, s, half, qp + (bt * heads + h) * hd);
       for (int64_t g = 0; g < n_kv; ++g) {
         const int64_t at = ((rp[b] * n_kv + g) * span + p) * hd;
-        int32_t* kout = kp + at;
-        rotate(x + (heads + g) * hd, c, s, [kout](int64_t i, int64_t v) { kout[i] = static_cast<int32_t>(v); });
+        rotate_head(x + (heads + g) * hd, c, s, half, kp + at);
         const int64_t* v = x + (heads + n_kv + g) * hd;
         for (int64_t i = 0; i < hd; ++i) vp[at + i] = static_cast<int32_t>(clamp(v[i], -V_LIMIT, V_LIMIT));
       }
