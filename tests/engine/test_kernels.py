@@ -9,6 +9,7 @@ import sys
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -227,7 +228,7 @@ def test_rope_to_cache_and_attend(positions: list[list[int]], rows: list[int], t
                  _reference(monkeypatch, m._attend, tiny_model, q, k_cache, v_cache, pos, row))
 
 
-@pytest.mark.parametrize("position", [0, 1, 127, 128, 299])
+@pytest.mark.parametrize("position", [0, 1, 3, 4, 127, 128, 299])
 def test_attend_decode_at_long_positions(position: int, tiny_model: m.IntModel,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     c = tiny_model.config
@@ -235,8 +236,28 @@ def test_attend_decode_at_long_positions(position: int, tiny_model: m.IntModel,
     k_cache[1, :, : position + 1] = k_cache[1, :, :1]  # row 1: every key alike, so one flat softmax
     pos, row = torch.tensor([[position], [position]]), torch.tensor([0, 1])
     q = _with_edges(_ints((2, 1, c.num_attention_heads, c.head_dim), 20), m.QK_LIMIT).clamp(-m.QK_LIMIT, m.QK_LIMIT)
-    _assert_same(m._attend(tiny_model, q, k_cache, v_cache, pos, row),
-                 _reference(monkeypatch, m._attend, tiny_model, q, k_cache, v_cache, pos, row))
+    fused = m._attend(tiny_model, q, k_cache, v_cache, pos, row)
+    _assert_same(fused, _reference(monkeypatch, m._attend, tiny_model, q, k_cache, v_cache, pos, row))
+    # The int64 products (CPUs without AVX-512) give the same integers as the float64 ones.
+    ext = kernels.extension()
+    assert ext is not None
+    hi, lo, log2e = fp._exp2_tables("cpu", None)
+    narrow = ext.attend(q, k_cache, v_cache, pos, row, tiny_model.inv_sqrt_mant, tiny_model.inv_sqrt_exp,
+                        hi, lo, log2e, wide=False)
+    _assert_same(narrow, fused)
+
+
+@pytest.mark.parametrize(("heads", "n_kv", "hd"), [(2, 1, 8), (4, 2, 40), (8, 2, 64), (2, 2, 12), (3, 1, 96)])
+def test_attend_head_shapes(heads: int, n_kv: int, hd: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    mant, exp = m._inv_sqrt_scale(hd)
+    model = SimpleNamespace(inv_sqrt_mant=mant, inv_sqrt_exp=exp)  # all _attend reads of a model
+    shape = (2, n_kv, 70, hd)
+    k_cache = torch.randint(-m.QK_LIMIT, m.QK_LIMIT + 1, shape, generator=GEN, dtype=torch.int32)
+    v_cache = torch.randint(-m.V_LIMIT, m.V_LIMIT + 1, shape, generator=GEN, dtype=torch.int32)
+    pos, row = torch.tensor([[69], [5]]), torch.tensor([1, 0])
+    q = torch.randint(-m.QK_LIMIT, m.QK_LIMIT + 1, (2, 1, heads, hd), generator=GEN)
+    _assert_same(m._attend(model, q, k_cache, v_cache, pos, row),  # type: ignore[arg-type]
+                 _reference(monkeypatch, m._attend, model, q, k_cache, v_cache, pos, row))
 
 
 def test_attend_with_extreme_queries(tiny_model: m.IntModel, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -120,6 +120,14 @@ inline void ratio_to_scale(int64_t num, int64_t den, int64_t extra_exp, int64_t*
   *exp = num == 0 ? 0 : k + extra_exp;
 }
 
+// max |x[i]| (INT64_MIN for n = 0).
+VECTOR_CLONES
+int64_t abs_max(const int64_t* x, int64_t n) {
+  int64_t amax = INT64_MIN;
+  for (int64_t i = 0; i < n; ++i) amax = std::max(amax, abs64(x[i]));
+  return amax;
+}
+
 // q[i] = div_round(levels x[i], amax) for amax >= 1 and |x[i]| <= amax (or x[i] = INT64_MIN, whose
 // abs wraps and whose 2 levels x[i] wraps to 0).
 template <typename Q>
@@ -149,9 +157,7 @@ inline void scale_to(const int64_t* x, int64_t n, int64_t amax, int16_t* q) { sc
 template <typename Q>
 void quantize_row(const int64_t* x, int64_t n, int64_t frac, Q* q, int64_t* mant, int64_t* exp) {
   constexpr int64_t levels = sizeof(Q) == 1 ? INT8_LEVELS : WIDE_LEVELS;
-  int64_t amax = INT64_MIN;
-  for (int64_t i = 0; i < n; ++i) amax = std::max(amax, abs64(x[i]));
-  amax = std::max<int64_t>(amax, 1);
+  const int64_t amax = std::max<int64_t>(abs_max(x, n), 1);
   scale_to(x, n, amax, q);
   ratio_to_scale(amax, levels, frac, mant, exp);
 }
@@ -216,6 +222,21 @@ int64_t grain(int64_t row_work, int64_t min_work = 32768) {
 
 }  // namespace
 
+// RMSNorm's row work: y[i] = shift_round(x[i], shift) * g[i]; *sum_sq = sum of the squared
+// rescaled x; returns max |y[i]|.
+VECTOR_CLONES
+int64_t rescale_row(const int64_t* x, int64_t n, int64_t shift, const int64_t* g, int64_t* y, int64_t* sum_sq) {
+  int64_t squares = 0, ymax = INT64_MIN;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t hs = shift_round_var(x[i], shift);
+    squares += hs * hs;
+    y[i] = hs * g[i];
+    ymax = std::max(ymax, abs64(y[i]));
+  }
+  *sum_sq = squares;
+  return ymax;
+}
+
 // model.rms_norm_quantize over the last axis of h: (q int8 or int16 by `levels`, mant (..., 1),
 // exp (..., 1)).
 std::vector<torch::Tensor> rms_norm_quantize(const torch::Tensor& h, const torch::Tensor& gain,
@@ -238,18 +259,9 @@ std::vector<torch::Tensor> rms_norm_quantize(const torch::Tensor& h, const torch
     std::vector<int64_t> y(d);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t* x = hp + r * d;
-      int64_t amax = INT64_MIN;
-      for (int64_t i = 0; i < d; ++i) amax = std::max(amax, abs64(x[i]));
-      amax = std::max<int64_t>(amax, 1);
-      const int64_t shift = bit_length(amax) - NORM_BITS;
-      int64_t sum_sq = 0, ymax = INT64_MIN;
-      for (int64_t i = 0; i < d; ++i) {
-        const int64_t hs = shift_round_var(x[i], shift);
-        sum_sq += hs * hs;
-        y[i] = hs * g[i];
-        ymax = std::max(ymax, abs64(y[i]));
-      }
-      ymax = std::max<int64_t>(ymax, 1);
+      const int64_t shift = bit_length(std::max<int64_t>(abs_max(x, d), 1)) - NORM_BITS;
+      int64_t sum_sq = 0;
+      const int64_t ymax = std::max<int64_t>(rescale_row(x, d, shift, g, y.data(), &sum_sq), 1);
       const int64_t mean_sq = floor_div(sum_sq, d);
       const int64_t eps = eps_scaled >> std::min<int64_t>(2 * shift + EPS_SHIFT, 62);
       const int64_t rms = std::max<int64_t>(isqrt(mean_sq + eps), 1);
@@ -632,6 +644,29 @@ torch::Tensor linear(const torch::Tensor& x_in, const torch::Tensor& xm_in, cons
   return out;
 }
 
+// model._rotate of one head of 2 half values (rotate-half layout) with cos c and sin s:
+// out (int64 for q, int32 for the key cache) in QK_FRAC bits, saturated at QK_LIMIT.
+template <typename Out>
+inline void rotate_half(const int64_t* x, const int64_t* c, const int64_t* s, int64_t half, Out* out) {
+  constexpr int64_t in_limit = int64_t{1} << (ACT_FRAC + 10);
+  constexpr int64_t out_shift = ROPE_FRAC + ACT_FRAC - QK_FRAC;
+  for (int64_t i = 0; i < half; ++i) {
+    const int64_t x1 = clamp(x[i], -in_limit, in_limit), x2 = clamp(x[i + half], -in_limit, in_limit);
+    out[i] = static_cast<Out>(clamp(shift_round_const(x1 * c[i] - x2 * s[i], out_shift), -QK_LIMIT, QK_LIMIT));
+    out[i + half] = static_cast<Out>(clamp(shift_round_const(x2 * c[i] + x1 * s[i], out_shift), -QK_LIMIT, QK_LIMIT));
+  }
+}
+
+VECTOR_CLONES
+void rotate_head(const int64_t* x, const int64_t* c, const int64_t* s, int64_t half, int64_t* out) {
+  rotate_half(x, c, s, half, out);
+}
+
+VECTOR_CLONES
+void rotate_head(const int64_t* x, const int64_t* c, const int64_t* s, int64_t half, int32_t* out) {
+  rotate_half(x, c, s, half, out);
+}
+
 // model._rope_to_cache: rotate q and k of qkv (B, T, (H + 2 n_kv) hd) at `positions` (B, T),
 // write k and clamped v to cache row rows[b]; returns the rotated q (B, T, H, hd).
 torch::Tensor rope_to_cache(const torch::Tensor& qkv, const torch::Tensor& cos, const torch::Tensor& sin,
@@ -668,30 +703,16 @@ torch::Tensor rope_to_cache(const torch::Tensor& qkv, const torch::Tensor& cos, 
   int32_t* kp = k_cache.data_ptr<int32_t>();
   int32_t* vp = v_cache.data_ptr<int32_t>();
   const int64_t width = (heads + 2 * n_kv) * hd;
-  constexpr int64_t in_limit = int64_t{1} << (ACT_FRAC + 10);
-  constexpr int64_t out_shift = ROPE_FRAC + ACT_FRAC - QK_FRAC;
-  // model._rotate of one head, written through `put`.
-  auto rotate = [&](const int64_t* x, const int64_t* c, const int64_t* s, auto put) {
-    for (int64_t i = 0; i < half; ++i) {
-      const int64_t x1 = clamp(x[i], -in_limit, in_limit), x2 = clamp(x[i + half], -in_limit, in_limit);
-      put(i, clamp(shift_round_const(x1 * c[i] - x2 * s[i], out_shift), -QK_LIMIT, QK_LIMIT));
-      put(i + half, clamp(shift_round_const(x2 * c[i] + x1 * s[i], out_shift), -QK_LIMIT, QK_LIMIT));
-    }
-  };
   at::parallel_for(0, bsz * t, grain(width), [&](int64_t begin, int64_t end) {
     for (int64_t bt = begin; bt < end; ++bt) {
       const int64_t b = bt / t, p = pos[bt];
       const int64_t* x = src + bt * width;
       const int64_t* c = cp + p * half;
       const int64_t* s = snp + p * half;
-      for (int64_t h = 0; h < heads; ++h) {
-        int64_t* out = qp + (bt * heads + h) * hd;
-        rotate(x + h * hd, c, s, [out](int64_t i, int64_t v) { out[i] = v; });
-      }
+      for (int64_t h = 0; h < heads; ++h) rotate_head(x + h * hd, c, s, half, qp + (bt * heads + h) * hd);
       for (int64_t g = 0; g < n_kv; ++g) {
         const int64_t at = ((rp[b] * n_kv + g) * span + p) * hd;
-        int32_t* kout = kp + at;
-        rotate(x + (heads + g) * hd, c, s, [kout](int64_t i, int64_t v) { kout[i] = static_cast<int32_t>(v); });
+        rotate_head(x + (heads + g) * hd, c, s, half, kp + at);
         const int64_t* v = x + (heads + n_kv + g) * hd;
         for (int64_t i = 0; i < hd; ++i) vp[at + i] = static_cast<int32_t>(clamp(v[i], -V_LIMIT, V_LIMIT));
       }
@@ -751,11 +772,105 @@ void mix_values(const int32_t* probs, const int32_t* values, int64_t count, int6
   }
 }
 
+#if defined(__x86_64__)
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v4")
+
+// With AVX-512, attention's products go through float64 multiply-adds, exactly, as
+// fp.exact_float_matmul takes them: rotated queries and keys are saturated below 2**20
+// (QK_LIMIT; the cache holds only what rope_to_cache wrote), so with head_dim <= 256 every partial
+// sum of q . k stays below 2**48; probabilities (<= 2**20, summing to < 2**21) times values
+// (< 2**26, V_LIMIT) stay below 2**47. Every product and partial sum is then an integer that
+// float64 holds exactly, in any order; one multiply-add replaces int64's widen, multiply, add.
+// Both need head_dim a multiple of 8 (one vector).
+
+// key_dots with q in float64.
+void key_dots_f64(const double* q, const int32_t* keys, int64_t count, int64_t hd, int64_t* dots) {
+  auto row = [&](const int32_t* k, int64_t i) { return _mm512_cvtepi32_pd(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(k + i))); };
+  int64_t j = 0;
+  for (; j + 4 <= count; j += 4) {
+    const int32_t* k0 = keys + j * hd;
+    __m512d d0 = _mm512_setzero_pd(), d1 = d0, d2 = d0, d3 = d0;
+    for (int64_t i = 0; i < hd; i += 8) {
+      const __m512d qi = _mm512_loadu_pd(q + i);
+      d0 = _mm512_fmadd_pd(qi, row(k0, i), d0);
+      d1 = _mm512_fmadd_pd(qi, row(k0 + hd, i), d1);
+      d2 = _mm512_fmadd_pd(qi, row(k0 + 2 * hd, i), d2);
+      d3 = _mm512_fmadd_pd(qi, row(k0 + 3 * hd, i), d3);
+    }
+    dots[j] = static_cast<int64_t>(_mm512_reduce_add_pd(d0));
+    dots[j + 1] = static_cast<int64_t>(_mm512_reduce_add_pd(d1));
+    dots[j + 2] = static_cast<int64_t>(_mm512_reduce_add_pd(d2));
+    dots[j + 3] = static_cast<int64_t>(_mm512_reduce_add_pd(d3));
+  }
+  for (; j < count; ++j) {
+    __m512d d = _mm512_setzero_pd();
+    for (int64_t i = 0; i < hd; i += 8) d = _mm512_fmadd_pd(_mm512_loadu_pd(q + i), row(keys + j * hd, i), d);
+    dots[j] = static_cast<int64_t>(_mm512_reduce_add_pd(d));
+  }
+}
+
+// mix_values into int64 acc (overwritten, not added to), 32 lanes of the head at a time held
+// in registers over all keys.
+void mix_values_f64(const int32_t* probs, const int32_t* values, int64_t count, int64_t hd, int64_t* acc) {
+  for (int64_t i0 = 0; i0 < hd; i0 += 32) {
+    const int64_t width = std::min<int64_t>(32, hd - i0) / 8;
+    __m512d a[4] = {_mm512_setzero_pd(), _mm512_setzero_pd(), _mm512_setzero_pd(), _mm512_setzero_pd()};
+    for (int64_t j = 0; j < count; ++j) {
+      const __m512d p = _mm512_set1_pd(static_cast<double>(probs[j]));
+      const int32_t* v = values + j * hd + i0;
+      for (int64_t u = 0; u < width; ++u)
+        a[u] = _mm512_fmadd_pd(p, _mm512_cvtepi32_pd(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + 8 * u))), a[u]);
+    }
+    for (int64_t u = 0; u < width; ++u) _mm512_storeu_si512(acc + i0 + 8 * u, _mm512_cvtpd_epi64(a[u]));
+  }
+}
+
+// w[j] = exp_neg(max(top - w[j], 0)) for j < count, 8 keys per vector with the tables read by
+// gathers; returns their sum. The same integer steps as exp_neg, lane by lane.
+int64_t exp_weights_avx512(int64_t* w, int64_t count, int64_t top, const Exp2Tables& tables) {
+  const __m512i zero = _mm512_setzero_si512(), one = _mm512_set1_epi64(1), most = _mm512_set1_epi64(62);
+  const __m512i vtop = _mm512_set1_epi64(top), cap = _mm512_set1_epi64(int64_t{64} << ACT_FRAC);
+  const __m512i log2e = _mm512_set1_epi64(tables.log2e);
+  const __m512i low_bits = _mm512_set1_epi64((int64_t{1} << ACT_FRAC) - 1), byte = _mm512_set1_epi64(0xFF);
+  // shift_round_const(x, 30) for the Q30 products (both fractions are 30 bits).
+  auto round30 = [&](__m512i x) { return _mm512_srai_epi64(_mm512_add_epi64(_mm512_srai_epi64(x, 29), one), 1); };
+  static_assert(LOG2E_FRAC == 30 && EXP_FRAC == 30, "round30 assumes both");
+  __m512i total = zero;
+  for (int64_t j = 0; j < count; j += 8) {
+    const __mmask8 lanes = count - j >= 8 ? 0xFF : static_cast<__mmask8>((1u << (count - j)) - 1);
+    const __m512i d = _mm512_min_epi64(_mm512_max_epi64(_mm512_sub_epi64(vtop, _mm512_maskz_loadu_epi64(lanes, w + j)), zero), cap);
+    const __m512i t = round30(_mm512_mullo_epi64(d, log2e));
+    const __m512i whole = _mm512_min_epi64(_mm512_srai_epi64(t, ACT_FRAC), most);
+    const __m512i frac = _mm512_and_si512(t, low_bits);  // indices below stay in [0, 256)
+    const __m512i hi = _mm512_i64gather_epi64(_mm512_srli_epi64(frac, 8), tables.hi, 8);
+    const __m512i lo = _mm512_i64gather_epi64(_mm512_and_si512(frac, byte), tables.lo, 8);
+    const __m512i mantissa = round30(_mm512_mullo_epi64(hi, lo));
+    // shift_round_var(mantissa, whole): both shifts clamped to [0, 62].
+    const __m512i less = _mm512_sub_epi64(whole, one);
+    const __m512i up = _mm512_min_epi64(_mm512_max_epi64(_mm512_sub_epi64(zero, less), zero), most);
+    const __m512i down = _mm512_min_epi64(_mm512_max_epi64(less, zero), most);
+    const __m512i shifted = _mm512_srav_epi64(_mm512_sllv_epi64(mantissa, up), down);
+    const __m512i e = _mm512_maskz_mov_epi64(lanes, _mm512_srai_epi64(_mm512_add_epi64(shifted, one), 1));
+    _mm512_mask_storeu_epi64(w + j, lanes, e);
+    total = _mm512_add_epi64(total, e);
+  }
+  return _mm512_reduce_add_epi64(total);
+}
+
+#pragma GCC pop_options
+
+const bool has_avx512 = __builtin_cpu_supports("x86-64-v4");
+#else
+const bool has_avx512 = false;
+#endif
+
 // The attention probabilities (fp.softmax, PROB_FRAC bits) of one query from its key dots
-// (overwritten with the exp weights). Plain loops over the keys, so they vectorize.
+// (overwritten with the exp weights). Plain loops over the keys, so they vectorize; with `wide`
+// (AVX-512 only) the exp weights too, by exp_weights_avx512.
 VECTOR_CLONES
 void softmax_row(int64_t* w, int64_t keys, int64_t inv_sqrt_mant, int64_t inv_sqrt_exp,
-                 const Exp2Tables& tables, int32_t* probs) {
+                 const Exp2Tables& tables, bool wide, int32_t* probs) {
   constexpr int64_t dot_shift = 2 * QK_FRAC - ACT_FRAC;
   int64_t top = INT64_MIN;
   for (int64_t j = 0; j < keys; ++j) {
@@ -763,9 +878,16 @@ void softmax_row(int64_t* w, int64_t keys, int64_t inv_sqrt_mant, int64_t inv_sq
     top = std::max(top, w[j]);
   }
   int64_t total = 0;
-  for (int64_t j = 0; j < keys; ++j) {
-    w[j] = exp_neg(std::max<int64_t>(top - w[j], 0), tables);
-    total += w[j];
+#if defined(__x86_64__)
+  if (wide) {
+    total = exp_weights_avx512(w, keys, top, tables);
+  } else
+#endif
+  {
+    for (int64_t j = 0; j < keys; ++j) {
+      w[j] = exp_neg(std::max<int64_t>(top - w[j], 0), tables);
+      total += w[j];
+    }
   }
   // Each probability lies in [0, 2**PROB_FRAC]: 32 bits hold it. Weights are at most 2**30
   // (and the top one is 2**30), so for total < 2**50 the operands of div_round's floor division
@@ -780,11 +902,12 @@ void softmax_row(int64_t* w, int64_t keys, int64_t inv_sqrt_mant, int64_t inv_sq
 }
 
 // model._attend: causal attention of rotated q (B, T, H, hd) over cache rows rows[b] (keys at
-// positions 0..positions[b, t]), then fp.quantize_rows of the mixed heads (B, T, H hd).
+// positions 0..positions[b, t]), then fp.quantize_rows of the mixed heads (B, T, H hd). `wide`
+// false keeps to the int64 products even with AVX-512 (same integers; for the tests).
 std::vector<torch::Tensor> attend(const torch::Tensor& q, const torch::Tensor& k_cache,
                                   const torch::Tensor& v_cache, const torch::Tensor& positions,
                                   const torch::Tensor& rows, int64_t inv_sqrt_mant, int64_t inv_sqrt_exp,
-                                  const torch::Tensor& hi, const torch::Tensor& lo, int64_t log2e) {
+                                  const torch::Tensor& hi, const torch::Tensor& lo, int64_t log2e, bool wide) {
   check(q, torch::kInt64, "q");
   check(k_cache, torch::kInt32, "k_cache");
   check(v_cache, torch::kInt32, "v_cache");
@@ -806,12 +929,15 @@ std::vector<torch::Tensor> attend(const torch::Tensor& q, const torch::Tensor& k
     TORCH_CHECK(rp[b] >= 0 && rp[b] < cache_rows, "cache row ", rp[b], " does not exist");
   const int64_t group = heads / n_kv, width = heads * hd;
   // Rotated queries are saturated below 2**20 (QK_LIMIT): 32 bits hold them, which lets the
-  // dot products use 32 x 32 -> 64-bit vector multiplies.
+  // dot products use 32 x 32 -> 64-bit vector multiplies, or float64 ones (see key_dots_f64).
+  const bool f64 = wide && has_avx512 && hd % 8 == 0 && hd <= 256;
   const int64_t* q64 = q.data_ptr<int64_t>();
   std::vector<int32_t> q32(q.numel());
+  std::vector<double> qf(f64 ? q.numel() : 0);
   for (int64_t i = 0; i < q.numel(); ++i) {
     TORCH_CHECK(q64[i] >= -QK_LIMIT && q64[i] <= QK_LIMIT, "rotated queries must lie within +-QK_LIMIT");
     q32[i] = static_cast<int32_t>(q64[i]);
+    if (f64) qf[i] = static_cast<double>(q64[i]);
   }
   auto mixed = torch::empty({bsz, t, width}, q.options());
   const int32_t* kp = k_cache.data_ptr<int32_t>();
@@ -827,10 +953,19 @@ std::vector<torch::Tensor> attend(const torch::Tensor& q, const torch::Tensor& k
       const int64_t bt = task / heads, h = task - bt * heads, b = bt / t;
       const int64_t keys = pos[bt] + 1;
       const int64_t base = (rp[b] * n_kv + h / group) * span * hd;
-      key_dots(q32.data() + task * hd, kp + base, keys, hd, w.data());
-      softmax_row(w.data(), keys, inv_sqrt_mant, inv_sqrt_exp, tables, probs.data());
-      std::fill(acc.begin(), acc.end(), 0);
-      mix_values(probs.data(), vp + base, keys, hd, acc.data());
+#if defined(__x86_64__)
+      if (f64) {
+        key_dots_f64(qf.data() + task * hd, kp + base, keys, hd, w.data());
+        softmax_row(w.data(), keys, inv_sqrt_mant, inv_sqrt_exp, tables, true, probs.data());
+        mix_values_f64(probs.data(), vp + base, keys, hd, acc.data());
+      } else
+#endif
+      {
+        key_dots(q32.data() + task * hd, kp + base, keys, hd, w.data());
+        softmax_row(w.data(), keys, inv_sqrt_mant, inv_sqrt_exp, tables, false, probs.data());
+        std::fill(acc.begin(), acc.end(), 0);
+        mix_values(probs.data(), vp + base, keys, hd, acc.data());
+      }
       int64_t* out = mp + bt * width + h * hd;
       for (int64_t i = 0; i < hd; ++i) out[i] = shift_round_const(acc[i], PROB_FRAC);
     }
@@ -908,7 +1043,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("int8_matmul", &int8_matmul, py::arg("x"), py::arg("w"), py::arg("vnni") = true);
   m.def("linear", &linear);
   m.def("rope_to_cache", &rope_to_cache);
-  m.def("attend", &attend);
+  m.def("attend", &attend, py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("positions"),
+        py::arg("rows"), py::arg("inv_sqrt_mant"), py::arg("inv_sqrt_exp"), py::arg("hi"), py::arg("lo"),
+        py::arg("log2e"), py::arg("wide") = true);
   m.def("swiglu_quantize", &swiglu_quantize);
   m.def("floor_divide_fast", &floor_divide_fast);
   m.def("constants", &constants);
