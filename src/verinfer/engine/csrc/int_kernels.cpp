@@ -516,11 +516,11 @@ void dequantize_row(const int32_t* acc, int64_t count, int64_t xm, int64_t xe, c
 // model.Linear on int8 x (..., K) with row scales (..., 1) and the (K, N) transposed view of a
 // row-major weight (N, K) with column scales: (..., N) int64; with a residual (..., N), the
 // clamped sum (the residual update of a decoder layer). Each task takes the products of its
-// columns and scales them while they are in cache.
+// columns and scales them while they are in cache. `vnni` as for int8_matmul.
 torch::Tensor linear(const torch::Tensor& x_in, const torch::Tensor& xm_in, const torch::Tensor& xe_in,
                      const torch::Tensor& weight_t, const torch::Tensor& mant_in,
                      const torch::Tensor& shift_base_in, const c10::optional<torch::Tensor>& bias_in,
-                     const c10::optional<torch::Tensor>& residual_in) {
+                     const c10::optional<torch::Tensor>& residual_in, bool vnni) {
   TORCH_CHECK(weight_t.dim() == 2 && x_in.dim() >= 1 && x_in.size(-1) == weight_t.size(0),
               "x (..., K) and weight_t (K, N) expected");
   const torch::Tensor w = weight_t.t().contiguous();  // a view unless the weight is not row-major
@@ -546,7 +546,7 @@ torch::Tensor linear(const torch::Tensor& x_in, const torch::Tensor& xm_in, cons
     check(residual, torch::kInt64, "residual");
     TORCH_CHECK(residual.numel() == rows * n, "residual must match the output");
   }
-  const Products products(x.view({rows, k}), w, true);
+  const Products products(x.view({rows, k}), w, vnni);
   auto out = torch::empty(with_last(x, n), x.options().dtype(torch::kInt64));
   const int64_t* xmp = xm.data_ptr<int64_t>();
   const int64_t* xep = xe.data_ptr<int64_t>();
@@ -966,7 +966,8 @@ std::map<std::string, int64_t> constants() {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rms_norm_quantize", &rms_norm_quantize);
   m.def("int8_matmul", &int8_matmul, py::arg("x"), py::arg("w"), py::arg("vnni") = true);
-  m.def("linear", &linear);
+  m.def("linear", &linear, py::arg("x"), py::arg("xm"), py::arg("xe"), py::arg("weight_t"), py::arg("mant"),
+        py::arg("shift_base"), py::arg("bias"), py::arg("residual"), py::arg("vnni") = true);
   m.def("rope_to_cache", &rope_to_cache);
   m.def("attend", &attend, py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("positions"),
         py::arg("rows"), py::arg("inv_sqrt_mant"), py::arg("inv_sqrt_exp"), py::arg("hi"), py::arg("lo"),
