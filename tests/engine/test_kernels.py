@@ -184,6 +184,12 @@ def test_linear_dequantization(rows: int, k: int, n: int, bias: bool, levels: in
     strided = torch.zeros(rows, 2 * k, dtype=xq.dtype)
     strided[:, ::2] = xq
     _assert_same(linear(strided[:, ::2], xm, xe), _reference(monkeypatch, linear, xq, xm, xe))
+    # Without VNNI: 16-bit products, or torch._int_mm past 16 rows (same integers).
+    ext = kernels.extension()
+    assert ext is not None
+    narrow = ext.linear(xq, xm, xe, linear.weight_t, linear.mant, linear.shift_base, linear.bias, residual,
+                        vnni=False)
+    _assert_same(narrow, linear(xq, xm, xe, residual))
 
 
 @pytest.fixture(scope="module")
