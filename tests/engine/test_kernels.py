@@ -249,7 +249,7 @@ def test_attend_decode_at_long_positions(position: int, tiny_model: m.IntModel,
     assert ext is not None
     hi, lo, log2e = fp._exp2_tables("cpu", None)
     narrow = ext.attend(q, k_cache, v_cache, pos, row, tiny_model.inv_sqrt_mant, tiny_model.inv_sqrt_exp,
-                        hi, lo, log2e, wide=False)
+                        hi, lo, log2e, avx512=False)
     _assert_same(narrow, fused)
 
 

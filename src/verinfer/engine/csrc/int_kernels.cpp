@@ -869,11 +869,11 @@ const bool has_avx512 = false;
 #endif
 
 // The attention probabilities (fp.softmax, PROB_FRAC bits) of one query from its key dots
-// (overwritten with the exp weights). Plain loops over the keys, so they vectorize; with `wide`
+// (overwritten with the exp weights). Plain loops over the keys, so they vectorize; with `avx512`
 // (AVX-512 only) the exp weights too, by exp_weights_avx512.
 VECTOR_CLONES
 void softmax_row(int64_t* w, int64_t keys, int64_t inv_sqrt_mant, int64_t inv_sqrt_exp,
-                 const Exp2Tables& tables, bool wide, int32_t* probs) {
+                 const Exp2Tables& tables, bool avx512, int32_t* probs) {
   constexpr int64_t dot_shift = 2 * QK_FRAC - ACT_FRAC;
   int64_t top = INT64_MIN;
   for (int64_t j = 0; j < keys; ++j) {
@@ -882,7 +882,7 @@ void softmax_row(int64_t* w, int64_t keys, int64_t inv_sqrt_mant, int64_t inv_sq
   }
   int64_t total = 0;
 #if defined(__x86_64__)
-  if (wide) {
+  if (avx512) {
     total = exp_weights_avx512(w, keys, top, tables);
   } else
 #endif
@@ -905,12 +905,12 @@ void softmax_row(int64_t* w, int64_t keys, int64_t inv_sqrt_mant, int64_t inv_sq
 }
 
 // model._attend: causal attention of rotated q (B, T, H, hd) over cache rows rows[b] (keys at
-// positions 0..positions[b, t]), then fp.quantize_rows of the mixed heads (B, T, H hd). `wide`
+// positions 0..positions[b, t]), then fp.quantize_rows of the mixed heads (B, T, H hd). `avx512`
 // false keeps to the int64 products even with AVX-512 (same integers; for the tests).
 std::vector<torch::Tensor> attend(const torch::Tensor& q, const torch::Tensor& k_cache,
                                   const torch::Tensor& v_cache, const torch::Tensor& positions,
                                   const torch::Tensor& rows, int64_t inv_sqrt_mant, int64_t inv_sqrt_exp,
-                                  const torch::Tensor& hi, const torch::Tensor& lo, int64_t log2e, bool wide) {
+                                  const torch::Tensor& hi, const torch::Tensor& lo, int64_t log2e, bool avx512) {
   check(q, torch::kInt64, "q");
   check(k_cache, torch::kInt32, "k_cache");
   check(v_cache, torch::kInt32, "v_cache");
@@ -933,7 +933,7 @@ std::vector<torch::Tensor> attend(const torch::Tensor& q, const torch::Tensor& k
   const int64_t group = heads / n_kv, width = heads * hd;
   // Rotated queries are saturated below 2**20 (QK_LIMIT): 32 bits hold them, which lets the
   // dot products use 32 x 32 -> 64-bit vector multiplies, or float64 ones (see key_dots_f64).
-  const bool f64 = wide && has_avx512 && hd % 8 == 0 && hd <= 256;
+  const bool f64 = avx512 && has_avx512 && hd % 8 == 0 && hd <= 256;
   const int64_t* q64 = q.data_ptr<int64_t>();
   std::vector<int32_t> q32(q.numel());
   std::vector<double> qf(f64 ? q.numel() : 0);
@@ -1049,7 +1049,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rope_to_cache", &rope_to_cache);
   m.def("attend", &attend, py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("positions"),
         py::arg("rows"), py::arg("inv_sqrt_mant"), py::arg("inv_sqrt_exp"), py::arg("hi"), py::arg("lo"),
-        py::arg("log2e"), py::arg("wide") = true);
+        py::arg("log2e"), py::arg("avx512") = true);
   m.def("swiglu_quantize", &swiglu_quantize);
   m.def("floor_divide_fast", &floor_divide_fast);
   m.def("constants", &constants);
