@@ -53,8 +53,8 @@ class Engine:
     """A loaded, quantized model with its tokenizer, on one device."""
 
     def __init__(self, qmodel: QuantizedModel, tokenizer: Tokenizer, device: str = "cpu") -> None:
-        # Only the device-resident integer model is kept: holding the quantized tensors too
-        # would double the resident size (the q/k/v and gate/up weights are stacked copies).
+        # Only the device-resident integer model is kept: on another device the quantized
+        # tensors would be a second copy of every weight.
         self.model = IntModel(qmodel, _resolve_device(device))
         self.tokenizer = tokenizer
 

@@ -80,7 +80,7 @@ def reload_setting() -> None:
 
 def enabled(x: torch.Tensor) -> bool:
     """Whether work on `x` goes to the fused kernels: a CPU tensor and `use_fused()`."""
-    return x.is_cpu and (_fused if _fused is not None else use_fused())
+    return x.is_cpu and use_fused()
 
 
 def _ext() -> ModuleType:

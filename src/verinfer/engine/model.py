@@ -185,7 +185,6 @@ class IntModel:
         self.eps_scaled = round(eps * (1 << (32 + _EPS_SHIFT)))
         self.inv_sqrt_mant, self.inv_sqrt_exp = _inv_sqrt_scale(c.head_dim)
 
-
     def weight_bytes(self) -> int:
         """Bytes of int8 weight matrices held (an embedding tied to the head counted once)."""
         linears = [self.embed] + [
@@ -231,20 +230,6 @@ def rms_norm_quantize(
     q = fp.div_round(levels * y, ymax).to(fp.row_dtype(levels))
     mant, exp = fp.ratio_to_scale(ymax, levels * rms, fp.ACT_FRAC)
     return q, mant, exp
-
-
-def _project(
-    linear: Linear,
-    xq: torch.Tensor,
-    xm: torch.Tensor,
-    xe: torch.Tensor,
-    residual: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Apply a Linear to (B, T, K) int8 or wide rows with (B, T, 1) scales -> (B, T, N) int64.
-
-    With `residual` (B, T, N): the clamped residual update instead (see `Linear`).
-    """
-    return linear(xq, xm, xe, residual)
 
 
 def embed(model: IntModel, tokens: torch.Tensor) -> torch.Tensor:
@@ -344,11 +329,11 @@ def attention(
     cache's sequences (finished ones drop out without moving anything).
     """
     xq, xm, xe = rms_norm_quantize(h, layer.input_norm, model.eps_scaled, fp.WIDE_LEVELS)
-    qkv = _project(layer.qkv_proj, xq, xm, xe)
+    qkv = layer.qkv_proj(xq, xm, xe)
     k_cache, v_cache = cache.k[index], cache.v[index]
     q = _rope_to_cache(model, qkv, positions, rows, k_cache, v_cache)
     oq, om, oe = _attend(model, q, k_cache, v_cache, positions, rows)
-    return _project(layer.o_proj, oq, om, oe, residual=h)
+    return layer.o_proj(oq, om, oe, residual=h)
 
 
 def _swiglu_quantize(gate_up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -364,9 +349,9 @@ def _swiglu_quantize(gate_up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
 def mlp(layer: Layer, h: torch.Tensor, eps_scaled: int) -> torch.Tensor:
     """The residual stream (B, T, D) after the SwiGLU feed-forward block."""
     xq, xm, xe = rms_norm_quantize(h, layer.post_norm, eps_scaled)
-    gate_up = _project(layer.gate_up_proj, xq, xm, xe)
+    gate_up = layer.gate_up_proj(xq, xm, xe)
     aq, am, ae = _swiglu_quantize(gate_up)
-    return _project(layer.down_proj, aq, am, ae, residual=h)
+    return layer.down_proj(aq, am, ae, residual=h)
 
 
 def forward_layers(
@@ -400,6 +385,6 @@ def final_norm(model: IntModel, h: torch.Tensor) -> tuple[torch.Tensor, torch.Te
 def head(model: IntModel, h: torch.Tensor) -> torch.Tensor:
     """Final norm and LM head: (B, T, D) -> logits (B, T, V) int32 fixed point (ACT_FRAC bits)."""
     xq, xm, xe = final_norm(model, h)
-    logits = _project(model.lm_head, xq, xm, xe)
+    logits = model.lm_head(xq, xm, xe)
     limit = torch.iinfo(torch.int32).max
     return logits.clamp(-limit, limit).to(torch.int32)

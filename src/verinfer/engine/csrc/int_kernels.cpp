@@ -135,7 +135,7 @@ inline __attribute__((always_inline)) void scale_row(const int64_t* x, int64_t n
                                                      Q* q) {
   // |2 levels x + amax| <= (2 levels + 1) amax and 2 amax stay below 2**52: the fast division
   // (amax < 2**44, 2**28 in real units, for int8 rows; amax < 2**37 for wide rows).
-  if (amax < (int64_t{1} << 52) / (2 * levels + 1)) {
+  if (amax < FAST_DIV_LIMIT / (2 * levels + 1)) {
     const double inv = 1.0 / static_cast<double>(2 * amax);
     for (int64_t i = 0; i < n; ++i)
       q[i] = static_cast<Q>(floor_div_fast(2 * levels * x[i] + amax, 2 * amax, inv));
