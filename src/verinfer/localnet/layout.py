@@ -55,7 +55,8 @@ class Layout:
         taken: set[int] = set()
         chain = _keep_or_pick(remembered.get("chain"), DEFAULT_CHAIN_PORT, taken)
         gateway = _keep_or_pick(remembered.get("gateway"), DEFAULT_GATEWAY_PORT, taken)
-        old_nodes = list(remembered.get("nodes", []))
+        listed = remembered.get("nodes")
+        old_nodes = list(listed) if isinstance(listed, list) else []
         nodes = []
         for i in range(node_count):
             wanted = old_nodes[i] if i < len(old_nodes) else None
