@@ -2,14 +2,13 @@
 
 Each kernel equals a torch function of `model` byte for byte; those torch functions stay the
 reference and the path for CUDA tensors, for `VERINFER_KERNELS=torch`, and for machines where the
-extension cannot be built (one warning, then the torch path). The build is cached by torch in its
-extensions directory, so only the first use on a machine compiles.
+extension cannot be built (one warning, then the torch path). The set-up (`scripts/bootstrap.sh`)
+compiles it; `kernel_build` caches the build per source and loads it, safe against killed builds.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
 import threading
 import warnings
 from pathlib import Path
@@ -18,6 +17,7 @@ from types import ModuleType
 import torch
 
 from verinfer.engine import fixedpoint as fp
+from verinfer.engine import kernel_build
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "int_kernels.cpp"
 EXTENSION_NAME = "verinfer_int_kernels"
@@ -30,15 +30,8 @@ _fused: bool | None = None  # see use_fused
 
 
 def build() -> ModuleType:
-    """Compile (or load the cached build of) the extension; raises on failure."""
-    from torch.utils.cpp_extension import load  # here: it imports setuptools, rarely needed
-
-    return load(
-        name=EXTENSION_NAME,
-        sources=[str(SOURCE)],
-        extra_cflags=["-O3", "-fwrapv"],  # -fwrapv: int64 overflow wraps, as in torch
-        verbose=False,
-    )
+    """Load the cached build of the extension, compiling it first if needed; raises on failure."""
+    return kernel_build.build(EXTENSION_NAME, [SOURCE])
 
 
 def extension() -> ModuleType | None:
@@ -49,9 +42,9 @@ def extension() -> ModuleType | None:
             _tried = True
             try:
                 _extension = build()
-            # torch reports a failed compile as RuntimeError; a missing tool or a bad .so as
-            # OSError/ImportError; a subprocess may fail on its own.
-            except (RuntimeError, OSError, ImportError, subprocess.SubprocessError) as exc:
+            # kernel_build reports a missing compiler, a failed compile or a bad library as
+            # KernelBuildError; an unwritable cache directory as OSError.
+            except (kernel_build.KernelBuildError, OSError) as exc:
                 # A failed compile's message carries the whole compiler log: keep its first line.
                 reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
                 warnings.warn(
