@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
@@ -69,6 +71,17 @@ def reload_setting() -> None:
     """Forget the decision of `use_fused`, so the next use reads `VERINFER_KERNELS` again."""
     global _fused
     _fused = None
+
+
+@contextmanager
+def torch_path() -> Iterator[None]:
+    """Within the block, CPU work takes the reference torch path (the self-test checks both)."""
+    global _fused
+    saved, _fused = _fused, False
+    try:
+        yield
+    finally:
+        _fused = saved
 
 
 def enabled(x: torch.Tensor) -> bool:
