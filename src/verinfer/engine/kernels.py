@@ -1,4 +1,4 @@
-"""Fused C++ CPU kernels (csrc/int_kernels.cpp): built on first use, and the choice per call.
+"""Fused C++ CPU kernels (csrc/int_kernels.cpp): built at set-up, loaded once, the choice per call.
 
 Each kernel equals a torch function of `model` byte for byte; those torch functions stay the
 reference and the path for CUDA tensors, for `VERINFER_KERNELS=torch`, and for machines where the
