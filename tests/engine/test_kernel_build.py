@@ -154,12 +154,17 @@ def test_build_key_follows_the_source_flags_and_compiler(sandbox: Sandbox, tmp_p
     assert kb.build_dir("tiny_ext", [sandbox.source], ("-O2",)).parent == tmp_path / "ext" / "verinfer"
 
 
-def test_kill_during_compile_does_not_block_the_next_build(sandbox: Sandbox,
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT], ids=["kill -9", "Ctrl-C"])
+def test_interrupted_compile_does_not_block_the_next_build(stop: signal.Signals, sandbox: Sandbox,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     first = sandbox.start(stall=60)
     sandbox.wait_compiling(first)
-    first.send_signal(signal.SIGKILL)
+    first.send_signal(stop)
     first.communicate()
+    assert first.returncode != 0
+    leftovers = list(sandbox.build_dir(monkeypatch).glob("tmp-*"))
+    if stop == signal.SIGINT:  # a clean interrupt removes its scratch directory itself
+        assert leftovers == [] and "KeyboardInterrupt" in sandbox.stderr(first)
     started = time.monotonic()
     out, err = sandbox.finish(sandbox.start(), timeout=120)
     assert out.strip() == "42" and "waiting" not in err

@@ -18,7 +18,6 @@ instead of recompiling on every request; `python -m verinfer.engine.kernel_build
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import importlib.machinery
 import importlib.metadata
@@ -180,6 +179,10 @@ def build(
 @contextmanager
 def _build_lock(directory: Path, notify: Notify) -> Iterator[None]:
     """Exclusive right to build in `directory`, held until the block ends or the process dies."""
+    try:
+        import fcntl
+    except ImportError as exc:  # Windows: the engine runs on the torch path there
+        raise KernelBuildError("building the kernels needs a POSIX system (fcntl)") from exc
     fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
