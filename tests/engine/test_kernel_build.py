@@ -41,9 +41,12 @@ sleep "${STALL:-0}"
 exec c++ "$@"
 """
 
+# Ctrl-C raises KeyboardInterrupt as in a terminal, even when the tests run in the background
+# (where SIGINT is inherited ignored).
 DRIVER = """\
-import sys
+import signal, sys
 from pathlib import Path
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from verinfer.engine import kernel_build
 module = kernel_build.build("tiny_ext", [Path(sys.argv[1])], ("-DANSWER=42",))
 print(module.answer())
