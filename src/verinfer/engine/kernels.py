@@ -19,7 +19,7 @@ from types import ModuleType
 import torch
 
 from verinfer.engine import fixedpoint as fp
-from verinfer.engine import kernel_build
+from verinfer.errors import LocalError
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "int_kernels.cpp"
 EXTENSION_NAME = "verinfer_int_kernels"
@@ -33,6 +33,8 @@ _fused: bool | None = None  # see use_fused
 
 def build() -> ModuleType:
     """Load the cached build of the extension, compiling it first if needed; raises on failure."""
+    from verinfer.engine import kernel_build
+
     return kernel_build.build(EXTENSION_NAME, [SOURCE])
 
 
@@ -45,8 +47,8 @@ def extension() -> ModuleType | None:
             try:
                 _extension = build()
             # kernel_build reports a missing compiler, a failed compile or a bad library as
-            # KernelBuildError; an unwritable cache directory as OSError.
-            except (kernel_build.KernelBuildError, OSError) as exc:
+            # KernelBuildError (a LocalError); an unwritable cache directory as OSError.
+            except (LocalError, OSError) as exc:
                 # A failed compile's message carries the whole compiler log: keep its first line.
                 reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
                 warnings.warn(
