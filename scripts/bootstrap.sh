@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv (if missing) and install the pinned dependencies of one profile: runtime or dev.
-# Re-running is cheap: a stamp records which lock file the environment was last synced to.
+# Re-running is cheap: a stamp records which lock file the environment was last synced to, and
+# the fused kernels are built only when their source (or compiler, flags, torch) changed.
 set -euo pipefail
 profile="${1:-runtime}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -23,3 +24,6 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     "$venv/bin/python" -c "import verinfer, torch" || { echo "bootstrap: install failed" >&2; exit 1; }
     echo "$want" > "$stamp"
 fi
+# The fused integer kernels are compiled here, once per source, not on a user's first request;
+# instant when this machine already has the build. Without a compiler: one warning, torch path.
+"$venv/bin/python" -m verinfer.engine.kernel_build

@@ -1,13 +1,17 @@
-"""Engine commands: `verinfer generate`, `verinfer model inspect`, `verinfer model quantize`."""
+"""Engine commands: `verinfer generate`, `verinfer selftest`, `verinfer model inspect|quantize`."""
 
 from __future__ import annotations
 
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from verinfer.engine.selftest import SelfTestReport
 
 model_app = typer.Typer(help="Inspect and quantize models.", no_args_is_help=True)
 
@@ -34,11 +38,13 @@ def generate(
     The same request gives the same tokens and hash on any machine, CPU or GPU.
     """
     from verinfer.engine import GenerationResult, SamplingParams
+    from verinfer.engine import selftest as machine_check
 
     params = SamplingParams(
         max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
         stop=tuple(stop or ()),
     )
+    machine_check.run_once(device)  # a machine with wrong arithmetic must not answer
     engine = _load(model, device)
     results: list[GenerationResult] = []
     for event in engine.stream([prompt], params, results=results):
@@ -49,6 +55,45 @@ def generate(
     typer.echo(f"tokens: {len(result.token_ids)}  finish: {result.finish_reason}", err=True)
     typer.echo(f"model_id: {engine.model_id}", err=True)
     typer.echo(f"output_hash: {result.output_hash}")
+
+
+def selftest(
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Check this machine's integer arithmetic against known answers (exit 2 if it differs).
+
+    Every route the engine takes here (the fused C++ kernels and the torch path) computes known
+    integer products and a tiny golden generation. A node runs this before serving; `verinfer
+    generate` runs it too. A failure names the route and the check.
+    """
+    from verinfer.engine import selftest as machine_check
+
+    try:
+        report = machine_check.run(device)
+    except machine_check.SelfTestFailed as exc:
+        _show(exc.report, as_json)
+        raise
+    _show(report, as_json)
+    if not as_json:
+        typer.echo(f"self-test passed: {len(report.checks)} checks on routes {', '.join(report.routes)} "
+                   f"({report.device}) in {report.seconds:.2f} s")
+
+
+def _show(report: SelfTestReport, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(asdict(report), indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"self-test on {report.device}")
+    for column in ("route", "check", "result", "ms"):
+        table.add_column(column, overflow="fold")
+    for check in report.checks:
+        result = "ok" if check.passed else f"[red]FAILED[/red] {check.detail}"
+        table.add_row(check.route, check.name, result, f"{check.seconds * 1000:.0f}")
+    Console(stderr=True).print(table)
 
 
 @model_app.command("inspect")
@@ -100,4 +145,5 @@ def quantize(
 
 def register(app: typer.Typer) -> None:
     app.command("generate")(generate)
+    app.command("selftest")(selftest)
     app.add_typer(model_app, name="model")

@@ -1,23 +1,25 @@
-"""Fused C++ CPU kernels (csrc/int_kernels.cpp): built on first use, and the choice per call.
+"""Fused C++ CPU kernels (csrc/int_kernels.cpp): built at set-up, loaded once, the choice per call.
 
 Each kernel equals a torch function of `model` byte for byte; those torch functions stay the
 reference and the path for CUDA tensors, for `VERINFER_KERNELS=torch`, and for machines where the
-extension cannot be built (one warning, then the torch path). The build is cached by torch in its
-extensions directory, so only the first use on a machine compiles.
+extension cannot be built (one warning, then the torch path). The set-up (`scripts/bootstrap.sh`)
+compiles it; `kernel_build` caches the build per source and loads it, safe against killed builds.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
 import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
 import torch
 
 from verinfer.engine import fixedpoint as fp
+from verinfer.errors import LocalError
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "int_kernels.cpp"
 EXTENSION_NAME = "verinfer_int_kernels"
@@ -30,15 +32,10 @@ _fused: bool | None = None  # see use_fused
 
 
 def build() -> ModuleType:
-    """Compile (or load the cached build of) the extension; raises on failure."""
-    from torch.utils.cpp_extension import load  # here: it imports setuptools, rarely needed
+    """Load the cached build of the extension, compiling it first if needed; raises on failure."""
+    from verinfer.engine import kernel_build
 
-    return load(
-        name=EXTENSION_NAME,
-        sources=[str(SOURCE)],
-        extra_cflags=["-O3", "-fwrapv"],  # -fwrapv: int64 overflow wraps, as in torch
-        verbose=False,
-    )
+    return kernel_build.build(EXTENSION_NAME, [SOURCE])
 
 
 def extension() -> ModuleType | None:
@@ -49,9 +46,9 @@ def extension() -> ModuleType | None:
             _tried = True
             try:
                 _extension = build()
-            # torch reports a failed compile as RuntimeError; a missing tool or a bad .so as
-            # OSError/ImportError; a subprocess may fail on its own.
-            except (RuntimeError, OSError, ImportError, subprocess.SubprocessError) as exc:
+            # kernel_build reports a missing compiler, a failed compile or a bad library as
+            # KernelBuildError (a LocalError); an unwritable cache directory as OSError.
+            except (LocalError, OSError) as exc:
                 # A failed compile's message carries the whole compiler log: keep its first line.
                 reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
                 warnings.warn(
@@ -76,6 +73,17 @@ def reload_setting() -> None:
     """Forget the decision of `use_fused`, so the next use reads `VERINFER_KERNELS` again."""
     global _fused
     _fused = None
+
+
+@contextmanager
+def torch_path() -> Iterator[None]:
+    """Within the block, CPU work takes the reference torch path (the self-test checks both)."""
+    global _fused
+    saved, _fused = _fused, False
+    try:
+        yield
+    finally:
+        _fused = saved
 
 
 def enabled(x: torch.Tensor) -> bool:
