@@ -15,12 +15,14 @@ from eth_account import Account
 from test_chain_cli import verinfer
 from web3 import Web3
 
-from verinfer.chain.cli import BadAmount, parse_amount
+from verinfer.chain.cli import BadAmount, format_wei, parse_amount
 from verinfer.chain.client import BadAddress, SettlementClient, parse_address
 from verinfer.chain.devchain import DevChain, DevChainProvider, make_server
 from verinfer.chain.devkeys import DEV_CHAIN_ID, dev_address, dev_private_key
 from verinfer.chain.local import ensure_deployed
 from verinfer.chain.settings import DEV_PARAMS, ChainSettings, record_deployment
+from verinfer.errors import ChainError
+from verinfer.protocol.settlement import SettlementParams
 
 # A contract that is not the settlement contract: its runtime is STOP.
 OTHER_INITCODE = "0x600a600c600039600a6000f3" + "00" * 10
@@ -104,6 +106,17 @@ def test_amounts_above_uint256_are_refused() -> None:
             parse_amount(text)
     out = verinfer("deposit", f"{2**256}wei", "--rpc-url", "http://127.0.0.1:9")
     assert "more than the EVM can hold" in _one_error_line(out)
+
+
+def test_amounts_are_exact_to_the_wei() -> None:
+    """A decimal type with 28 digits once rounded long amounts: 2**256 wei became a smaller,
+    valid amount and a contract was deployed with it."""
+    assert parse_amount("123456789012.123456789012345678") == 123456789012123456789012345678
+    assert parse_amount(f"{2**256 - 1}wei") == 2**256 - 1
+    assert parse_amount("0" * 5000 + "1wei") == 1
+    assert parse_amount("1." + "0" * 5000) == 10**18
+    assert format_wei(2**256 - 1) == "115792089237316195423570985008687907853269984665640564039457.584007913129639935 ETH"
+    assert format_wei(123456789012123456789012345678) == "123456789012.123456789012345678 ETH"
 
 
 # ---------------------------------------------------------------- endpoints that are not a chain
@@ -230,3 +243,19 @@ def test_a_recorded_deployment_of_other_code_is_replaced(tmp_path: Path) -> None
     assert json.loads(settings.deployments_path.read_text())[str(DEV_CHAIN_ID)]["address"] == address
     assert ensure_deployed(chain, settings) == address  # and it is kept from then on
     chain.close()
+
+
+def test_deploy_parameters_above_uint256_are_one_line(
+    other_chain: tuple[str, str], tmp_path: Path
+) -> None:
+    """`chain deploy --unbonding-delay 2**256` once ended in web3's encoding traceback."""
+    where = ["--rpc-url", other_chain[0], "--data-dir", str(tmp_path)]
+    for option in ("--unbonding-delay", "--protocol-fee-bps"):
+        line = _one_error_line(verinfer("chain", "deploy", option, str(2**256), *where))
+        assert f"{option} {2**256} is more than the EVM can hold" in line
+    line = _one_error_line(verinfer("chain", "deploy", "--slash", f"{2**256}wei", *where))
+    assert "more than the EVM can hold" in line
+    w3 = Web3(Web3.HTTPProvider(other_chain[0]))
+    too_long = SettlementParams(**{**vars(DEV_PARAMS), "unbonding_delay": 2**256})
+    with pytest.raises(ChainError, match="deploy failed"):
+        SettlementClient.deploy(w3, Account.from_key(dev_private_key(0)), too_long)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import time
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -31,26 +30,33 @@ class BadAmount(LocalError):
 
 
 def parse_amount(text: str) -> int:
-    """`1.5` / `1.5eth` / `20gwei` / `1000wei` to wei; fractions of a wei are refused."""
+    """`1.5` / `1.5eth` / `20gwei` / `1000wei` to wei; fractions of a wei are refused.
+
+    Integer arithmetic throughout: a decimal type would round past its precision (28 digits by
+    default) and move a different amount than the one typed.
+    """
     m = _AMOUNT.match(text.lower())
     if not m or m.group(2) not in ("", *UNITS):
         raise BadAmount(f"not an amount: {text!r} (examples: 1.5, 1.5eth, 20gwei, 1000wei)")
-    try:
-        scaled = Decimal(m.group(1)).scaleb(UNITS[m.group(2) or "eth"])
-    except InvalidOperation as exc:
-        raise BadAmount(f"not an amount: {text!r}") from exc
-    if scaled != scaled.to_integral_value():
+    whole, _, fraction = m.group(1).partition(".")
+    decimals = UNITS[m.group(2) or "eth"]
+    if fraction.rstrip("0")[decimals:]:
         raise BadAmount(f"{text!r} is not a whole number of wei")
-    if scaled <= 0:
-        raise BadAmount(f"amount must be positive, got {text!r}")
-    if scaled > MAX_WEI:
+    if len(whole.lstrip("0")) > len(str(MAX_WEI)):
         raise BadAmount(f"{text!r} is more than the EVM can hold (2**256 - 1 wei): check the unit")
-    return int(scaled)
+    wei = int(whole.lstrip("0") or "0") * 10**decimals
+    wei += int(fraction[:decimals].ljust(decimals, "0") or "0")
+    if wei <= 0:
+        raise BadAmount(f"amount must be positive, got {text!r}")
+    if wei > MAX_WEI:
+        raise BadAmount(f"{text!r} is more than the EVM can hold (2**256 - 1 wei): check the unit")
+    return wei
 
 
 def format_wei(wei: int) -> str:
-    text = format(Decimal(wei).scaleb(-18).normalize(), "f")
-    return f"{text} ETH"
+    """Wei as ETH, exact to the last wei however large."""
+    whole, fraction = divmod(wei, 10**18)
+    return f"{whole}{'.' + f'{fraction:018d}'.rstrip('0') if fraction else ''} ETH"
 
 
 RpcOpt = Annotated[
@@ -179,6 +185,10 @@ def chain_deploy(
         "discount_bps": discount_bps,
         "challenger_share_bps": challenger_share_bps,
     }
+    for name, value in given.items():
+        if isinstance(value, int) and value > MAX_WEI:
+            option = "--" + name.replace("_", "-")
+            raise ChainError(f"{option} {value} is more than the EVM can hold (2**256 - 1)")
     try:
         params = SettlementParams(
             **{**vars(base), **{k: v for k, v in given.items() if v is not None}}

@@ -280,7 +280,9 @@ class SettlementClient:
         factory = w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
         probe = cls.__new__(cls)
         probe.rpc_url, probe.account, probe.w3 = rpc_url, account, w3
-        receipt = probe._send("deploy", factory.constructor(params_args(params)))
+        with probe._translated("deploy"):  # web3 encodes the arguments right here
+            constructor = factory.constructor(params_args(params))
+        receipt = probe._send("deploy", constructor)
         return cls(w3, receipt["contractAddress"], account, rpc_url), receipt
 
     # ------------------------------------------------------------------ transactions
