@@ -69,8 +69,8 @@ def test_a_mistyped_checksum_is_refused_never_corrected(devchain_process: Any) -
     out = verinfer("deposit", "1", "--for", typo, *where)
     assert "fails its EIP-55 checksum" in _one_error_line(out)
     assert "checksum" in _one_error_line(verinfer("balance", typo, *where))
-    assert "checksum" in _one_error_line(verinfer("balance", "--contract", _mistyped(chain.contract),
-                                                   *where))
+    out = verinfer("balance", "--contract", _mistyped(chain.contract), *where)
+    assert "checksum" in _one_error_line(out)
     assert "not an address" in _one_error_line(verinfer("deposit", "1", "--for", "bob", *where))
     client = SettlementClient(Web3(Web3.HTTPProvider(chain.url)), chain.contract)
     assert client.contract_funds() == 0  # nothing was sent anywhere
@@ -115,7 +115,7 @@ def test_amounts_are_exact_to_the_wei() -> None:
     assert parse_amount(f"{2**256 - 1}wei") == 2**256 - 1
     assert parse_amount("0" * 5000 + "1wei") == 1
     assert parse_amount("1." + "0" * 5000) == 10**18
-    assert format_wei(2**256 - 1) == "115792089237316195423570985008687907853269984665640564039457.584007913129639935 ETH"
+    assert format_wei(2**256 - 1) == f"{(2**256 - 1) // 10**18}.584007913129639935 ETH"
     assert format_wei(123456789012123456789012345678) == "123456789012.123456789012345678 ETH"
 
 
@@ -240,7 +240,8 @@ def test_a_recorded_deployment_of_other_code_is_replaced(tmp_path: Path) -> None
     address = ensure_deployed(chain, settings)
     assert address != other
     assert SettlementClient(Web3(DevChainProvider(chain)), address).is_this_contract()
-    assert json.loads(settings.deployments_path.read_text())[str(DEV_CHAIN_ID)]["address"] == address
+    recorded = json.loads(settings.deployments_path.read_text())[str(DEV_CHAIN_ID)]
+    assert recorded["address"] == address
     assert ensure_deployed(chain, settings) == address  # and it is kept from then on
     chain.close()
 

@@ -3,9 +3,10 @@
 It talks to any EVM JSON-RPC endpoint (the embedded dev chain, an L2) the same way, signs
 locally with the configured key, and translates web3's errors and the contract's reverts into
 `ChainError`s that carry the revert reason (`ChainRevert`) or say how to reach the chain
-(`ChainUnreachable`). Addresses given by people are checked, never silently "corrected"
-(`parse_address`), and the contract at the given address must be this contract's code. Batches and parameters are the protocol's own types
+(`ChainUnreachable`). Batches and parameters are the protocol's own types
 (`verinfer.protocol.settlement`), so what the gateway settles is what the rules were run on.
+Addresses given by people are checked, never silently "corrected" (`parse_address`), and the
+code at the contract's address must be the committed artifact's (`check_contract`).
 """
 
 from __future__ import annotations
@@ -289,7 +290,9 @@ class SettlementClient:
 
     def deposit(self, amount: int, beneficiary: str | None = None) -> Any:
         fn = self.contract.functions
-        call = fn.deposit(parse_address(beneficiary, "beneficiary")) if beneficiary else fn.deposit()
+        if beneficiary is None:
+            return self._send("deposit", fn.deposit(), value=amount)
+        call = fn.deposit(parse_address(beneficiary, "beneficiary"))
         return self._send("deposit", call, value=amount)
 
     def fund_treasury(self, amount: int) -> Any:
