@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
-from verinfer.chain.artifact import ARTIFACT_PATH, SOURCE_PATH, load_artifact
+from verinfer.chain.artifact import ARTIFACT_PATH, SOURCE_PATH, ContractArtifact, load_artifact
 from verinfer.chain.build import compile_artifact, render
+from verinfer.chain.client import SettlementClient
+from verinfer.chain.settings import DEV_PARAMS
 
 
 def test_artifact_matches_source() -> None:
@@ -36,3 +39,53 @@ def test_runtime_modules_do_not_import_the_compiler() -> None:
         [sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+IMMUTABLES_SOURCE = """
+# pragma version 0.4.3
+OWNER: public(immutable(address))
+LIMIT: public(immutable(uint256))
+
+@deploy
+def __init__(owner: address, limit: uint256):
+    OWNER = owner
+    LIMIT = limit
+"""
+
+
+def test_deployed_code_is_recognised_whatever_its_immutables(tmp_path: Path) -> None:
+    """Immutables are appended to the runtime code at deployment: the check allows exactly
+    their size (read from the initcode's metadata), and nothing else may differ."""
+    import vyper
+    from eth_account import Account
+    from web3 import Web3
+
+    from verinfer.chain.devchain import DevChain, DevChainProvider
+    from verinfer.chain.devkeys import dev_address, dev_private_key
+
+    formats = ["abi", "bytecode", "bytecode_runtime"]
+    out = vyper.compile_code(IMMUTABLES_SOURCE, output_formats=formats)
+    artifact = ContractArtifact(out["abi"], out["bytecode"], out["bytecode_runtime"], "vyper", "")
+    assert artifact.immutables_bytes == 64
+    assert load_artifact().immutables_bytes == 0  # Settlement.vy has none today
+    chain = DevChain(tmp_path)
+    w3 = Web3(DevChainProvider(chain))
+    factory = w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
+    codes = []
+    for owner, limit in ((dev_address(1), 5), (dev_address(2), 2**200)):
+        tx_hash = factory.constructor(owner, limit).transact({"from": dev_address(0)})
+        address = w3.eth.get_transaction_receipt(tx_hash)["contractAddress"]
+        assert w3.eth.contract(address=address, abi=artifact.abi).functions.LIMIT().call() == limit
+        codes.append(bytes(w3.eth.get_code(address)))
+    assert codes[0] != codes[1] and all(artifact.is_deployed_code(code) for code in codes)
+    runtime = bytes.fromhex(artifact.bytecode_runtime.removeprefix("0x"))
+    assert not artifact.is_deployed_code(runtime)  # immutables missing
+    assert not artifact.is_deployed_code(codes[0] + b"\x00")
+    tampered = bytearray(codes[0])
+    tampered[10] ^= 1
+    assert not artifact.is_deployed_code(bytes(tampered))
+    settlement = load_artifact()
+    client, _ = SettlementClient.deploy(w3, Account.from_key(dev_private_key(0)), DEV_PARAMS)
+    assert settlement.is_deployed_code(bytes(w3.eth.get_code(client.address)))
+    assert not settlement.is_deployed_code(codes[0])
+    chain.close()

@@ -121,7 +121,7 @@ def test_torn_last_record_is_dropped_and_divergence_is_detected(tmp_path: Path) 
     record = json.loads(good.splitlines()[0])
     record["block"] = "0x" + "00" * 32
     journal.write_bytes(json.dumps(record).encode() + b"\n")
-    with pytest.raises(ChainError, match="replay diverged at entry 0"):
+    with pytest.raises(ChainError, match="line 1: replay diverged"):
         DevChain(tmp_path)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import time
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -22,6 +21,7 @@ if TYPE_CHECKING:
     from verinfer.chain.settings import ChainSettings
 
 UNITS = {"wei": 0, "gwei": 9, "eth": 18, "ether": 18}
+MAX_WEI = 2**256 - 1  # the EVM's largest amount
 _AMOUNT = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-z]*)\s*$")
 
 
@@ -30,24 +30,33 @@ class BadAmount(LocalError):
 
 
 def parse_amount(text: str) -> int:
-    """`1.5` / `1.5eth` / `20gwei` / `1000wei` to wei; fractions of a wei are refused."""
+    """`1.5` / `1.5eth` / `20gwei` / `1000wei` to wei; fractions of a wei are refused.
+
+    Integer arithmetic throughout: a decimal type would round past its precision (28 digits by
+    default) and move a different amount than the one typed.
+    """
     m = _AMOUNT.match(text.lower())
     if not m or m.group(2) not in ("", *UNITS):
         raise BadAmount(f"not an amount: {text!r} (examples: 1.5, 1.5eth, 20gwei, 1000wei)")
-    try:
-        scaled = Decimal(m.group(1)).scaleb(UNITS[m.group(2) or "eth"])
-    except InvalidOperation as exc:
-        raise BadAmount(f"not an amount: {text!r}") from exc
-    if scaled != scaled.to_integral_value():
+    whole, _, fraction = m.group(1).partition(".")
+    decimals = UNITS[m.group(2) or "eth"]
+    if fraction.rstrip("0")[decimals:]:
         raise BadAmount(f"{text!r} is not a whole number of wei")
-    if scaled <= 0:
+    if len(whole.lstrip("0")) > len(str(MAX_WEI)):
+        raise BadAmount(f"{text!r} is more than the EVM can hold (2**256 - 1 wei): check the unit")
+    wei = int(whole.lstrip("0") or "0") * 10**decimals
+    wei += int(fraction[:decimals].ljust(decimals, "0") or "0")
+    if wei <= 0:
         raise BadAmount(f"amount must be positive, got {text!r}")
-    return int(scaled)
+    if wei > MAX_WEI:
+        raise BadAmount(f"{text!r} is more than the EVM can hold (2**256 - 1 wei): check the unit")
+    return wei
 
 
 def format_wei(wei: int) -> str:
-    text = format(Decimal(wei).scaleb(-18).normalize(), "f")
-    return f"{text} ETH"
+    """Wei as ETH, exact to the last wei however large."""
+    whole, fraction = divmod(wei, 10**18)
+    return f"{whole}{'.' + f'{fraction:018d}'.rstrip('0') if fraction else ''} ETH"
 
 
 RpcOpt = Annotated[
@@ -176,6 +185,10 @@ def chain_deploy(
         "discount_bps": discount_bps,
         "challenger_share_bps": challenger_share_bps,
     }
+    for name, value in given.items():
+        if isinstance(value, int) and value > MAX_WEI:
+            option = "--" + name.replace("_", "-")
+            raise ChainError(f"{option} {value} is more than the EVM can hold (2**256 - 1)")
     try:
         params = SettlementParams(
             **{**vars(base), **{k: v for k, v in given.items() if v is not None}}
@@ -217,8 +230,7 @@ def stake(
     """Bond stake (sending the amount, or from the balance); with --pubkey, register first."""
     wei = parse_amount(amount)
     client = _client(_settings(rpc_url, contract, data_dir, key_file, dev_account))
-    assert client.account is not None
-    me = client.account.address
+    me = client.signer.address
     if pubkey is not None:
         try:
             key = bytes.fromhex(pubkey.removeprefix("0x"))
@@ -246,9 +258,8 @@ def unstake(
     """Start unbonding stake; `verinfer withdraw` pays it out after the unbonding delay."""
     wei = parse_amount(amount)
     client = _client(_settings(rpc_url, contract, data_dir, key_file, dev_account))
-    assert client.account is not None
     client.unstake(wei)
-    u = client.unbonding_of(client.account.address)
+    u = client.unbonding_of(client.signer.address)
     release = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(u.release_time))
     typer.echo(f"unbonding {format_wei(u.amount)} (still slashable) until {release}")
 
@@ -265,13 +276,13 @@ def deposit(
     dev_account: DevAccountOpt = None,
 ) -> None:
     """Prepay request fees: deposit into the contract balance."""
+    from verinfer.chain.client import parse_address
+
     wei = parse_amount(amount)
+    target = parse_address(beneficiary, "--for") if beneficiary is not None else None
     client = _client(_settings(rpc_url, contract, data_dir, key_file, dev_account))
-    assert client.account is not None
-    who = beneficiary or client.account.address
-    if beneficiary is not None and not client.w3.is_address(beneficiary):
-        raise ChainError(f"--for is not an address: {beneficiary!r}")
-    client.deposit(wei, beneficiary)
+    client.deposit(wei, target)
+    who = target or client.signer.address
     typer.echo(f"deposited {format_wei(wei)}: balance of {who} is {format_wei(client.balance_of(who))}")
 
 
@@ -286,9 +297,8 @@ def withdraw(
     """Withdraw from the balance (matured unbonding stake is added to it first)."""
     wei = parse_amount(amount)
     client = _client(_settings(rpc_url, contract, data_dir, key_file, dev_account))
-    assert client.account is not None
     client.withdraw(wei)
-    left = client.balance_of(client.account.address)
+    left = client.balance_of(client.signer.address)
     typer.echo(f"withdrew {format_wei(wei)}: balance left {format_wei(left)}")
 
 
@@ -301,16 +311,16 @@ def balance(
     dev_account: DevAccountOpt = None,
 ) -> None:
     """Balance, stake, unbonding and reputation of an address."""
+    from verinfer.chain.client import parse_address
+
     settings = _settings(rpc_url, contract, data_dir, key_file, dev_account)
+    if address is not None:
+        address = parse_address(address)
     client = _client(settings, with_key=address is None)
-    if address is None:
-        assert client.account is not None
-        address = client.account.address
-    if not client.w3.is_address(address):
-        raise ChainError(f"not an address: {address!r}")
+    address = address or client.signer.address
     u = client.unbonding_of(address)
     r = client.reputation_of(address)
-    typer.echo(f"address     {client.w3.to_checksum_address(address)}")
+    typer.echo(f"address     {address}")
     typer.echo(f"balance     {format_wei(client.balance_of(address))}")
     active = "active" if client.is_active(address) else "inactive"
     typer.echo(f"stake       {format_wei(client.stake_of(address))} ({active})")

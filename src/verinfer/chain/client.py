@@ -5,17 +5,23 @@ locally with the configured key, and translates web3's errors and the contract's
 `ChainError`s that carry the revert reason (`ChainRevert`) or say how to reach the chain
 (`ChainUnreachable`). Batches and parameters are the protocol's own types
 (`verinfer.protocol.settlement`), so what the gateway settles is what the rules were run on.
+Addresses given by people are checked, never silently "corrected" (`parse_address`), and the
+code at the contract's address must be the committed artifact's (`check_contract`).
 """
 
 from __future__ import annotations
 
 import enum
+import json
+import re
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from eth_account.signers.local import LocalAccount
+from eth_typing import ChecksumAddress
+from requests import HTTPError
 from web3 import Web3
 from web3.exceptions import (
     ContractLogicError,
@@ -25,7 +31,7 @@ from web3.exceptions import (
     Web3RPCError,
 )
 
-from verinfer.chain.artifact import load_artifact
+from verinfer.chain.artifact import ARTIFACT_PATH, load_artifact
 from verinfer.errors import ChainError
 from verinfer.protocol.settlement import (
     Batch,
@@ -43,6 +49,7 @@ T = TypeVar("T")
 OUTCOME_CODES = {Outcome.PASSED: 0, Outcome.ASSERTER_FAULT: 1, Outcome.VALIDATOR_FAULT: 2}
 GAS_MARGIN = 1.2  # over eth_estimateGas, for state that moves between estimate and inclusion
 RECEIPT_TIMEOUT_S = 120.0
+_HEX_ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
 
 
 class ChainRevert(ChainError):
@@ -60,6 +67,55 @@ class ChainUnreachable(ChainError):
         self.url = url
         hint = "start it with `verinfer chain`" if _is_loopback(url) else "check the RPC URL"
         super().__init__(f"chain at {url} unreachable: {hint}" + (f" ({detail})" if detail else ""))
+
+
+class BadAddress(ChainError):
+    """An address given by a person is malformed or fails its EIP-55 checksum."""
+
+
+def parse_address(text: str, what: str = "address") -> ChecksumAddress:
+    """`text` as a checksummed address, if it is one exactly as written.
+
+    All lowercase is taken as an address without a checksum; any upper case must be the
+    EIP-55 checksum, since a mistyped character would otherwise send funds to an address
+    that nobody holds.
+    """
+    if not _HEX_ADDRESS.match(text):
+        raise BadAddress(f"{what} is not an address (0x and 40 hex digits): {text!r}")
+    checksummed = Web3.to_checksum_address(text)
+    if text[2:] != text[2:].lower() and text != checksummed:
+        raise BadAddress(
+            f"{what} {text} fails its EIP-55 checksum (a typo?): copy the address again; "
+            "an all-lowercase address is taken without a checksum"
+        )
+    return checksummed
+
+
+@contextmanager
+def translated_errors(action: str, rpc_url: str) -> Iterator[None]:
+    """web3's errors, and endpoints that answer something other than JSON-RPC, as `ChainError`s."""
+    try:
+        yield
+    except ContractLogicError as exc:
+        raise ChainRevert(_reason(exc), action) from exc
+    except HTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else "an error"
+        raise ChainError(
+            f"{action}: the chain at {rpc_url} answered HTTP {status}: check the RPC URL"
+        ) from exc
+    except (ProviderConnectionError, ConnectionError, OSError) as exc:
+        raise ChainUnreachable(rpc_url) from exc
+    except json.JSONDecodeError as exc:
+        raise ChainError(
+            f"{action}: {rpc_url} answered something that is not JSON-RPC (a web page?): "
+            "check the RPC URL"
+        ) from exc
+    except TimeExhausted as exc:
+        raise ChainError(f"{action}: no receipt within {RECEIPT_TIMEOUT_S:.0f} s") from exc
+    except Web3RPCError as exc:
+        raise ChainError(f"{action} failed: {_rpc_message(exc)}") from exc
+    except Web3Exception as exc:
+        raise ChainError(f"{action} failed: {exc}") from exc
 
 
 class Role(enum.IntFlag):
@@ -164,25 +220,18 @@ class SettlementClient:
         self.w3 = w3
         self.rpc_url = rpc_url
         self.account = account
-        self.address = Web3.to_checksum_address(address)
+        self.address = parse_address(address, "contract address")
         self.contract = w3.eth.contract(address=self.address, abi=load_artifact().abi)
 
     # ------------------------------------------------------------------ plumbing
 
-    @contextmanager
-    def _translated(self, action: str) -> Iterator[None]:
-        try:
-            yield
-        except ContractLogicError as exc:
-            raise ChainRevert(_reason(exc), action) from exc
-        except (ProviderConnectionError, ConnectionError, OSError) as exc:
-            raise ChainUnreachable(self.rpc_url) from exc
-        except TimeExhausted as exc:
-            raise ChainError(f"{action}: no receipt within {RECEIPT_TIMEOUT_S:.0f} s") from exc
-        except Web3RPCError as exc:
-            raise ChainError(f"{action} failed: {_rpc_message(exc)}") from exc
-        except Web3Exception as exc:
-            raise ChainError(f"{action} failed: {exc}") from exc
+    def _translated(self, action: str) -> AbstractContextManager[None]:
+        return translated_errors(action, self.rpc_url)
+
+    @property
+    def signer(self) -> LocalAccount:
+        """The account this client signs with; a clear error if it has none."""
+        return self._require_account()
 
     def _require_account(self) -> LocalAccount:
         if self.account is None:
@@ -232,14 +281,18 @@ class SettlementClient:
         factory = w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
         probe = cls.__new__(cls)
         probe.rpc_url, probe.account, probe.w3 = rpc_url, account, w3
-        receipt = probe._send("deploy", factory.constructor(params_args(params)))
+        with probe._translated("deploy"):  # web3 encodes the arguments right here
+            constructor = factory.constructor(params_args(params))
+        receipt = probe._send("deploy", constructor)
         return cls(w3, receipt["contractAddress"], account, rpc_url), receipt
 
     # ------------------------------------------------------------------ transactions
 
     def deposit(self, amount: int, beneficiary: str | None = None) -> Any:
         fn = self.contract.functions
-        call = fn.deposit(Web3.to_checksum_address(beneficiary)) if beneficiary else fn.deposit()
+        if beneficiary is None:
+            return self._send("deposit", fn.deposit(), value=amount)
+        call = fn.deposit(parse_address(beneficiary, "beneficiary"))
         return self._send("deposit", call, value=amount)
 
     def fund_treasury(self, amount: int) -> Any:
@@ -271,11 +324,11 @@ class SettlementClient:
         return self._send("settle dispute", call)
 
     def grant_role(self, account: str, role: Role) -> Any:
-        call = self.contract.functions.grant_role(Web3.to_checksum_address(account), int(role))
+        call = self.contract.functions.grant_role(parse_address(account, "account"), int(role))
         return self._send("grant role", call)
 
     def revoke_role(self, account: str, role: Role) -> Any:
-        call = self.contract.functions.revoke_role(Web3.to_checksum_address(account), int(role))
+        call = self.contract.functions.revoke_role(parse_address(account, "account"), int(role))
         return self._send("revoke role", call)
 
     def set_params(self, params: SettlementParams) -> Any:
@@ -288,7 +341,7 @@ class SettlementClient:
         return self._send("unpause", self.contract.functions.unpause())
 
     def transfer_ownership(self, new_owner: str) -> Any:
-        call = self.contract.functions.transfer_ownership(Web3.to_checksum_address(new_owner))
+        call = self.contract.functions.transfer_ownership(parse_address(new_owner, "new owner"))
         return self._send("transfer ownership", call)
 
     # ------------------------------------------------------------------ reads
@@ -339,6 +392,26 @@ class SettlementClient:
 
     def has_code(self) -> bool:
         return bool(self._read("read contract code", lambda: self.w3.eth.get_code(self.address)))
+
+    def is_this_contract(self) -> bool:
+        """Whether the code at `address` is the committed artifact's contract (any immutables)."""
+        code = self._read("read contract code", lambda: self.w3.eth.get_code(self.address))
+        return load_artifact().is_deployed_code(bytes(code))
+
+    def check_contract(self, chain: str) -> None:
+        """Refuse an address without code, or with code other than this contract's."""
+        if not self.has_code():
+            raise ChainError(
+                f"no contract at {self.address} on {chain} (a reset dev chain?): deploy one with "
+                "`verinfer chain deploy`"
+            )
+        if not self.is_this_contract():
+            artifact = load_artifact()
+            raise ChainError(
+                f"the contract at {self.address} on {chain} is not verinfer's settlement contract "
+                f"as built here ({ARTIFACT_PATH.name}, source sha256 {artifact.source_sha256[:12]}"
+                "): pass the right --contract, or deploy one with `verinfer chain deploy`"
+            )
 
     def contract_funds(self) -> int:
         """Wei held by the contract (equals the ledger's total_funds() by the money invariant)."""

@@ -10,12 +10,20 @@ state comes back identical. Blocks are mined one per transaction, with a determi
 
 Calls and gas estimates run against the pending block stamped with the current time, so a
 call made after an unbonding delay has passed sees that time even if no block was mined since.
+
+The HTTP server answers local programs only: a request from a web page (a foreign `Origin`, a
+`Host` that is a DNS name other than localhost, a content type a form can send) is refused, so
+a page the user visits can neither post to it directly nor through DNS rebinding. A request is
+bounded in size and nesting before it is parsed: py-evm raises Python's recursion limit, and a
+deeply nested JSON document would otherwise overflow the C stack of the JSON parser.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -38,6 +46,13 @@ DEV_BALANCE_WEI = 1_000_000 * 10**18
 FORMAT_VERSION = 1
 ERROR_SELECTOR = keccak(b"Error(string)")[:4]
 ZERO_ADDRESS = "0x" + "00" * 20
+MAX_REQUEST_BYTES = 4 * 2**20  # a 1024-request settlement batch is about 200 KB of hex
+MAX_JSON_DEPTH = 32  # JSON-RPC needs about 6 levels
+# The clock offset of `evm_increaseTime`, in all: a timestamp past uint256 breaks every
+# contract call that reads the time, and the offset is journaled, so it would outlive restarts.
+MAX_CLOCK_OFFSET_S = 100 * 365 * 24 * 3600
+BLOB_TX_TYPE = 3
+LOOPBACK_NAMES = frozenset({"localhost"})
 
 # JSON-RPC error codes (EIP-1474 and the geth convention for reverts).
 CODE_PARSE = -32700
@@ -101,6 +116,60 @@ def _revert_error(exc: BaseException) -> RpcError:
     return RpcError(CODE_REVERT, f"execution reverted: {reason}", "0x" + data.hex())
 
 
+# A JSON string; an unterminated one runs to the end, so every scan is linear.
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"?', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_INNERMOST_PAIR = re.compile(rb"\[\]|\{\}")
+
+
+def check_json_shape(body: bytes) -> None:
+    """Refuse a request body too large or too deeply nested to parse safely, before parsing it.
+
+    Strings are cut out, the brackets left are paired from the inside out one level per round
+    (each round a linear regex pass): what is left after `MAX_JSON_DEPTH` rounds is too deep,
+    and brackets that stop pairing up are not JSON.
+    """
+    if len(body) > MAX_REQUEST_BYTES:
+        raise RpcError(CODE_INVALID_REQUEST, f"request larger than {MAX_REQUEST_BYTES} bytes")
+    brackets = _JSON_STRING.sub(b"", body).translate(None, _NOT_BRACKETS)
+    for _ in range(MAX_JSON_DEPTH):
+        if not brackets:
+            return
+        paired = _INNERMOST_PAIR.sub(b"", brackets)
+        if len(paired) == len(brackets):
+            raise RpcError(CODE_PARSE, "parse error: unbalanced brackets")
+        brackets = paired
+    if brackets:
+        raise RpcError(CODE_INVALID_REQUEST, f"request nested deeper than {MAX_JSON_DEPTH} levels")
+
+
+def check_raw_transaction(raw: Any) -> str:
+    """A raw transaction as the dev chain accepts it: hex (0x optional), no blob; 0x-prefixed."""
+    if not isinstance(raw, str):
+        raise RpcError(CODE_INVALID_PARAMS, "eth_sendRawTransaction takes a hex string")
+    digits = raw[2:] if raw[:2] in ("0x", "0X") else raw
+    try:
+        data = bytes.fromhex(digits)
+    except ValueError:
+        data = b""
+    if not data or len(digits) != 2 * len(data):
+        raise RpcError(CODE_INVALID_PARAMS, "eth_sendRawTransaction: not a hex-encoded transaction")
+    if data[0] == BLOB_TX_TYPE:
+        raise RpcError(CODE_INVALID_PARAMS, "blob transactions are not supported")
+    return "0x" + data.hex()
+
+
+def _clock_offset(value: Any) -> int:
+    if isinstance(value, str) and value[:2] in ("0x", "0X"):
+        try:
+            value = int(value, 16)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{value!r} is not a whole number of seconds >= 0")
+    return value
+
+
 class Journal:
     """Append-only JSON-lines log of state changes, each record fsync'ed before it counts."""
 
@@ -109,19 +178,31 @@ class Journal:
         self._file: Any = None
 
     def read(self) -> list[dict[str, Any]]:
-        """Records in order; a torn last line (a crash mid-write, never acknowledged) is cut off."""
+        """Records in order, record i on line i + 1.
+
+        A torn last line (no newline: a crash mid-write, never acknowledged) is cut off. Any
+        other damage is an error naming the line: dropping it and what follows would silently
+        lose confirmed transactions.
+        """
         if not self.path.exists():
             return []
         raw = self.path.read_bytes()
         records: list[dict[str, Any]] = []
         good = 0
-        for line in raw.splitlines(keepends=True):
+        for number, line in enumerate(raw.splitlines(keepends=True), start=1):
             if not line.endswith(b"\n"):
                 break
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except ValueError:
-                break
+                record = None
+            if not isinstance(record, dict) or not isinstance(record.get("op"), str):
+                raise ChainError(
+                    f"dev chain journal {self.path} line {number} is damaged; the records after "
+                    "it are confirmed transactions: repair or remove that line, or start a fresh "
+                    "data dir"
+                )
+            records.append(record)
             good += len(line)
         if good != len(raw):
             with open(self.path, "r+b") as f:
@@ -262,27 +343,41 @@ class DevChain:
 
     def _replay(self) -> int:
         records = self.journal.read()
-        for i, record in enumerate(records):
-            op = record["op"]
-            if op == "time":
-                self._offset = record["offset"]
-                continue
-            self._stamp_pending(record["ts"])
-            if op == "raw":
-                self.tester.send_raw_transaction(record["raw"])
-            elif op == "send":
-                self.tester.send_transaction(record["tx"])
-            elif op == "mine":
-                self.tester.mine_blocks(1)
-            else:
-                raise ChainError(f"dev chain journal: unknown record {op!r} at entry {i}")
-            got = self._latest_hash()
-            if got != record["block"]:
+        for number, record in enumerate(records, start=1):
+            where = f"dev chain journal {self.journal.path} line {number}"
+            try:
+                self._replay_record(record, where)
+            except ChainError:
+                raise
+            except Exception as exc:
                 raise ChainError(
-                    f"dev chain journal replay diverged at entry {i}: block {got} != "
-                    f"{record['block']}; the data dir {self.data_dir} is inconsistent"
+                    f"{where} cannot be replayed: {type(exc).__name__}: {exc}"
+                ) from exc
+            got = self._latest_hash()
+            if record["op"] != "time" and got != record.get("block"):
+                raise ChainError(
+                    f"{where}: replay diverged, block {got} != {record.get('block')}; the data "
+                    f"dir {self.data_dir} is inconsistent"
                 )
         return len(records)
+
+    def _replay_record(self, record: dict[str, Any], where: str) -> None:
+        op = record["op"]
+        if op == "time":
+            offset = _clock_offset(record["offset"])
+            if offset > MAX_CLOCK_OFFSET_S:
+                raise ChainError(f"{where}: clock offset {offset} s beyond {MAX_CLOCK_OFFSET_S} s")
+            self._offset = offset
+            return
+        self._stamp_pending(record["ts"])
+        if op == "raw":
+            self.tester.send_raw_transaction(record["raw"])
+        elif op == "send":
+            self.tester.send_transaction(record["tx"])
+        elif op == "mine":
+            self.tester.mine_blocks(1)
+        else:
+            raise ChainError(f"{where}: unknown record {op!r}")
 
     # ------------------------------------------------------------------ time and blocks
 
@@ -301,6 +396,9 @@ class DevChain:
 
     def _commit(self, record: dict[str, Any]) -> None:
         record["block"] = self._latest_hash()
+        self._append(record)
+
+    def _append(self, record: dict[str, Any]) -> None:
         try:
             self.journal.append(record)
         except OSError as exc:
@@ -314,9 +412,12 @@ class DevChain:
     def handle(self, request: Any) -> Any:
         """One JSON-RPC request object (or a batch list) in, its response out."""
         if isinstance(request, list):
-            return [self.handle(r) for r in request] if request else self._error(
+            return [self._handle_one(r) for r in request] if request else self._error(
                 None, RpcError(CODE_INVALID_REQUEST, "empty batch")
             )
+        return self._handle_one(request)
+
+    def _handle_one(self, request: Any) -> Any:
         if not isinstance(request, dict) or not isinstance(request.get("method"), str):
             return self._error(None, RpcError(CODE_INVALID_REQUEST, "invalid request"))
         rid = request.get("id")
@@ -356,8 +457,18 @@ class DevChain:
         if method in ("evm_snapshot", "evm_revert", "testing_timeTravel"):
             raise RpcError(CODE_METHOD_NOT_FOUND, f"{method} is not supported by the dev chain")
         if method == "evm_increaseTime":
-            self._offset += int(params[0], 16) if isinstance(params[0], str) else int(params[0])
-            self.journal.append({"op": "time", "offset": self._offset})
+            if not isinstance(params, list) or len(params) != 1:
+                raise RpcError(CODE_INVALID_PARAMS, "evm_increaseTime takes one parameter: seconds")
+            seconds = _clock_offset(params[0])
+            if seconds > MAX_CLOCK_OFFSET_S - self._offset:
+                raise RpcError(
+                    CODE_INVALID_PARAMS,
+                    f"evm_increaseTime: {seconds} s is too far; the dev chain's clock moves "
+                    f"forward by at most {MAX_CLOCK_OFFSET_S - self._offset} s more "
+                    f"({MAX_CLOCK_OFFSET_S} s in all)",
+                )
+            self._offset += seconds
+            self._append({"op": "time", "offset": self._offset})
             return self._offset
         if method == "evm_mine":
             ts = self._next_timestamp()
@@ -366,9 +477,9 @@ class DevChain:
             self._commit({"op": "mine", "ts": ts})
             return "0x0"
         if method == "eth_sendRawTransaction":
-            raw = params[0]
-            if isinstance(raw, str) and raw[:4] == "0x03":
-                raise RpcError(CODE_INVALID_PARAMS, "blob transactions are not supported")
+            if not isinstance(params, list) or len(params) != 1:
+                raise RpcError(CODE_INVALID_PARAMS, "eth_sendRawTransaction takes one parameter")
+            raw = check_raw_transaction(params[0])
             ts = self._next_timestamp()
             self._stamp_pending(ts)
             tx_hash = self.tester.send_raw_transaction(raw)
@@ -410,24 +521,114 @@ class DevChain:
             self.journal.close()
 
 
+class Refused(Exception):
+    """An HTTP request the server will not hand to the chain: its status and JSON-RPC error."""
+
+    def __init__(self, status: int, error: RpcError) -> None:
+        super().__init__(error.message)
+        self.status = status
+        self.error = error
+
+
+def _host_name(authority: str) -> str:
+    """`127.0.0.1:8545` / `[::1]:8545` / `localhost` -> the host part, lowercased."""
+    authority = authority.strip().lower()
+    if authority.startswith("["):
+        return authority[1 : authority.find("]")] if "]" in authority else authority
+    return authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority
+
+
+def _is_loopback_host(name: str) -> bool:
+    if name in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_ip_literal(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def check_http_request(headers: Any, bound_host: str) -> int:
+    """The body length of a POST the dev chain answers; `Refused` for anything else.
+
+    A browser sends `Origin` with every cross-origin POST, so a request with one is from a web
+    page unless that page is itself on loopback. `Host` names what the client resolved: a DNS
+    name other than localhost means a rebinding attack (a server bound beyond loopback also
+    accepts IP literals). `application/json` cannot be posted by a plain HTML form.
+    """
+    bound_loopback = _is_loopback_host(bound_host.lower())
+    host = _host_name(headers.get("Host") or "")
+    if not (_is_loopback_host(host) or (not bound_loopback and _is_ip_literal(host))):
+        raise Refused(403, RpcError(CODE_INVALID_REQUEST, f"Host {host!r} refused: use 127.0.0.1"))
+    origin = headers.get("Origin")
+    if origin is not None:
+        scheme, _, authority = origin.partition("://")
+        if scheme not in ("http", "https") or not _is_loopback_host(_host_name(authority)):
+            raise Refused(
+                403,
+                RpcError(
+                    CODE_INVALID_REQUEST,
+                    f"Origin {origin!r} refused: web pages may not use the dev chain",
+                ),
+            )
+    content_type = (headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
+    if content_type != "application/json":
+        raise Refused(
+            415,
+            RpcError(
+                CODE_INVALID_REQUEST,
+                f"Content-Type {content_type or 'missing'!r} refused: send application/json",
+            ),
+        )
+    length = headers.get("Content-Length")
+    if length is None or not length.strip().isdigit():
+        raise Refused(411, RpcError(CODE_INVALID_REQUEST, "a Content-Length is required"))
+    if int(length) > MAX_REQUEST_BYTES:
+        raise Refused(
+            413, RpcError(CODE_INVALID_REQUEST, f"request larger than {MAX_REQUEST_BYTES} bytes")
+        )
+    return int(length)
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # headers and body go out as separate writes
     chain: DevChain
+    bound_host: str
 
     def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            length = check_http_request(self.headers, self.bound_host)
+        except Refused as refused:
+            self.close_connection = True  # the body, if any, is left unread
+            self._reply(refused.status, DevChain._error(None, refused.error))
+            return
         body = self.rfile.read(length)
         try:
+            check_json_shape(body)
             request = json.loads(body)
+        except RpcError as exc:
+            response: Any = DevChain._error(None, exc)
         except ValueError:
-            response: Any = DevChain._error(None, RpcError(CODE_PARSE, "parse error"))
+            response = DevChain._error(None, RpcError(CODE_PARSE, "parse error"))
         else:
             response = self.chain.handle(request)
+        self._reply(200, response)
+
+    def _reply(self, status: int, response: Any) -> None:
         payload = json.dumps(response).encode()
-        self.send_response(200)
+        self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(payload)
 
@@ -437,7 +638,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 def make_server(chain: DevChain, host: str = "127.0.0.1", port: int = 8545) -> ThreadingHTTPServer:
     """An HTTP JSON-RPC server for `chain` (not yet serving); port 0 picks a free one."""
-    handler = type("DevChainHandler", (_Handler,), {"chain": chain})
+    handler = type("DevChainHandler", (_Handler,), {"chain": chain, "bound_host": host})
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
     return server

@@ -2,7 +2,9 @@
 
 Used by `verinfer chain` and by anything that starts a whole local network. The server binds
 127.0.0.1 unless told otherwise; the contract is deployed on first start (from dev account 0,
-with `DEV_PARAMS`) and its address recorded in the data dir's deployments.json.
+with `DEV_PARAMS`) and its address recorded in the data dir's deployments.json. A recorded
+contract whose code is not the committed artifact's (an older version) is replaced by a fresh
+deployment.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ def ensure_deployed(chain: DevChain, settings: ChainSettings) -> str:
 
     w3 = Web3(DevChainProvider(chain))
     entry = read_deployments(settings).get(str(DEV_CHAIN_ID))
-    if entry is not None and w3.eth.get_code(Web3.to_checksum_address(entry["address"])):
+    if entry is not None and SettlementClient(w3, entry["address"]).is_this_contract():
         return str(entry["address"])
     deployer = Account.from_key(dev_private_key(0))
     client, receipt = SettlementClient.deploy(w3, deployer, DEV_PARAMS)

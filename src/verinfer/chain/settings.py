@@ -20,9 +20,8 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from pydantic import BaseModel, ConfigDict, ValidationError
 from web3 import Web3
-from web3.exceptions import ProviderConnectionError, Web3Exception
 
-from verinfer.chain.client import ChainUnreachable, SettlementClient
+from verinfer.chain.client import SettlementClient, parse_address, translated_errors
 from verinfer.chain.devkeys import DEV_CHAIN_ID, dev_private_key
 from verinfer.errors import ChainError
 from verinfer.protocol.settlement import SettlementParams
@@ -138,17 +137,17 @@ def resolve_account(settings: ChainSettings, chain_id: int) -> LocalAccount | No
 def web3_for(settings: ChainSettings) -> tuple[Web3, int]:
     """A web3 over HTTP JSON-RPC to `settings.rpc_url`, and the chain id it answered with."""
     w3 = Web3(Web3.HTTPProvider(settings.rpc_url, request_kwargs={"timeout": RPC_TIMEOUT_S}))
-    try:
+    with translated_errors("read chain id", settings.rpc_url):
         chain_id = w3.eth.chain_id
-    except (ProviderConnectionError, ConnectionError, OSError) as exc:
-        raise ChainUnreachable(settings.rpc_url) from exc
-    except Web3Exception as exc:
-        raise ChainError(f"chain at {settings.rpc_url} answered badly: {exc}") from exc
     return w3, chain_id
 
 
 def connect(settings: ChainSettings, with_key: bool = True) -> SettlementClient:
-    """A client of the deployed settlement contract, signing with the configured key."""
+    """A client of the deployed settlement contract, signing with the configured key.
+
+    With `with_key`, a missing key is an error here, before anything is sent; the contract at
+    the address must be the committed artifact's, not merely some code.
+    """
     w3, chain_id = web3_for(settings)
     address = settings.contract
     if address is None:
@@ -159,13 +158,13 @@ def connect(settings: ChainSettings, with_key: bool = True) -> SettlementClient:
                 f"{ENV['contract']}, or deploy one with `verinfer chain deploy`"
             )
         address = entry["address"]
-    if not Web3.is_address(address):
-        raise ChainError(f"not an address: {address!r}")
+    address = parse_address(address, "contract address")
     account = resolve_account(settings, chain_id) if with_key else None
-    client = SettlementClient(w3, address, account, rpc_url=settings.rpc_url)
-    if not client.has_code():
+    if with_key and account is None:
         raise ChainError(
-            f"no contract at {client.address} on chain {chain_id} (a reset dev chain?): "
-            "deploy one with `verinfer chain deploy`"
+            f"this command signs a transaction and no key is set for chain {chain_id}: pass "
+            f"--key-file FILE (a file holding the hex private key) or set {ENV['key_file']}"
         )
+    client = SettlementClient(w3, address, account, rpc_url=settings.rpc_url)
+    client.check_contract(f"chain {chain_id}")
     return client
