@@ -8,11 +8,13 @@ ids in and takes results out) is a party of every route, named `DRIVER`.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
-from verinfer.engine.config import ModelConfig
-from verinfer.errors import LocalError
+from verinfer.engine.config import ModelConfig, load_config
+from verinfer.errors import LocalError, ModelError
 
 DRIVER = "driver"
 TOKEN_ID_BYTES = 4  # the driver sends each token id as a uint32
@@ -20,6 +22,7 @@ LOGIT_BYTES = 4  # the head's int32 logits
 RESIDUAL_BYTES = 8  # the residual stream is int64 fixed point (ACT_FRAC bits, |x| < 2**46)
 _SCALE_BYTES = 16  # a weight row's scale: int64 mantissa and int64 exponent, on the device
 _VECTOR_BYTES = 8  # norm gains and biases are int64 on the device
+QUANTIZED_MANIFEST = "verinfer-model.json"  # as verinfer.engine.quantize, without torch
 
 
 class ClusterError(LocalError):
@@ -229,3 +232,17 @@ def node_from_rate(name: str, model: ModelSpec, macs_per_second: float, free_byt
         raise ClusterError(f"node {name}: speed must be > 0, got {macs_per_second}")
     return NodeSpec(name, model.layer_macs / macs_per_second, model.head_macs / macs_per_second,
                     free_bytes)
+
+
+def load_model_config(model_dir: Path) -> ModelConfig:
+    """A model directory's configuration: Hugging Face (config.json) or quantized (manifest).
+
+    Reads JSON only, so planning needs no weights and no torch.
+    """
+    if (model_dir / "config.json").is_file() or not (model_dir / QUANTIZED_MANIFEST).is_file():
+        return load_config(model_dir)
+    path = model_dir / QUANTIZED_MANIFEST
+    try:
+        return ModelConfig.from_dict(json.loads(path.read_text())["config"])
+    except (OSError, KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"{path}: unreadable manifest ({exc})") from exc

@@ -474,7 +474,7 @@ def _does_not_fit(cluster: Cluster, model: ModelSpec, time_limit: float) -> Mode
                                              for name, b in per_node) + ")"
     return ModelDoesNotFit(
         f"model {model.name} does not fit: {_gib(missing)} of memory is missing{where}; "
-        f"the {len(cluster.nodes)} nodes have {_gib(free)} free, the model needs "
+        f"the {len(cluster.nodes)} node(s) have {_gib(free)} free, the model needs "
         f"{_gib(model.layer_bytes)} per layer × {model.num_layers} (weights + KV cache for "
         f"{model.sequences} × {model.context} tokens) plus the embedding and head; "
         "add nodes, free memory, or lower --context / --sequences",
@@ -483,7 +483,11 @@ def _does_not_fit(cluster: Cluster, model: ModelSpec, time_limit: float) -> Mode
 
 
 def _gib(nbytes: float) -> str:
-    return f"{nbytes / 2**30:.2f} GiB"
+    """A byte count in the largest binary unit that keeps it at 1 or more."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if nbytes >= size:
+            return f"{nbytes / size:.2f} {unit}"
+    return f"{nbytes:.0f} bytes"
 
 
 @dataclass(frozen=True)
