@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 
 from verinfer.pipeline.nodesfile import FORMAT_HELP
+
+if TYPE_CHECKING:
+    from verinfer.pipeline.planner import Plan
 
 _PLAN_HELP = (
     "Split a model's layers over nodes: which node serves which range, in which order.\n\n"
@@ -36,6 +39,7 @@ def plan(
     from verinfer.pipeline.nodesfile import load_nodes
     from verinfer.pipeline.planner import (
         OBJECTIVES,
+        Objective,
         PlanError,
         best_single_node,
         memory_proportional,
@@ -50,9 +54,10 @@ def plan(
     spec = model_spec_from_config(config, model.name or str(model), context, sequences,
                                   result=result)
     cluster = load_nodes(nodes, spec)
-    chosen = make_plan(cluster, spec, objective, time_limit)  # type: ignore[arg-type]
-    proportional = memory_proportional(cluster, spec, objective)  # type: ignore[arg-type]
-    single = best_single_node(cluster, spec, objective)  # type: ignore[arg-type]
+    goal = cast(Objective, objective)
+    chosen = make_plan(cluster, spec, goal, time_limit)
+    proportional = memory_proportional(cluster, spec, goal)
+    single = best_single_node(cluster, spec, goal)
     if as_json:
         out = {
             "model": {"name": spec.name, "layers": spec.num_layers, "context": spec.context,
@@ -67,7 +72,7 @@ def plan(
     _print_tables(spec.name, chosen, proportional, single)
 
 
-def _print_tables(name: str, chosen, proportional, single) -> None:  # type: ignore[no-untyped-def]
+def _print_tables(name: str, chosen: Plan, proportional: Plan, single: Plan | None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -96,7 +101,8 @@ def _print_tables(name: str, chosen, proportional, single) -> None:  # type: ign
     for column in ("method", "stages", "latency ms", "tokens/s", "plan's speed-up"):
         compare.add_column(column, justify="left" if column == "method" else "right",
                            no_wrap=column == "method")
-    rows = [("planner (MILP)", chosen), ("memory-proportional", proportional),
+    rows: list[tuple[str, Plan | None]] = [
+        ("planner (MILP)", chosen), ("memory-proportional", proportional),
             ("best single node", single)]
     for label, p in rows:
         if p is None:
