@@ -42,6 +42,7 @@ OBJECTIVES: tuple[Objective, ...] = ("latency", "throughput")
 DEFAULT_TIME_LIMIT_S = 10.0
 _MS = 1e3  # the MILP works in milliseconds: coefficients near 1 for typical figures
 _TIE_BREAK = 1e-4  # weight of latency / sequences in the throughput objective
+_GROUP_JUMP = 2.0  # a merge this much farther than the last closes a group of nodes
 
 
 class PlanError(LocalError):
@@ -364,7 +365,7 @@ def _add_subtour_cuts(p: _Program, cluster: Cluster) -> None:
 
 def _linkage_groups(distance: np.ndarray) -> list[list[int]]:
     """The clusters single-linkage merging forms, at the merges where distance jumps
-    (a merge at least twice as far as the previous one closes a group)."""
+    (a merge at least `_GROUP_JUMP` times as far as the previous one closes a group)."""
     n = len(distance)
     members = {i: [i] for i in range(n)}
     owner = list(range(n))
@@ -375,7 +376,7 @@ def _linkage_groups(distance: np.ndarray) -> list[list[int]]:
         a, b = owner[i], owner[j]
         if a == b:
             continue
-        if last > 0 and d >= 2 * last:
+        if last > 0 and d >= _GROUP_JUMP * last:
             groups += [sorted(g) for g in members.values() if len(g) > 1]
         merged = members.pop(a) + members.pop(b)
         for k in merged:
