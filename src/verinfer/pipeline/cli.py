@@ -119,6 +119,7 @@ def _print_tables(name: str, chosen: Plan, proportional: Plan, single: Plan | No
     console.print(compare)
 
 
+# The help keeps its line breaks on screen: one paragraph per source line.
 def profile(
     model: Annotated[Path, typer.Option("--model", "-m", help="Model directory (config.json is enough).")],
     name: Annotated[str, typer.Option(help="This node's name in nodes.toml.")] = "this-node",
@@ -126,8 +127,10 @@ def profile(
     layers: Annotated[int, typer.Option(help="Decoder layers to time (random weights of the model's shapes).")] = 2,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a nodes.toml entry.")] = False,
 ) -> None:
-    """Measure this machine for a model (seconds): time per layer at batch 1 decode and per
-    prefilled token, the head, free memory. Prints the [[node]] entry for nodes.toml."""
+    """Measure this machine for a model in seconds: times per layer, head, free memory.
+
+    Times a few decoder layers of the engine (random int8 weights of the model's shapes) at batch 1 decode and on a prefill chunk, and reads the free memory; prints this node's \\[\\[node]] entry for the nodes.toml of `verinfer plan`.
+    """
     from dataclasses import asdict
 
     from verinfer.engine.api import _resolve_device
