@@ -29,3 +29,13 @@ def test_cli_import_does_not_load_torch() -> None:
     code = "import sys, verinfer.cli; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_pipeline_exports_resolve_and_import_light() -> None:
+    import verinfer.pipeline
+
+    for name in verinfer.pipeline.__all__:
+        assert getattr(verinfer.pipeline, name) is not None, name
+    code = "import sys, verinfer.pipeline; print('scipy' in sys.modules or 'torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

@@ -1,0 +1,159 @@
+"""Pipeline commands: `verinfer plan` (partition a model over nodes) and `verinfer profile`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, cast
+
+import typer
+
+from verinfer.pipeline.nodesfile import FORMAT_HELP
+
+if TYPE_CHECKING:
+    from verinfer.pipeline.planner import Plan
+
+_PLAN_HELP = (
+    "Split a model's layers over nodes: which node serves which range, in which order.\n\n"
+    "A MILP (HiGHS) picks the route and the contiguous layer ranges that minimize per-token "
+    "latency (compute plus every transfer, driver to driver) or maximize throughput (slowest "
+    "stage or link, with --sequences generations in flight) within each node's free memory. "
+    "It prints the plan with its predicted latency and throughput, and the same figures for the "
+    "memory-proportional split other systems use and for the best single node. Only the "
+    "model's config.json is read; no weights are needed.\n\n"
+    + FORMAT_HELP.replace("[", "\\[")
+)
+
+
+def plan(
+    nodes: Annotated[Path, typer.Option("--nodes", help="The cluster: nodes.toml (format above).")],
+    model: Annotated[Path, typer.Option("--model", "-m", help="Model directory (config.json is enough).")],
+    objective: Annotated[str, typer.Option(help="latency (per token) or throughput.")] = "latency",
+    context: Annotated[int | None, typer.Option(help="Tokens of KV cache per sequence (default: the model's context).")] = None,
+    sequences: Annotated[int, typer.Option(help="Generations in flight, each with its own KV cache.")] = 1,
+    result: Annotated[str, typer.Option(help="What the last stage returns per token: logits (the driver samples) or token.")] = "logits",
+    time_limit: Annotated[float, typer.Option(help="Seconds the solver may take.")] = 10.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+) -> None:
+    from verinfer.pipeline.cluster import load_model_config, model_spec_from_config
+    from verinfer.pipeline.nodesfile import load_nodes
+    from verinfer.pipeline.planner import (
+        OBJECTIVES,
+        Objective,
+        PlanError,
+        best_single_node,
+        memory_proportional,
+    )
+    from verinfer.pipeline.planner import plan as make_plan
+
+    if objective not in OBJECTIVES:
+        raise PlanError(f"--objective must be latency or throughput, got {objective!r}")
+    if sequences < 1 or (context is not None and context < 1):
+        raise PlanError("--context and --sequences must be >= 1")
+    config = load_model_config(model)
+    spec = model_spec_from_config(config, model.name or str(model), context, sequences,
+                                  result=result)
+    cluster = load_nodes(nodes, spec)
+    goal = cast(Objective, objective)
+    chosen = make_plan(cluster, spec, goal, time_limit)
+    proportional = memory_proportional(cluster, spec, goal)
+    single = best_single_node(cluster, spec, goal)
+    if as_json:
+        out = {
+            "model": {"name": spec.name, "layers": spec.num_layers, "context": spec.context,
+                      "sequences": spec.sequences, "layer_bytes": spec.layer_bytes,
+                      "activation_bytes": spec.activation_bytes, "result_bytes": spec.result_bytes},
+            "plan": chosen.to_dict(),
+            "memory_proportional": proportional.to_dict(),
+            "best_single_node": None if single is None else single.to_dict(),
+        }
+        typer.echo(json.dumps(out, indent=2))
+        return
+    _print_tables(spec.name, chosen, proportional, single)
+
+
+def _print_tables(name: str, chosen: Plan, proportional: Plan, single: Plan | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    gib = 2**30
+    table = Table(title=f"plan for {name} ({chosen.objective}): route driver -> "
+                  + " -> ".join(s.node for s in chosen.stages) + " -> driver")
+    for column in ("stage", "node", "layers", "memory used / free (GiB)", "compute ms",
+                   "transfer in ms"):
+        table.add_column(column, justify="right" if column != "node" else "left")
+    for i, s in enumerate(chosen.stages):
+        table.add_row(str(i + 1), s.node, f"{s.start}:{s.end} ({s.layers})",
+                      f"{s.memory_bytes / gib:.2f} / {s.free_bytes / gib:.2f}",
+                      f"{s.compute_s * 1e3:.3f}", f"{s.transfer_in_s * 1e3:.3f}")
+    table.add_row("", "-> driver", "", "", "", f"{chosen.transfer_out_s * 1e3:.3f}")
+    console = Console()
+    console.print(table)
+    solve = chosen.solve
+    console.print(
+        f"predicted: {chosen.latency_s * 1e3:.2f} ms per token, "
+        f"{chosen.throughput_tps:.2f} tokens/s with {chosen.sequences} sequence(s) in flight "
+        f"(slowest stage or link {chosen.bottleneck_s * 1e3:.2f} ms)")
+    if solve is not None:
+        console.print(f"solver: {solve.status} in {solve.seconds:.2f} s, gap {solve.gap:.3%}"
+                      + ("" if chosen.method == "milp" else f"; best plan: {chosen.method}"))
+    compare = Table(title="against the baselines")
+    for column in ("method", "stages", "latency ms", "tokens/s", "plan's speed-up"):
+        compare.add_column(column, justify="left" if column == "method" else "right",
+                           no_wrap=column == "method")
+    rows: list[tuple[str, Plan | None]] = [
+        ("planner (MILP)", chosen), ("memory-proportional", proportional),
+            ("best single node", single)]
+    for label, p in rows:
+        if p is None:
+            compare.add_row(label, "-", "no node holds the model", "-", "-")
+        elif not p.fits:
+            over = [s.node for s in p.stages if s.memory_bytes > s.free_bytes]
+            compare.add_row(label, str(len(p.stages)), f"does not fit ({', '.join(over[:3])})",
+                            "-", "-")
+        else:
+            where = p.stages[0].node if len(p.stages) == 1 else ""
+            compare.add_row(f"{label} {where}".strip(), str(len(p.stages)),
+                            f"{p.latency_s * 1e3:.2f}", f"{p.throughput_tps:.2f}",
+                            f"{p.value / chosen.value:.2f}x")
+    console.print(compare)
+
+
+# The help keeps its line breaks on screen: one paragraph per source line.
+def profile(
+    model: Annotated[Path, typer.Option("--model", "-m", help="Model directory (config.json is enough).")],
+    name: Annotated[str, typer.Option(help="This node's name in nodes.toml.")] = "this-node",
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    layers: Annotated[int, typer.Option(help="Decoder layers to time (random weights of the model's shapes).")] = 2,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a nodes.toml entry.")] = False,
+) -> None:
+    """Measure this machine for a model in seconds: times per layer, head, free memory.
+
+    Times a few decoder layers of the engine (random int8 weights of the model's shapes) at batch 1 decode and on a prefill chunk, and reads the free memory; prints this node's \\[\\[node]] entry for the nodes.toml of `verinfer plan`.
+    """
+    from dataclasses import asdict
+
+    from verinfer.engine.api import _resolve_device
+    from verinfer.pipeline.cluster import load_model_config
+    from verinfer.pipeline.profile import ProfileError, profile_config
+
+    if layers < 1:
+        raise ProfileError(f"--layers must be >= 1, got {layers}")
+    _resolve_device(device)
+    measured = profile_config(load_model_config(model), device, layers)
+    if as_json:
+        typer.echo(json.dumps(asdict(measured), indent=2))
+        return
+    typer.echo(f"# {measured.device}: {measured.layers_timed} layers of {model} timed in "
+               f"{measured.seconds:.1f} s; prefill {measured.prefill_layer_seconds * 1e3:.4f} ms "
+               f"per token per layer; {measured.macs_per_second / 1e9:.1f} GMAC/s at decode")
+    typer.echo("[[node]]")
+    typer.echo(f"name = {json.dumps(name)}")
+    typer.echo(f"layer_ms = {measured.layer_seconds * 1e3:.4f}")
+    typer.echo(f"head_ms = {measured.head_seconds * 1e3:.4f}")
+    typer.echo(f"free_gib = {measured.free_bytes / 2**30:.2f}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("plan", help=_PLAN_HELP)(plan)
+    app.command("profile")(profile)
