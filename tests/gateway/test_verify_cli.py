@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,8 +14,8 @@ from typer.testing import CliRunner
 
 from verinfer.cli import app
 from verinfer.engine import Engine, SamplingParams
-from verinfer.errors import VerinferError
 from verinfer.engine.testing import tiny_config, write_random_checkpoint
+from verinfer.errors import VerinferError
 from verinfer.protocol import wire
 from verinfer.protocol.merkle import merkle_proof
 
@@ -128,5 +130,9 @@ def test_replay_on_the_local_engine(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("args", [["verify", "/nonexistent.json"], ["verify", "--replay", "x"]])
 def test_cli_errors_are_one_line(args: list[str]) -> None:
-    code, out = run(args)
-    assert code != 0
+    done = subprocess.run([sys.executable, "-m", "verinfer.cli", *args],
+                          check=False, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: receipt rejected: ")
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
