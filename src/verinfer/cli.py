@@ -27,8 +27,9 @@ def _register_all() -> None:
     from verinfer.econ import cli as econ_cli
     from verinfer import verify
     from verinfer.engine import cli as engine_cli
+    from verinfer.gateway import cli as gateway_cli
 
-    for role in (engine_cli, econ_cli, chain_cli, verify):
+    for role in (engine_cli, econ_cli, chain_cli, gateway_cli, verify):
         role.register(app)
 
 
