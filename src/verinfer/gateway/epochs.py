@@ -1,6 +1,7 @@
 """The epoch pipeline: close → commit the receipts root → beacon → challenge → decide → settle.
 
-Plain code over the store and a `Settler`, driven by the server's loop (`step` once per tick);
+Plain code over the store and a `Settler`, driven by the server's loop (`step` once per tick;
+chain calls run in a worker thread so the loop keeps serving);
 each transition is recorded before the next begins, so a gateway killed anywhere resumes where
 it stopped. Which receipts are challenged is `verinfer.protocol.challenge.is_challenged(receipt
 id, beacon, p)` with the beacon fixed after the commit, so nobody can choose them. Validators
@@ -13,6 +14,7 @@ it excluded. Outcomes follow `verinfer.protocol.challenge.decide_challenge`.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import secrets
@@ -101,13 +103,13 @@ class EpochPipeline:
             log.info("epoch %d closed", closed.epoch)
         for epoch in self.store.epochs_in("closed"):
             assert epoch.root is not None
-            ref = self.settler.commit(epoch.epoch, epoch.root)
+            ref = await asyncio.to_thread(self.settler.commit, epoch.epoch, epoch.root)
             self.store.mark_committed(epoch.epoch, ref)
         for epoch in self.store.epochs_in("committed"):
             if await self.decide(epoch.epoch):
                 self.store.mark_decided(epoch.epoch)
         for epoch in self.store.epochs_in("decided"):
-            ref = self.settler.settle(self.settlement(epoch.epoch))
+            ref = await asyncio.to_thread(self.settler.settle, self.settlement(epoch.epoch))
             self.store.mark_settled(epoch.epoch, ref)
             log.info("epoch %d settled (%s)", epoch.epoch, ref)
 
@@ -126,7 +128,7 @@ class EpochPipeline:
         record = self.store.epoch(epoch)
         if record.beacon is None:
             assert record.commit_ref is not None
-            beacon = self.settler.beacon(epoch, record.commit_ref)
+            beacon = await asyncio.to_thread(self.settler.beacon, epoch, record.commit_ref)
             if beacon is None:
                 return False
             self.store.set_beacon(epoch, beacon)
@@ -149,7 +151,7 @@ class EpochPipeline:
         beacon = self.store.epoch(stored.epoch).beacon
         assert beacon is not None
         asserter = receipt.node.lower()
-        candidates, nodes = self._candidates()
+        candidates, nodes = await asyncio.to_thread(self._candidates)
         try:
             validators = await self._committee(
                 stored, bundle, candidates, nodes, "validator",

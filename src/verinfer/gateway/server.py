@@ -255,7 +255,8 @@ def create_app(
             return body
         assert isinstance(body, CompletionRequest | ChatCompletionRequest)
         try:
-            prepared = service.prepare(account, body)
+            # reads the account's funds on chain: off the event loop
+            prepared = await asyncio.to_thread(service.prepare, account, body)
         except VerinferError as exc:
             return envelope(exc)
         ident = ("chatcmpl-" if prepared.kind == "chat" else "cmpl-") + secrets.token_hex(12)

@@ -14,6 +14,7 @@ and recorded before its response leaves the gateway.
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -174,7 +175,8 @@ class GatewayService:
         self.clients = clients
         self.clock = clock
         self.stats = GatewayStats()
-        self._reserved: dict[str, int] = {}
+        self._reserved: dict[str, int] = {}  # worst-case fees of requests in flight
+        self._reserve_lock = threading.Lock()
 
     # ---------------------------------------------------------------- admission
 
@@ -246,8 +248,12 @@ class GatewayService:
 
     def _reserve(self, account: str, amount: int) -> None:
         """Refuse (402) a request the account could not pay even at its longest."""
-        owed = self.store.unsettled_fees(account) + self._reserved.get(account, 0)
         spendable = self.settler.spendable(account)
+        with self._reserve_lock:
+            self._reserve_locked(account, amount, spendable)
+
+    def _reserve_locked(self, account: str, amount: int, spendable: int) -> None:
+        owed = self.store.unsettled_fees(account) + self._reserved.get(account, 0)
         if owed + amount > spendable:
             raise PaymentRequired(
                 f"insufficient funds: this request may cost up to {amount} wei, account "
@@ -256,11 +262,12 @@ class GatewayService:
         self._reserved[account] = self._reserved.get(account, 0) + amount
 
     def release(self, prepared: Prepared) -> None:
-        left = self._reserved.get(prepared.account, 0) - prepared.max_fee
-        if left > 0:
-            self._reserved[prepared.account] = left
-        else:
-            self._reserved.pop(prepared.account, None)
+        with self._reserve_lock:
+            left = self._reserved.get(prepared.account, 0) - prepared.max_fee
+            if left > 0:
+                self._reserved[prepared.account] = left
+            else:
+                self._reserved.pop(prepared.account, None)
 
     # ---------------------------------------------------------------- serving
 
