@@ -65,9 +65,11 @@ class FakeNode:
     """An honest node unless told otherwise: `down`, `cut_after` tokens, `forge` receipts."""
 
     def __init__(self, key: Identity, down: bool = False, cut_after: int | None = None,
-                 forge: bool = False, refuse: int | None = None) -> None:
+                 forge: bool = False, refuse: int | None = None,
+                 cut_by: type[httpx.TransportError] = httpx.ReadError) -> None:
         self.key, self.down, self.cut_after, self.forge, self.refuse = (
             key, down, cut_after, forge, refuse)
+        self.cut_by = cut_by  # ReadError: the connection broke; ReadTimeout: the node stalled
         self.calls: list[dict[str, Any]] = []
 
     async def handle(self, request: httpx.Request) -> httpx.Response:
@@ -106,7 +108,7 @@ class FakeNode:
         async def sse() -> AsyncIterator[bytes]:
             for i, token in enumerate(new):
                 if self.cut_after is not None and len(forced) + i >= self.cut_after:
-                    raise httpx.ReadError("connection reset")
+                    raise self.cut_by("the node went away mid-stream")
                 finish = "length" if len(forced) + i == len(output) - 1 else None
                 choice: dict[str, Any] = {"index": 0, "finish_reason": finish,
                                           "token_ids": [token]}
@@ -270,8 +272,11 @@ def test_a_dead_node_fails_over_and_the_user_gets_an_answer(tmp_path: Path) -> N
     assert net.service.stats.failovers >= 2
 
 
-def test_a_cut_stream_continues_on_another_node_byte_identical(tmp_path: Path) -> None:
-    net = Network(tmp_path / "cut", [FakeNode(NODES[0], cut_after=5), FakeNode(NODES[1])])
+@pytest.mark.parametrize("cut_by", [httpx.ReadError, httpx.ReadTimeout])
+def test_a_cut_or_stalled_stream_continues_on_another_node_byte_identical(
+        tmp_path: Path, cut_by: type[httpx.TransportError]) -> None:
+    net = Network(tmp_path / "cut", [FakeNode(NODES[0], cut_after=5, cut_by=cut_by),
+                                     FakeNode(NODES[1])])
     for seed in range(8):
         body = {**CHAT, "seed": seed, "temperature": 0.7}
         reference, _ = stream_text(Network(tmp_path / f"ref{seed}", [FakeNode(NODES[2])]), body)
