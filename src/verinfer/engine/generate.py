@@ -9,7 +9,6 @@ alone or in any batch, whatever the chunk size.
 from __future__ import annotations
 
 import hashlib
-import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -20,15 +19,14 @@ from verinfer.engine.config import ModelConfig
 from verinfer.engine.model import IntModel, KVCache, embed, forward_layers, head
 from verinfer.engine.sampler import SamplingParams, sample
 from verinfer.errors import GenerationParamsError
+from verinfer.protocol import wire
 
 DEFAULT_PREFILL_CHUNK = 128
-OUTPUT_HASH_DOMAIN = b"verinfer-output-v1"
 
 
 def output_hash(token_ids: Sequence[int]) -> str:
-    """SHA-256 over the canonical encoding of output token ids (uint32 little-endian)."""
-    body = struct.pack(f"<I{len(token_ids)}I", len(token_ids), *token_ids)
-    return hashlib.sha256(OUTPUT_HASH_DOMAIN + body).hexdigest()
+    """The output commitment of the wire protocol (`verinfer.protocol.wire.output_hash`), hex."""
+    return wire.output_hash(token_ids).hex()
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""verinfer.localnet: a whole verified network on one machine (`verinfer up`)."""

@@ -1,0 +1,72 @@
+"""The supervisor: ready by line (and what the line says), named failures, nothing left running."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from verinfer.localnet.supervisor import ServiceFailed, ServiceSpec, Supervisor
+
+PY = sys.executable
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_ready_line_and_stop(tmp_path: Path) -> None:
+    script = "import time; print('working...'); print('listening on http://x:1234'); time.sleep(60)"
+    with Supervisor(tmp_path) as sup:
+        service = sup.start(ServiceSpec("svc", [PY, "-c", script],
+                                        ready_line=r"listening on (\S+)", timeout_s=20))
+        assert service.match == "http://x:1234"
+        pid = service.process.pid
+        assert alive(pid)
+    time.sleep(0.1)
+    assert not alive(pid) or service.process.poll() is not None
+    assert "working..." in (tmp_path / "svc.log").read_text()
+
+
+def test_exit_while_starting_is_named_with_its_log(tmp_path: Path) -> None:
+    script = "import sys; print('cannot open the model: no such directory'); sys.exit(3)"
+    with Supervisor(tmp_path) as sup, pytest.raises(ServiceFailed) as info:
+        sup.start(ServiceSpec("node-1", [PY, "-c", script], ready_line="never", timeout_s=20))
+    message = str(info.value)
+    assert "node-1 exited with status 3" in message
+    assert "cannot open the model" in message
+
+
+def test_silent_service_times_out(tmp_path: Path) -> None:
+    started = time.monotonic()
+    with Supervisor(tmp_path) as sup, pytest.raises(ServiceFailed, match="within 1 s"):
+        sup.start(ServiceSpec("quiet", [PY, "-c", "import time; time.sleep(60)"],
+                              ready_line="ready", timeout_s=1))
+    assert time.monotonic() - started < 15
+
+
+def test_sigterm_ignored_then_killed(tmp_path: Path) -> None:
+    script = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+              "print('ready', flush=True); time.sleep(60)")
+    sup = Supervisor(tmp_path)
+    service = sup.start(ServiceSpec("stubborn", [PY, "-c", script], ready_line="ready"))
+    started = time.monotonic()
+    sup.stop_all(grace_s=1)
+    assert service.process.returncode == -signal.SIGKILL
+    assert time.monotonic() - started < 10
+
+
+def test_dead_reports_a_crash(tmp_path: Path) -> None:
+    script = "import time; print('ready', flush=True); time.sleep(0.5)"
+    with Supervisor(tmp_path) as sup:
+        service = sup.start(ServiceSpec("short", [PY, "-c", script], ready_line="ready"))
+        service.process.wait(timeout=20)
+        assert [s.name for s in sup.dead()] == ["short"]
