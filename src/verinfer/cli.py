@@ -26,8 +26,9 @@ def _register_all() -> None:
     from verinfer.chain import cli as chain_cli
     from verinfer.econ import cli as econ_cli
     from verinfer.engine import cli as engine_cli
+    from verinfer.node import cli as node_cli
 
-    for role in (engine_cli, econ_cli, chain_cli):
+    for role in (engine_cli, econ_cli, chain_cli, node_cli):
         role.register(app)
 
 

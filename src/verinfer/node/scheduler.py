@@ -126,6 +126,7 @@ class Scheduler:
         self._lock = threading.Lock()
         self._waiting: deque[Submission] = deque()
         self._running: dict[int, _Running] = {}  # slot -> request
+        self.cancelled_total = 0  # requests dropped because their client went away
 
     # ---------------------------------------------------------------- any thread
 
@@ -183,9 +184,12 @@ class Scheduler:
     def _drop_cancelled(self) -> None:
         for slot in [s for s, r in self._running.items() if r.submission.cancelled]:
             del self._running[slot]
+            self.cancelled_total += 1
         with self._lock:
             if any(s.cancelled for s in self._waiting):
-                self._waiting = deque(s for s in self._waiting if not s.cancelled)
+                kept = deque(s for s in self._waiting if not s.cancelled)
+                self.cancelled_total += len(self._waiting) - len(kept)
+                self._waiting = kept
 
     def _admit(self) -> int:
         admitted = 0
