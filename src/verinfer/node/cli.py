@@ -106,10 +106,24 @@ def _serve(sock: socket.socket, endpoint: str, identity: object, domain: object,
     from verinfer.protocol import wire
 
     assert isinstance(identity, Identity) and isinstance(domain, wire.Domain)
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from verinfer.engine.checkpoint import expected_shapes
+    from verinfer.engine.config import load_config
+    from verinfer.engine.quantize import is_quantized_dir
+
     models = []
     for model_dir in model_dirs:
         _say(f"loading {model_dir} ...")
-        models.append(load_served_model(model_dir, slots, max_queue, device, progress=_say))
+        if is_quantized_dir(model_dir):  # loads without quantizing: nothing to count
+            models.append(load_served_model(model_dir, slots, max_queue, device))
+            continue
+        with Progress(console=Console(stderr=True), transient=True) as bar:
+            total = len(expected_shapes(load_config(model_dir)))
+            task = bar.add_task(f"quantizing {model_dir.name}", total=total)
+            models.append(load_served_model(model_dir, slots, max_queue, device,
+                                            progress=lambda _name: bar.advance(task)))
     names = {m.name for m in models}
     if len(names) != len(models):
         raise LocalError("two --model directories have the same name: rename one")
