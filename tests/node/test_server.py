@@ -304,7 +304,8 @@ def test_bytes_do_not_depend_on_the_batch(node: RunningNode, tiny_engine: Engine
     assert batch_sum > batch_count  # some steps decoded more than one request together
 
 
-def test_a_client_that_disconnects_frees_its_slot(node: RunningNode) -> None:
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_client_that_disconnects_frees_its_slot(node: RunningNode, stream: bool) -> None:
     scheduler = node.model.scheduler
     real_step = scheduler.step
 
@@ -316,18 +317,42 @@ def test_a_client_that_disconnects_frees_its_slot(node: RunningNode) -> None:
     try:
         before = scheduler.cancelled_total
         body = {"model": node.model.name, "prompt": "x", "max_tokens": 240, "ignore_eos": True,
-                "stream": True}
-        with httpx.Client(base_url=node.url, timeout=30) as client:
-            with client.stream("POST", "/v1/completions", json=body) as response:
-                lines = response.iter_lines()
-                assert next(lines).startswith("data: ")
-                assert scheduler.active == 1
+                "stream": stream}
+        if stream:
+            with httpx.Client(base_url=node.url, timeout=30) as client:
+                with client.stream("POST", "/v1/completions", json=body) as response:
+                    lines = response.iter_lines()
+                    assert next(lines).startswith("data: ")
+                    assert scheduler.active == 1
+        else:
+            with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes
+                httpx.post(node.url + "/v1/completions", json=body, timeout=0.5)
         deadline = time.monotonic() + 3  # the whole generation would take about 5 s
         while scheduler.active and time.monotonic() < deadline:
             time.sleep(0.02)
         assert scheduler.active == 0 and scheduler.cancelled_total == before + 1
     finally:
         del scheduler.step  # type: ignore[method-assign]
+
+
+def test_a_stream_resumes_on_from_tokens_already_sent(node: RunningNode) -> None:
+    body = {"model": node.model.name, "prompt": "Resume me", "max_tokens": 14,
+            "temperature": 0.9, "seed": 21}
+    whole = _post(node, "/v1/completions", body).json()
+    tokens = whole["verinfer"]["outputTokenIds"]
+    sent = 6
+    first_part = _post(node, "/v1/completions", {**body, "max_tokens": sent}).json()
+    resumed = _post(node, "/v1/completions",
+                    {**body, "verinfer": {"resume_token_ids": tokens[:sent]}})
+    assert resumed.status_code == 200, resumed.text
+    data = resumed.json()
+    assert data["verinfer"]["outputTokenIds"] == tokens
+    assert data["verinfer"]["receipt"]["logitsHash"] == whole["verinfer"]["receipt"]["logitsHash"]
+    # what the first node streamed (held-back text aside) plus the continuation is the whole
+    assert whole["choices"][0]["text"].startswith(first_part["choices"][0]["text"][:1])
+    forged = _post(node, "/v1/completions",
+                   {**body, "verinfer": {"resume_token_ids": [(tokens[0] + 1) % 256]}})
+    assert forged.status_code == 409 and forged.json()["error"]["code"] == "resume_mismatch"
 
 
 def test_queue_full_is_429_with_retry_after(node: RunningNode) -> None:

@@ -32,6 +32,7 @@ from prometheus_client import (
 )
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from verinfer.api.schemas import (
     AssistantMessage,
@@ -59,7 +60,7 @@ from verinfer.api.schemas import (
     VerifyResponse,
 )
 from verinfer.engine.generate import GenerationResult
-from verinfer.errors import GenerationParamsError, ModelError
+from verinfer.errors import GenerationParamsError, ModelError, VerinferError
 from verinfer.node.scheduler import (
     QueueFull,
     ResumeMismatch,
@@ -97,6 +98,10 @@ ERRORS: list[tuple[type[Exception], int, str, str]] = [
     (wire.MessageMismatch, 403, "permission_error", "job_refused"),
     (ModelError, 400, "invalid_request_error", "model_error"),
 ]
+
+
+class ClientGone(Exception):
+    """The client closed its connection before its answer was ready."""
 
 
 class BadRequest(Exception):
@@ -161,6 +166,35 @@ class NodeMetrics:
             self.step_seconds.observe(stats.seconds)
         self.queue_depth.set(scheduler.queued)
         self.active.set(scheduler.active)
+
+
+class CountRequests:
+    """ASGI middleware counting requests by route and status (a plain ASGI wrapper, so
+    `request.is_disconnected()` still sees the client go away)."""
+
+    ROUTES = frozenset({"/health", "/metrics", "/v1/models", "/v1/completions",
+                        "/v1/chat/completions", "/verify"})
+
+    def __init__(self, app: ASGIApp, metrics: NodeMetrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def send_counted(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_counted)
+        finally:
+            route = scope["path"] if scope["path"] in self.ROUTES else "other"
+            self.metrics.requests.labels(route, str(status)).inc()
 
 
 @dataclass
@@ -264,14 +298,16 @@ def create_app(
 
     app = FastAPI(title="verinfer node", lifespan=lifespan, docs_url=None, redoc_url=None)
 
-    @app.middleware("http")
-    async def count_requests(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        try:
-            response = await call_next(request)
-        except Exception as exc:  # an error that escaped a route: still an envelope
-            response = envelope(exc)
-        metrics.requests.labels(request.url.path, str(response.status_code)).inc()
-        return response
+    app.add_middleware(CountRequests, metrics=metrics)
+
+    @app.exception_handler(BadRequest)
+    @app.exception_handler(VerinferError)
+    async def known_error(request: Request, exc: Exception) -> JSONResponse:
+        return envelope(exc)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        return envelope(exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -315,22 +351,27 @@ def create_app(
                 stream(generation, body, ident, created), media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache"},
             )
+        watcher = asyncio.create_task(watch_disconnect(request, generation))
         try:
             while not generation.done:
-                try:
-                    await asyncio.wait_for(generation.next(), DISCONNECT_POLL_S)
-                except TimeoutError:
-                    if await request.is_disconnected():
-                        generation.cancel()
-                        return error_response(499, "client disconnected", "invalid_request_error",
-                                              "client_closed")
+                await generation.next()
+        except ClientGone:
+            return error_response(499, "client disconnected", "invalid_request_error", "client_closed")
         except Exception as exc:
             return envelope(exc)
         finally:
+            watcher.cancel()
             if not generation.done:
                 generation.cancel()
         count_completion(generation)
         return JSONResponse(response(generation, body, ident, created).model_dump(exclude_none=True))
+
+    async def watch_disconnect(request: Request, generation: Generation) -> None:
+        """End a non-streamed request whose client went away (frees its slots)."""
+        while not await request.is_disconnected():
+            await asyncio.sleep(DISCONNECT_POLL_S)
+        generation.cancel()
+        generation.queue.put_nowait((-1, StepEvent(error=ClientGone())))
 
     def count_completion(generation: Generation) -> None:
         metrics.tokens.labels("completion").inc(generation.usage().completion_tokens)

@@ -192,6 +192,8 @@ class NodeService:
             )
         if request.job is not None and request.n != 1:
             raise GenerationParamsError("a request with a job has n = 1 (one job per row)")
+        if request.resume_token_ids and request.n != 1:
+            raise GenerationParamsError("a resumed request has n = 1 (the tokens are one row's)")
         seed = request.seed if request.seed is not None else secrets.randbits(63)
         rows = []
         for index in range(request.n):
