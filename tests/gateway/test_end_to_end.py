@@ -8,9 +8,11 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -107,7 +109,7 @@ def test_openai_client_through_the_gateway_to_real_nodes_then_challenged_and_set
         assert len(service.router.serving(model.name)) == 3
         receipts = asyncio.run(_traffic(app, model.name))
         for data in receipts:
-            bundle, receipt = load_bundle(data)
+            _, receipt = load_bundle(data)
             assert receipt.gateway == gateway.address and receipt.user == USER
         assert store.count_receipts() == 3
 
@@ -157,3 +159,64 @@ async def _traffic(app: object, model: str) -> list[dict[str, object]]:
     assert "".join(pieces) == chat.choices[0].message.content  # same seed: same bytes
     out.append(receipt)
     return out
+
+
+def test_verinfer_gateway_process_serves_survives_kill_9_and_keeps_receipts(
+        network: tuple[Path, str, DevChain, str, Path], tmp_path: Path) -> None:
+    root, rpc, dev, contract, model = network
+    procs = start_nodes(root, rpc, model, 1)
+    env = {**os.environ, "PYTHONPATH": str(SRC), "VERINFER_DATA_DIR": str(root),
+           "VERINFER_CHAIN_RPC": rpc}
+    state = tmp_path / "gw"
+    owner = SettlementClient(Web3(DevChainProvider(dev)), contract,
+                             Account.from_key(dev_private_key(0)))
+    owner.deposit(10**16, USER)
+    added = subprocess.run([sys.executable, "-m", "verinfer.cli", "gateway", "keys", "add",
+                            "--user", USER, "--data-dir", str(state)], capture_output=True,
+                           text=True, env=env, timeout=120, check=True)
+    key = added.stdout.strip()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "verinfer.cli", "gateway", "--port", str(port), "--model",
+           str(model), "--data-dir", str(state), "--contract", contract]
+
+    def start() -> subprocess.Popen[str]:
+        gw = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                              env=env)
+        assert gw.stdout is not None
+        for _ in range(5):
+            line = gw.stdout.readline()
+            if line.startswith("gateway "):
+                break
+        assert line.startswith("gateway "), line
+        for _ in range(100):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200:
+                    return gw
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise AssertionError("the gateway did not answer /health")
+
+    gateways: list[subprocess.Popen[str]] = []
+    try:
+        assert procs[0].stdout is not None and READY.match(procs[0].stdout.readline())
+        gw = start()
+        gateways.append(gw)
+        with openai.OpenAI(api_key=key, base_url=f"http://127.0.0.1:{port}/v1",
+                           timeout=120) as client:
+            chat = client.chat.completions.create(model=model.name, max_tokens=4, seed=1,
+                                                  messages=[{"role": "user", "content": "Hi"}])
+        receipt_id = (chat.model_extra or {})["verinfer"]["receiptId"]
+        os.kill(gw.pid, signal.SIGKILL)
+        gw.communicate(timeout=30)
+        gw = start()
+        gateways.append(gw)
+        fetched = httpx.get(f"http://127.0.0.1:{port}/v1/receipts/{receipt_id}",
+                            headers={"authorization": f"Bearer {key}"}, timeout=30)
+        assert fetched.status_code == 200 and fetched.json()["receiptId"] == receipt_id
+        load_bundle(fetched.json())
+    finally:
+        for proc in gateways + procs:
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=60)

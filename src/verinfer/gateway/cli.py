@@ -90,6 +90,9 @@ def gateway(
     rpc_url: Annotated[str | None, typer.Option("--rpc-url", help="[env VERINFER_CHAIN_RPC]")]
     = None,
     contract: Annotated[str | None, typer.Option("--contract")] = None,
+    cost: Annotated[int | None, typer.Option(
+        "--cost", help="what one validation costs a node, in wei (C of the parameter check); "
+        "default: the validators' reward share R_V/n, the most at which validating pays")] = None,
     force: Annotated[bool, typer.Option("--force", help="run with unsafe parameters")] = False,
 ) -> None:
     """Run the gateway (`verinfer gateway --port 8000 --model models/demo`)."""
@@ -99,12 +102,12 @@ def gateway(
         raise LocalError("pass --model DIR for each model the gateway serves (its tokenizer "
                          "and configuration commit the prompts)")
     serve(port, host, gateway_dir(data_dir), model, p, validators, arbitrators, price,
-          epoch_seconds, rpc_url, contract, force, data_dir)
+          epoch_seconds, rpc_url, contract, cost, force, data_dir)
 
 
 def serve(port: int, host: str, state: Path, models: list[Path], p_ppm: int, validators: int,
           arbitrators: int, price: int, epoch_seconds: float, rpc_url: str | None,
-          contract: str | None, force: bool, data_dir: Path | None) -> None:
+          contract: str | None, cost: int | None, force: bool, data_dir: Path | None) -> None:
     import logging
 
     import uvicorn
@@ -132,8 +135,9 @@ def serve(port: int, host: str, state: Path, models: list[Path], p_ppm: int, val
     settler = ChainV1Settler(client)
     params = client.params()
     pos = PosParams(p_ppm, validators, arbitrators, params).validate()
-    verdict = enforce(econ_params_for(pos, cost=float(params.reward_asserter or 1)),
-                      pos.challenge_probability, force=force, min_stake=params.min_stake)
+    cost = cost if cost is not None else max(params.reward_validators // validators, 1)
+    verdict = enforce(econ_params_for(pos, cost=float(cost)), pos.challenge_probability,
+                      force=force, min_stake=params.min_stake)
     typer.echo(f"parameters: p = {p_ppm} ppm, n = {validators}, m = {arbitrators}: "
                f"{verdict.message}")
     specs = {spec.name: spec for spec in (ModelSpec.from_dir(m) for m in models)}
