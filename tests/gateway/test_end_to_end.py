@@ -220,3 +220,17 @@ def test_verinfer_gateway_process_serves_survives_kill_9_and_keeps_receipts(
         for proc in gateways + procs:
             proc.send_signal(signal.SIGTERM)
             proc.communicate(timeout=60)
+
+
+def test_the_gateway_refuses_to_start_with_parameters_under_which_cheating_pays(
+        network: tuple[Path, str, DevChain, str, Path], tmp_path: Path) -> None:
+    root, rpc, _, contract, model = network
+    env = {**os.environ, "PYTHONPATH": str(SRC), "VERINFER_DATA_DIR": str(root),
+           "VERINFER_CHAIN_RPC": rpc}
+    done = subprocess.run([sys.executable, "-m", "verinfer.cli", "gateway", "--model", str(model),
+                           "--data-dir", str(tmp_path), "--contract", contract, "--p", "1",
+                           "--validators", "1"],
+                          capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert done.returncode == 2, done.stderr
+    assert "cheating pays" in done.stderr and "raise p" in done.stderr
+    assert "Traceback" not in done.stderr
