@@ -416,3 +416,17 @@ def test_verify_agrees_with_an_honest_result_and_catches_a_wrong_token(node: Run
     assert _post(node, "/verify", _verify_body(bundle, other, honest)).status_code == 403
     mismatched = _verify_body(bundle, _challenge(node, bundle, honest, 4), wrong)
     assert _post(node, "/verify", mismatched).status_code == 403  # tokens are not the challenged ones
+
+
+def test_gateway_side_commitment_equals_the_nodes(node: RunningNode) -> None:
+    from verinfer.api.commitment import commit
+    from verinfer.api.schemas import ChatCompletionRequest
+
+    body = {"model": node.model.name, "messages": [{"role": "user", "content": "Hey"}],
+            "max_tokens": 4, "seed": 12, "n": 2, "temperature": 0.6, "stop": ["\n"]}
+    committed = commit(ChatCompletionRequest.model_validate(body), node.model.model_id,
+                       node.model.prompts, node.model.engine.config.context_length)
+    served = _post(node, "/v1/chat/completions", body)
+    assert served.status_code == 200, served.text
+    receipts = served.json()["verinfer"]
+    assert [_bundle(r).request for r in receipts] == [row.request for row in committed.rows]
