@@ -123,7 +123,7 @@ def _serve(sock: socket.socket, endpoint: str, identity: object, domain: object,
             total = len(expected_shapes(load_config(model_dir)))
             task = bar.add_task(f"quantizing {model_dir.name}", total=total)
             models.append(load_served_model(model_dir, slots, max_queue, device,
-                                            progress=lambda _name: bar.advance(task)))
+                                            progress=lambda _name, t=task: bar.advance(t)))
     names = {m.name for m in models}
     if len(names) != len(models):
         raise LocalError("two --model directories have the same name: rename one")
