@@ -70,3 +70,20 @@ def test_dead_reports_a_crash(tmp_path: Path) -> None:
         service = sup.start(ServiceSpec("short", [PY, "-c", script], ready_line="ready"))
         service.process.wait(timeout=20)
         assert [s.name for s in sup.dead()] == ["short"]
+
+
+def test_start_all_launches_side_by_side(tmp_path: Path) -> None:
+    slow = ("import time; print('born', time.time(), flush=True); time.sleep(1); "
+            "print('ready', time.time(), flush=True); time.sleep(60)")
+    with Supervisor(tmp_path) as sup:
+        services = sup.start_all([ServiceSpec(f"n{i}", [PY, "-c", slow], ready_line="ready")
+                                  for i in range(3)])
+        assert len(services) == 3 and not sup.dead()
+
+    def stamp(name: str, word: str) -> float:
+        [line] = [x for x in (tmp_path / f"{name}.log").read_text().splitlines()
+                  if x.startswith(word)]
+        return float(line.split()[1])
+
+    # The last one was started before the first one was ready: none waited for another.
+    assert stamp("n2", "born") < stamp("n0", "ready")

@@ -79,6 +79,18 @@ class Supervisor:
         self, spec: ServiceSpec, status: Callable[[str], object] | None = None
     ) -> Service:
         """Start `spec` and wait until it is ready; raise `ServiceFailed` if it is not."""
+        return self.start_all([spec], status)[0]
+
+    def start_all(
+        self, specs: Sequence[ServiceSpec], status: Callable[[str], object] | None = None
+    ) -> list[Service]:
+        """Start every spec at once, then wait for each (they load models side by side)."""
+        launched = [self._launch(spec) for spec in specs]
+        for service, offset in launched:
+            self._wait_ready(service, offset, status)
+        return [service for service, _ in launched]
+
+    def _launch(self, spec: ServiceSpec) -> tuple[Service, int]:
         log_path = self.log_dir / f"{spec.name}.log"
         log_file = log_path.open("ab")
         log_file.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} start: "
@@ -99,8 +111,7 @@ class Supervisor:
             raise ServiceFailed(f"{spec.name} could not be started: {exc}") from exc
         service = Service(spec, process, log_path, log_file)
         self.services.append(service)
-        self._wait_ready(service, offset, status)
-        return service
+        return service, offset
 
     def _wait_ready(
         self, service: Service, offset: int, status: Callable[[str], object] | None
