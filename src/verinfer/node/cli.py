@@ -11,10 +11,11 @@ says where the node is:
 
 from __future__ import annotations
 
+import functools
 import socket
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -26,6 +27,10 @@ DEFAULT_PORT = 9001
 
 def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
+
+
+def _advance(bar: Any, task: Any, _tensor_name: str) -> None:
+    bar.advance(task)
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -122,8 +127,8 @@ def _serve(sock: socket.socket, endpoint: str, identity: object, domain: object,
         with Progress(console=Console(stderr=True), transient=True) as bar:
             total = len(expected_shapes(load_config(model_dir)))
             task = bar.add_task(f"quantizing {model_dir.name}", total=total)
-            models.append(load_served_model(model_dir, slots, max_queue, device,
-                                            progress=lambda _name, t=task: bar.advance(t)))
+            advance = functools.partial(_advance, bar, task)
+            models.append(load_served_model(model_dir, slots, max_queue, device, progress=advance))
     names = {m.name for m in models}
     if len(names) != len(models):
         raise LocalError("two --model directories have the same name: rename one")
