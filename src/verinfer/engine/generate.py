@@ -1,4 +1,5 @@
-"""Decoding: prefill -> decode_one_token -> decode_n_tokens (streamed) -> generate.
+"""Decoding: prefill -> decode_one_token -> decode_n_tokens (streamed) -> generate; and
+teacher_forced_logits, every step's logits of a given output by one prefill (for replay).
 
 Prompts of different lengths share one preallocated KV cache, one row each. Each prompt is
 prefilled on its own (in chunks), then all unfinished rows decode together, one token per step.

@@ -11,10 +11,11 @@ says where the node is:
 
 from __future__ import annotations
 
+import functools
 import socket
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -26,6 +27,10 @@ DEFAULT_PORT = 9001
 
 def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
+
+
+def _advance(bar: Any, task: Any, _tensor_name: str) -> None:
+    bar.advance(task)
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -46,19 +51,39 @@ def _url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+ModelOpt = Annotated[list[Path], typer.Option(
+    "--model", help="model directory (repeat to serve several); its name is the directory's name")]
+PortOpt = Annotated[int, typer.Option("--port", help="port (0: any free one)")]
+HostOpt = Annotated[str, typer.Option("--host", help="address to bind (loopback by default)")]
+DataDirOpt = Annotated[Path | None, typer.Option(
+    "--data-dir", help="this node's state (key file, seen nonces); "
+    "default: $VERINFER_DATA_DIR/node, else ~/.verinfer/node")]
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads for the engine")]
+SlotsOpt = Annotated[int, typer.Option(
+    "--slots", help="requests decoded together (KV cache rows per model)")]
+QueueOpt = Annotated[int, typer.Option(
+    "--max-queue", help="requests that may wait for a slot; more get 429")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu or cuda")]
+DevRegisterOpt = Annotated[bool, typer.Option(
+    "--dev-register",
+    help="dev chain only: fund this node from a dev account, register it and stake the minimum")]
+DevFunderOpt = Annotated[int, typer.Option(
+    "--dev-funder", help="dev account index that funds --dev-register")]
+
+
 def node(
-    model: Annotated[list[Path], typer.Option("--model", help="model directory (repeat to serve several); its name is the directory's name")],
-    port: Annotated[int, typer.Option("--port", help="port (0: any free one)")] = DEFAULT_PORT,
-    host: Annotated[str, typer.Option("--host", help="address to bind (loopback by default)")] = "127.0.0.1",
-    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="this node's state (key file, seen nonces); default: $VERINFER_DATA_DIR/node, else ~/.verinfer/node")] = None,
-    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads for the engine")] = None,
-    slots: Annotated[int, typer.Option("--slots", help="requests decoded together (KV cache rows per model)")] = 4,
-    max_queue: Annotated[int, typer.Option("--max-queue", help="requests that may wait for a slot; more get 429")] = 32,
-    device: Annotated[str, typer.Option("--device", help="cpu or cuda")] = "cpu",
+    model: ModelOpt,
+    port: PortOpt = DEFAULT_PORT,
+    host: HostOpt = "127.0.0.1",
+    data_dir: DataDirOpt = None,
+    threads: ThreadsOpt = None,
+    slots: SlotsOpt = 4,
+    max_queue: QueueOpt = 32,
+    device: DeviceOpt = "cpu",
     rpc_url: RpcOpt = None,
     contract: ContractOpt = None,
-    dev_register: Annotated[bool, typer.Option("--dev-register", help="dev chain only: fund this node from a dev account, register it and stake the minimum")] = False,
-    dev_funder: Annotated[int, typer.Option("--dev-funder", help="dev account index that funds --dev-register")] = 0,
+    dev_register: DevRegisterOpt = False,
+    dev_funder: DevFunderOpt = 0,
 ) -> None:
     """Serve models over the OpenAI-compatible API (and /verify as a validator)."""
     import os
@@ -122,8 +147,8 @@ def _serve(sock: socket.socket, endpoint: str, identity: object, domain: object,
         with Progress(console=Console(stderr=True), transient=True) as bar:
             total = len(expected_shapes(load_config(model_dir)))
             task = bar.add_task(f"quantizing {model_dir.name}", total=total)
-            models.append(load_served_model(model_dir, slots, max_queue, device,
-                                            progress=lambda _name: bar.advance(task)))
+            advance = functools.partial(_advance, bar, task)
+            models.append(load_served_model(model_dir, slots, max_queue, device, progress=advance))
     names = {m.name for m in models}
     if len(names) != len(models):
         raise LocalError("two --model directories have the same name: rename one")

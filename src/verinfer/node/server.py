@@ -15,7 +15,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -34,6 +34,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from verinfer.api.commitment import ContextExceeded, params_of
 from verinfer.api.schemas import (
     AssistantMessage,
     ChatChoice,
@@ -69,14 +70,7 @@ from verinfer.node.scheduler import (
     StepStats,
     Submission,
 )
-from verinfer.node.service import (
-    ContextExceeded,
-    NodeService,
-    Plan,
-    ReplayedMessage,
-    UnknownModel,
-    params_of,
-)
+from verinfer.node.service import NodeService, Plan, ReplayedMessage, UnknownModel
 from verinfer.protocol import wire
 
 log = logging.getLogger("verinfer.node")

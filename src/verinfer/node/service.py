@@ -11,12 +11,8 @@
   receipt on a *self-issued* job: gateway and user are the zero address, price 0 (so fee 0),
   a random nonce, deadline = the time it was served, and an all-zero signature (no gateway
   signed it). The receipt itself is signed by the node as usual.
-- **Seeds.** A request without `seed` gets a random one, committed in its receipt. With
-  `n > 1`, row 0 uses the seed and row i > 0 the first 8 bytes (little-endian) of
-  SHA-256(`verinfer-choice-v1` || seed as uint64 LE || i as uint32 LE): independent rows, each
-  reproducible from its own receipt. A job covers one row, so a request with a job has n = 1.
-- **max_tokens.** Completions default to 16 (OpenAI's default), chats to the room left in the
-  context; a prompt plus max_tokens beyond the context is refused (400), as OpenAI does.
+- **Commitments.** Prompt ids, max_tokens defaults and per-row seeds follow
+  `verinfer.api.commitment`, which the gateway uses too. A job covers one row: n = 1.
 - **Verify.** A challenge is checked as a job (signature, validator named, deadline, nonce);
   the request sent with it must hash to the challenged request and the claimed tokens to its
   output hash; the replay runs on the engine thread; the verdict is signed.
@@ -24,18 +20,16 @@
 
 from __future__ import annotations
 
-import hashlib
 import secrets
-import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from verinfer.api.commitment import commit
 from verinfer.api.prompt import PromptBuilder
 from verinfer.api.schemas import (
-    DEFAULT_COMPLETION_MAX_TOKENS,
     ChatCompletionRequest,
     CompletionRequest,
     SamplingRequest,
@@ -43,7 +37,7 @@ from verinfer.api.schemas import (
 )
 from verinfer.engine.api import Engine
 from verinfer.engine.replay import ReplayResult, replay
-from verinfer.engine.sampler import TEMPERATURE_UNIT, TOP_P_UNIT, SamplingParams
+from verinfer.engine.sampler import SamplingParams
 from verinfer.errors import GenerationParamsError, LocalError, RemoteError
 from verinfer.keyfile import Identity
 from verinfer.node.nonces import SeenNonces
@@ -51,7 +45,6 @@ from verinfer.node.scheduler import Scheduler
 from verinfer.node.worker import EngineWorker
 from verinfer.protocol import wire
 
-CHOICE_SEED_DOMAIN = b"verinfer-choice-v1"
 UNSIGNED = bytes(65)  # the signature of a self-issued job: no gateway signed it
 
 
@@ -59,33 +52,8 @@ class UnknownModel(LocalError):
     """The request names a model this node does not serve (HTTP 404)."""
 
 
-class ContextExceeded(GenerationParamsError):
-    """Prompt plus max_tokens do not fit in the model's context."""
-
-
 class ReplayedMessage(RemoteError):
     """A job or challenge whose (signer, nonce) was already accepted."""
-
-
-def choice_seed(seed: int, index: int) -> int:
-    """The seed of choice `index` of a request with `seed` (module docstring)."""
-    if index == 0:
-        return seed
-    digest = hashlib.sha256(CHOICE_SEED_DOMAIN + struct.pack("<QI", seed, index)).digest()
-    return int.from_bytes(digest[:8], "little")
-
-
-def params_of(request: wire.Request, stop: Sequence[str]) -> SamplingParams:
-    """The engine's parameters from a request commitment's integers."""
-    return SamplingParams(
-        max_tokens=request.max_tokens,
-        temperature=request.temperature_milli / TEMPERATURE_UNIT,
-        top_k=request.top_k,
-        top_p=request.top_p_micro / TOP_P_UNIT,
-        seed=request.seed,
-        stop=tuple(stop),
-        ignore_eos=request.ignore_eos,
-    )
 
 
 @dataclass
@@ -170,59 +138,18 @@ class NodeService:
     def plan(self, request: CompletionRequest | ChatCompletionRequest) -> Plan:
         """Validate a request and bind it to its rows and jobs (or self-issued jobs)."""
         model = self.model(request.model)
-        if isinstance(request, ChatCompletionRequest):
-            prompt_ids = model.prompts.chat(request.messages)
-            max_tokens = request.max_new_tokens
-            logprobs = (request.top_logprobs or 0) if request.logprobs else None
-        else:
-            prompt_ids = model.prompts.completion(request.prompt)
-            max_tokens = request.max_tokens or DEFAULT_COMPLETION_MAX_TOKENS
-            logprobs = request.logprobs
-        context = model.engine.config.context_length
-        if len(prompt_ids) >= context:
-            raise ContextExceeded(
-                f"the prompt has {len(prompt_ids)} tokens; the model's context is {context}"
-            )
-        if max_tokens is None:
-            max_tokens = context - len(prompt_ids)
-        if len(prompt_ids) + max_tokens > context:
-            raise ContextExceeded(
-                f"prompt ({len(prompt_ids)} tokens) plus max_tokens ({max_tokens}) exceed the "
-                f"model's context of {context} tokens: lower max_tokens"
-            )
         if request.job is not None and request.n != 1:
             raise GenerationParamsError("a request with a job has n = 1 (one job per row)")
         if request.resume_token_ids and request.n != 1:
             raise GenerationParamsError("a resumed request has n = 1 (the tokens are one row's)")
-        seed = request.seed if request.seed is not None else secrets.randbits(63)
-        rows = []
-        for index in range(request.n):
-            params = self._params(request, max_tokens, choice_seed(seed, index))
-            commitment = wire.Request.build(
-                model.model_id,
-                prompt_ids,
-                max_tokens=params.max_tokens,
-                temperature_milli=params.temperature_milli,
-                top_k=params.top_k,
-                top_p_micro=params.top_p_micro,
-                seed=params.seed,
-                stop=params.stop,
-                ignore_eos=params.ignore_eos,
-            )
-            rows.append(Row(index, params, commitment, self._job_for(request, commitment)))
-        return Plan(model, prompt_ids, rows, list(request.resume_token_ids), logprobs)
-
-    @staticmethod
-    def _params(request: SamplingRequest, max_tokens: int, seed: int) -> SamplingParams:
-        return SamplingParams(
-            max_tokens=max_tokens,
-            temperature=request.temperature,
-            top_k=max(request.top_k, 0),
-            top_p=request.top_p,
-            seed=seed,
-            stop=request.stop_sequences,
-            ignore_eos=request.ignore_eos,
-        )
+        committed = commit(request, model.model_id, model.prompts, model.engine.config.context_length)
+        if isinstance(request, ChatCompletionRequest):
+            logprobs = (request.top_logprobs or 0) if request.logprobs else None
+        else:
+            logprobs = request.logprobs
+        rows = [Row(r.index, r.params, r.request, self._job_for(request, r.request))
+                for r in committed.rows]
+        return Plan(model, committed.prompt_ids, rows, list(request.resume_token_ids), logprobs)
 
     def _job_for(self, request: SamplingRequest, commitment: wire.Request) -> wire.Signed:
         if request.job is None:
