@@ -25,9 +25,11 @@ app = typer.Typer(
 def _register_all() -> None:
     from verinfer.chain import cli as chain_cli
     from verinfer.econ import cli as econ_cli
+    from verinfer import verify
     from verinfer.engine import cli as engine_cli
+    from verinfer.gateway import cli as gateway_cli
 
-    for role in (engine_cli, econ_cli, chain_cli):
+    for role in (engine_cli, econ_cli, chain_cli, gateway_cli, verify):
         role.register(app)
 
 

@@ -1,0 +1,1 @@
+"""The gateway: the users' OpenAI-compatible entry point, its router, challenger and epoch settler."""

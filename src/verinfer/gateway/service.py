@@ -1,0 +1,410 @@
+"""The gateway's request path: authenticate, price, route, sign the job, check the receipt, record it.
+
+Below the HTTP layer and drivable without sockets (node calls go through `NodeClient`s made by
+a factory, which tests give an in-memory transport). The gateway always asks nodes for a
+stream, whatever the user asked: a stalled node is then noticed between tokens (the client's
+read timeout), and a stream cut off after some tokens continues on the next node from the
+tokens already sent (`verinfer.resume_token_ids`), which any honest node turns into the same
+bytes. To know those tokens the gateway reads the ids each stream chunk carries in the
+extension field `choices[i].token_ids` (docs/protocol-v2.md, "Streams"). A receipt is checked
+(signatures, the job the gateway signed, request commitment, output hash, the tokens streamed)
+and recorded before its response leaves the gateway.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from verinfer.api.schemas import (
+    DEFAULT_COMPLETION_MAX_TOKENS,
+    ChatCompletionRequest,
+    ChatMessage,
+    CompletionRequest,
+    StreamOptions,
+    VerinferRequestExtension,
+)
+from verinfer.errors import GenerationParamsError, LocalError, ModelError, RemoteError
+from verinfer.gateway.router import NoNodeAvailable, RegisteredNode, Router
+from verinfer.gateway.settler import Settler
+from verinfer.gateway.store import GatewayStore
+from verinfer.keyfile import Identity
+from verinfer.node.client import NodeBusy, NodeClient, NodeRefused, NodeUnavailable
+from verinfer.protocol import wire
+
+JOB_TTL_S = 600
+MAX_ATTEMPTS = 4  # nodes tried for one request before the user gets a 502
+UserRequest = CompletionRequest | ChatCompletionRequest
+
+
+class Unauthorized(LocalError):
+    """401: no API key, or one this gateway does not know."""
+
+
+class PaymentRequired(LocalError):
+    """402: the account cannot pay for the request."""
+
+
+class UnknownModel(LocalError):
+    """404: the gateway does not serve this model."""
+
+
+class UpstreamFailed(RemoteError):
+    """502: every node tried failed the request, or one broke the protocol mid-stream."""
+
+
+class BadReceipt(RemoteError):
+    """A node's receipt does not check out; the node is treated as failed."""
+
+
+class Prompts(Protocol):
+    """How a model's prompts become token ids (`verinfer.api.prompt.PromptBuilder`, which the
+    nodes use too, so both sides commit to the same ids)."""
+
+    def chat(self, messages: list[ChatMessage]) -> list[int]: ...
+
+    def completion(self, prompt: str | list[int]) -> list[int]: ...
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the gateway must know of a model to commit to a request: how prompts are tokenized,
+    the context length, and (when pinned) the model_id nodes must serve."""
+
+    name: str
+    prompts: Prompts
+    context_length: int
+    model_id: bytes | None = None
+
+    @classmethod
+    def from_dir(cls, model_dir: Path) -> ModelSpec:
+        """Tokenizer and configuration of a model directory (weights are not read); a quantized
+        directory's manifest pins the model_id."""
+        import json
+
+        from tokenizers import Tokenizer
+
+        from verinfer.api.prompt import PromptBuilder
+        from verinfer.engine.config import load_config
+        from verinfer.engine.quantize import QUANTIZED_MANIFEST, is_quantized_dir
+
+        if not (model_dir / "tokenizer.json").is_file():
+            raise ModelError(f"{model_dir}: no tokenizer.json (pass a model directory)")
+        tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        model_id = None
+        if is_quantized_dir(model_dir):
+            from verinfer.engine.config import ModelConfig
+
+            manifest = json.loads((model_dir / QUANTIZED_MANIFEST).read_text())
+            config = ModelConfig.from_dict(manifest["config"])
+            model_id = bytes.fromhex(str(manifest["model_id"]).removeprefix("0x"))
+        else:
+            config = load_config(model_dir)
+        return cls(model_dir.name, PromptBuilder.from_dir(model_dir, tokenizer),
+                   config.context_length, model_id)
+
+
+@dataclass
+class Prepared:
+    """A user's request, committed: what the node is asked and what the job signs."""
+
+    kind: str  # "chat" or "completion"
+    user_model: str
+    account: str
+    body: UserRequest  # as forwarded (seed and max_tokens fixed), without the extension
+    prompt_ids: list[int]
+    request: wire.Request
+    stop: tuple[str, ...]
+    model_id: bytes
+    max_fee: int
+    stream: bool
+    include_usage: bool
+    logprobs: bool
+
+
+@dataclass
+class Delta:
+    """Text (and the token ids it completes) to pass on to the user."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None
+    logprobs: Any = None
+
+
+@dataclass
+class Done:
+    bundle: dict[str, Any]
+    usage: dict[str, int]
+    node: str
+    failovers: int
+
+
+@dataclass
+class GatewayStats:
+    requests: int = 0
+    failovers: int = 0
+    resumed_streams: int = 0
+    receipts: int = 0
+    refused: dict[int, int] = field(default_factory=dict)
+
+
+class GatewayService:
+    """The gateway's state and rules for serving users."""
+
+    def __init__(
+        self,
+        store: GatewayStore,
+        settler: Settler,
+        router: Router,
+        models: dict[str, ModelSpec],
+        identity: Identity,
+        domain: wire.Domain,
+        price_per_token: int,
+        clients: Callable[[RegisteredNode], NodeClient],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store, self.settler, self.router = store, settler, router
+        self.models, self.identity, self.domain = models, identity, domain
+        self.price_per_token = price_per_token
+        self.clients = clients
+        self.clock = clock
+        self.stats = GatewayStats()
+        self._reserved: dict[str, int] = {}
+
+    # ---------------------------------------------------------------- admission
+
+    def authenticate(self, authorization: str | None) -> str:
+        """The chain account an `Authorization: Bearer KEY` header bills."""
+        if not authorization or not authorization.startswith("Bearer "):
+            raise Unauthorized("missing API key: send `Authorization: Bearer KEY` "
+                               "(keys come from `verinfer gateway keys add`)")
+        account = self.store.account_of_key(authorization.removeprefix("Bearer ").strip())
+        if account is None:
+            raise Unauthorized("unknown API key")
+        return account
+
+    def model_id_of(self, spec: ModelSpec) -> bytes:
+        if spec.model_id is not None:
+            return spec.model_id
+        claimed = self.router.models().get(spec.name)
+        if claimed is None:
+            raise NoNodeAvailable(f"no healthy node serves model {spec.name!r} yet")
+        return claimed
+
+    def prepare(self, account: str, body: UserRequest) -> Prepared:
+        """Commit to the request (prompt ids, every sampling value) and reserve its worst fee."""
+        spec = self.models.get(body.model)
+        if spec is None:
+            served = ", ".join(sorted(self.models)) or "none"
+            raise UnknownModel(f"model {body.model!r} is not served here (served: {served})")
+        if body.n != 1:
+            raise GenerationParamsError("n must be 1 through the gateway (one receipt per job)")
+        if body.verinfer is not None:
+            raise GenerationParamsError("the `verinfer` field is set by the gateway, not by users")
+        if isinstance(body, ChatCompletionRequest):
+            kind, prompt_ids = "chat", spec.prompts.chat(body.messages)
+            max_tokens = body.max_new_tokens
+            logprobs = body.logprobs
+        else:
+            kind, prompt_ids = "completion", spec.prompts.completion(body.prompt)
+            max_tokens = body.max_tokens or DEFAULT_COMPLETION_MAX_TOKENS
+            logprobs = body.logprobs is not None
+        room = spec.context_length - len(prompt_ids)
+        if room < 1:
+            raise GenerationParamsError(f"the prompt has {len(prompt_ids)} tokens; the model's "
+                                        f"context is {spec.context_length}")
+        max_tokens = room if max_tokens is None else max_tokens
+        if max_tokens > room:
+            raise GenerationParamsError(
+                f"prompt ({len(prompt_ids)} tokens) plus max_tokens ({max_tokens}) exceed the "
+                f"model's context of {spec.context_length} tokens: lower max_tokens")
+        seed = body.seed if body.seed is not None else secrets.randbits(63)
+        temperature_milli = round(body.temperature * 1000)
+        if body.temperature > 0 and temperature_milli == 0:
+            raise GenerationParamsError("temperature must be 0 (greedy) or at least 0.001")
+        model_id = self.model_id_of(spec)
+        request = wire.Request.build(
+            model_id, prompt_ids, max_tokens=max_tokens, temperature_milli=temperature_milli,
+            top_k=max(body.top_k, 0), top_p_micro=round(body.top_p * 1_000_000), seed=seed,
+            stop=body.stop_sequences, ignore_eos=body.ignore_eos)
+        update: dict[str, Any] = {"seed": seed, "max_tokens": max_tokens, "stream": True,
+                                  "stream_options": StreamOptions(include_usage=True),
+                                  "user": None}
+        if isinstance(body, ChatCompletionRequest):
+            update["max_completion_tokens"] = None
+        forwarded = body.model_copy(update=update)
+        max_fee = wire.receipt_fee(self.price_per_token, len(prompt_ids), max_tokens)
+        self._reserve(account, max_fee)
+        return Prepared(kind, body.model, account, forwarded, prompt_ids, request,
+                        body.stop_sequences, model_id, max_fee, body.stream,
+                        body.include_usage_in_stream, logprobs)
+
+    def _reserve(self, account: str, amount: int) -> None:
+        """Refuse (402) a request the account could not pay even at its longest."""
+        owed = self.store.unsettled_fees(account) + self._reserved.get(account, 0)
+        spendable = self.settler.spendable(account)
+        if owed + amount > spendable:
+            raise PaymentRequired(
+                f"insufficient funds: this request may cost up to {amount} wei, account "
+                f"{account} can still spend {max(spendable - owed, 0)} wei; deposit more "
+                "(`verinfer deposit`) or raise your allowance")
+        self._reserved[account] = self._reserved.get(account, 0) + amount
+
+    def release(self, prepared: Prepared) -> None:
+        left = self._reserved.get(prepared.account, 0) - prepared.max_fee
+        if left > 0:
+            self._reserved[prepared.account] = left
+        else:
+            self._reserved.pop(prepared.account, None)
+
+    # ---------------------------------------------------------------- serving
+
+    def sign_job(self, prepared: Prepared, node: RegisteredNode) -> wire.Signed:
+        job = wire.Job(
+            request=prepared.request.hash_struct(), gateway=self.identity.address,
+            user=prepared.account, node=node.address, price_per_token=self.price_per_token,
+            nonce=secrets.randbits(128), deadline=int(self.clock()) + JOB_TTL_S)
+        return wire.Signed(job, wire.sign(self.domain, job, self.identity.private_key))
+
+    def check_receipt(self, prepared: Prepared, job: wire.Signed, transport: Any,
+                      streamed: list[int] | None) -> wire.ReceiptBundle:
+        """The node's receipt must be for the job we signed, the request we committed and the
+        tokens it streamed; raises `BadReceipt` otherwise."""
+        if not isinstance(transport, dict):
+            raise BadReceipt("the node sent no receipt (one object expected in `verinfer`)")
+        try:
+            bundle = wire.ReceiptBundle.from_json(transport)
+            if bundle.domain != self.domain:
+                raise BadReceipt("the receipt is signed for another chain or contract")
+            if bundle.job != job:
+                raise BadReceipt("the receipt is not for the job this gateway signed")
+            if (bundle.request != prepared.request
+                    or list(bundle.prompt_token_ids) != prepared.prompt_ids
+                    or bundle.stop != prepared.stop):
+                raise BadReceipt("the receipt commits to another request")
+            bundle.check()
+        except (RemoteError, wire.WireFormatError) as exc:
+            raise BadReceipt(f"receipt refused: {exc}") from exc
+        if streamed is not None and list(bundle.output_token_ids) != streamed:
+            raise BadReceipt("the receipt's tokens are not the tokens the node streamed")
+        return bundle
+
+    async def run(self, prepared: Prepared) -> AsyncIterator[Delta | Done]:
+        """Serve one request, failing over between nodes; yields deltas, then `Done`."""
+        self.stats.requests += 1
+        sent: list[int] = []
+        text_sent = False
+        resumable = True
+        failed: list[str] = []
+        randomness = secrets.token_bytes(32)
+        last_error = "no node tried"
+        try:
+            for _attempt in range(MAX_ATTEMPTS):
+                if text_sent and not resumable:
+                    break
+                try:
+                    node = self.router.pick(prepared.user_model, prepared.model_id, randomness,
+                                            exclude=failed)
+                except NoNodeAvailable:
+                    if not failed:
+                        raise
+                    break
+                job = self.sign_job(prepared, node)
+                body = prepared.body.model_copy(update={"verinfer": VerinferRequestExtension(
+                    job=job.to_json(), resume_token_ids=list(sent))})
+                if sent:
+                    self.stats.resumed_streams += 1
+                try:
+                    async for item in self._attempt(prepared, node, job, body, sent):
+                        if isinstance(item, Delta):
+                            if item.token_ids:
+                                sent.extend(item.token_ids)
+                            elif item.text:
+                                resumable = False
+                            text_sent = text_sent or bool(item.text)
+                        else:
+                            item.failovers = len(failed)
+                        yield item
+                    return
+                except (NodeUnavailable, BadReceipt) as exc:
+                    last_error = f"{node.address}: {exc}"
+                    self.router.request_failed(node.address)
+                except NodeBusy as exc:
+                    last_error = f"{node.address}: {exc}"
+                except NodeRefused as exc:
+                    if exc.status < 500 and exc.status != 409:
+                        raise  # the request itself is at fault: the next node would refuse too
+                    last_error = f"{node.address}: {exc}"
+                failed.append(node.address)
+                self.stats.failovers += 1
+            raise UpstreamFailed(f"the request failed on {len(failed)} node(s); last: "
+                                 f"{last_error}")
+        finally:
+            self.release(prepared)
+
+    async def _attempt(self, prepared: Prepared, node: RegisteredNode, job: wire.Signed,
+                       body: UserRequest, already: list[int]) -> AsyncIterator[Delta | Done]:
+        streamed = list(already)
+        token_ids_seen = True
+        client = self.clients(node)
+        try:
+            stream = (client.stream_chat(body) if isinstance(body, ChatCompletionRequest)
+                      else client.stream_completion(body))
+            async for chunk in stream:
+                for choice in chunk.choices:
+                    extra = choice.model_extra or {}
+                    ids = extra.get("token_ids")
+                    text = (choice.delta.content or "") if hasattr(choice, "delta") \
+                        else getattr(choice, "text", "")
+                    if ids is None and text:
+                        token_ids_seen = False
+                    if isinstance(ids, list):
+                        streamed.extend(int(t) for t in ids)
+                    if text or choice.finish_reason or ids:
+                        yield Delta(text or "", list(ids or []), choice.finish_reason,
+                                    choice.logprobs)
+                if chunk.verinfer is not None:
+                    bundle = self.check_receipt(prepared, job, chunk.verinfer,
+                                                streamed if token_ids_seen else None)
+                    receipt = bundle.receipt.message
+                    assert isinstance(receipt, wire.Receipt)
+                    stored = bundle.to_json()
+                    self.store.add_receipt(bundle.receipt_id, prepared.account, receipt.node,
+                                           receipt.fee, stored)
+                    self.stats.receipts += 1
+                    usage = chunk.usage.model_dump() if chunk.usage else {}
+                    yield Done(stored, usage, node.address, 0)
+                    return
+            raise NodeUnavailable(f"{node.endpoint}: the stream ended without a receipt")
+        finally:
+            await client.aclose()
+
+    # ---------------------------------------------------------------- receipts
+
+    def receipt_record(self, receipt_id: bytes) -> dict[str, Any] | None:
+        """A stored receipt as users fetch it, with where it was committed and its outcome."""
+        from verinfer.protocol.merkle import merkle_proof
+
+        stored = self.store.receipt(receipt_id)
+        if stored is None:
+            return None
+        record = dict(stored.bundle)
+        epoch = self.store.epoch(stored.epoch)
+        if epoch.root is not None:
+            ids = [r.receipt_id for r in self.store.receipts_of_epoch(stored.epoch)]
+            index = ids.index(receipt_id)
+            record["settlement"] = {
+                "epoch": epoch.epoch, "state": epoch.state,
+                "receiptsRoot": "0x" + epoch.root.hex(),
+                "proof": [[left, "0x" + h.hex()] for left, h in merkle_proof(ids, index)],
+                "settleRef": epoch.settle_ref,
+            }
+        outcome = self.store.outcome(receipt_id)
+        if outcome is not None:
+            record["challenge"] = {"outcome": outcome.outcome, **outcome.detail}
+        return record

@@ -1,0 +1,81 @@
+"""What the gateway needs from the settlement chain, as one small interface.
+
+The gateway's decisions (routing, funds, the epoch pipeline) call a `Settler`, never a chain
+client: the registry of nodes, what a user may still be debited, committing an epoch's receipts
+root, the beacon fixed after that commit, and settling the epoch with its evidence. Settlement
+v2's contract (commit-then-challenge, allowances, evidence) is one implementation; unit tests
+use an in-memory one. Every method that writes is idempotent, because a gateway killed between
+sending a transaction and recording it sends it again after its restart.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+from verinfer.gateway.router import RegisteredNode
+from verinfer.protocol.settlement import Batch, ChallengeEntry, RequestEntry
+
+
+@dataclass(frozen=True)
+class ChallengeEvidence:
+    """Why a challenged receipt settles as it does: the asserter's own signed receipt bundle,
+    the validators' and arbitrators' signed verdicts, and who was found faulty."""
+
+    receipt_id: bytes
+    bundle: dict[str, Any]
+    outcome: str
+    validators: tuple[str, ...]
+    verdicts: tuple[dict[str, Any], ...]
+    arbitrators: tuple[str, ...] = ()
+    arbitration: tuple[dict[str, Any], ...] = ()
+    faulty: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class EpochSettlement:
+    """One epoch as it goes to the chain: its committed root and order, the entries (the
+    protocol's settlement types) and the evidence behind every challenge entry."""
+
+    epoch: int
+    receipts_root: bytes
+    receipt_ids: tuple[bytes, ...]
+    requests: tuple[RequestEntry, ...]
+    challenges: tuple[ChallengeEntry, ...]
+    evidence: tuple[ChallengeEvidence, ...]
+
+    def batch(self) -> Batch:
+        return Batch(self.epoch, self.receipts_root, self.requests, self.challenges)
+
+
+class Settler(ABC):
+    """The chain as the gateway uses it."""
+
+    @abstractmethod
+    def registry(self) -> list[RegisteredNode]:
+        """Registered nodes with their endpoint, bonded stake and reputation."""
+
+    @abstractmethod
+    def min_stake(self) -> int:
+        """Stake a node needs to get work."""
+
+    @abstractmethod
+    def spendable(self, user: str) -> int:
+        """What `user` may still be debited by this gateway (deposit within its allowance)."""
+
+    @abstractmethod
+    def commit(self, epoch: int, receipts_root: bytes) -> str:
+        """Commit an epoch's receipts root; returns a reference to the commitment."""
+
+    @abstractmethod
+    def beacon(self, epoch: int, commit_ref: str) -> bytes | None:
+        """The 32-byte value fixed after the commitment (None until it exists)."""
+
+    @abstractmethod
+    def settle(self, settlement: EpochSettlement) -> str:
+        """Settle a committed epoch with its entries and evidence; returns a reference."""
+
+    @abstractmethod
+    def settled_root(self, epoch: int) -> bytes | None:
+        """The receipts root an epoch settled with on chain, None if it has not."""

@@ -1,0 +1,153 @@
+"""`verinfer verify`: check a receipt offline, on chain when reachable, and by local replay.
+
+Offline: the receipt bundle's JSON parses strictly; the prompt and stop roots, the request
+commitment, the output hash, the job's and the receipt's digests are recomputed and both
+signers recovered (`verinfer.protocol.wire.ReceiptBundle.check`). When the bundle carries the
+gateway's settlement record (`"settlement": {"epoch", "receiptsRoot", "proof"}`), the Merkle
+proof must lead from the receipt id to the root, and when a chain is reachable the root must be
+the one the epoch settled with. `--replay --model DIR` runs the request on the local engine and
+compares model_id, output tokens and logits hash. Any failure is one line saying why.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from verinfer.errors import VerinferError
+from verinfer.protocol import wire
+from verinfer.protocol.merkle import verify_proof
+
+
+class ReceiptRejected(VerinferError):
+    """A receipt failed a check; the message says which one."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"receipt rejected: {reason}")
+
+
+@dataclass(frozen=True)
+class Inclusion:
+    """Where the gateway says a receipt was committed: epoch, root and Merkle proof."""
+
+    epoch: int
+    receipts_root: bytes
+    proof: tuple[tuple[bool, bytes], ...]
+
+
+def load_bundle(data: Any) -> tuple[wire.ReceiptBundle, wire.Receipt]:
+    """Parse and check a receipt bundle offline; raises `ReceiptRejected` with the reason."""
+    try:
+        bundle = wire.ReceiptBundle.from_json(data)
+        return bundle, bundle.check()
+    except VerinferError as exc:
+        raise ReceiptRejected(str(exc)) from exc
+
+
+def inclusion_of(data: Any) -> Inclusion | None:
+    record = data.get("settlement") if isinstance(data, dict) else None
+    if record is None:
+        return None
+    try:
+        proof = tuple((bool(left), bytes.fromhex(str(h).removeprefix("0x")))
+                      for left, h in record["proof"])
+        return Inclusion(int(record["epoch"]),
+                         bytes.fromhex(str(record["receiptsRoot"]).removeprefix("0x")), proof)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ReceiptRejected(f"malformed settlement record: {exc}") from exc
+
+
+def check_inclusion(receipt_id: bytes, inclusion: Inclusion) -> None:
+    if not verify_proof(receipt_id, inclusion.proof, inclusion.receipts_root):
+        raise ReceiptRejected(
+            f"the Merkle proof does not lead to epoch {inclusion.epoch}'s receipts root")
+
+
+def replay(bundle: wire.ReceiptBundle, receipt: wire.Receipt, model_dir: Path) -> str:
+    """Run the request on the local engine; compare model_id, tokens and logits hash."""
+    from verinfer.engine import Engine, SamplingParams
+    from verinfer.engine.sampler import TEMPERATURE_UNIT, TOP_P_UNIT
+
+    engine = Engine.load(model_dir)
+    local_id = bytes.fromhex(engine.model_id.removeprefix("0x"))
+    if local_id != bundle.request.model_id:
+        raise ReceiptRejected(f"model_id {bundle.request.model_id.hex()} is not the local model's "
+                              f"({local_id.hex()}): replay with the model the receipt names")
+    req = bundle.request
+    params = SamplingParams(
+        max_tokens=req.max_tokens, temperature=req.temperature_milli / TEMPERATURE_UNIT,
+        top_k=req.top_k, top_p=req.top_p_micro / TOP_P_UNIT, seed=req.seed,
+        stop=bundle.stop, ignore_eos=req.ignore_eos)
+    [result] = engine.generate([list(bundle.prompt_token_ids)], params)
+    if tuple(result.token_ids) != bundle.output_token_ids:
+        first = next((i for i, (a, b) in enumerate(zip(result.token_ids, bundle.output_token_ids,
+                                                        strict=False)) if a != b),
+                     min(len(result.token_ids), len(bundle.output_token_ids)))
+        raise ReceiptRejected(f"replay gives other tokens from step {first} on")
+    if bytes.fromhex(result.logits_hash) != receipt.logits_hash:
+        raise ReceiptRejected("replay gives the same tokens but another logits hash")
+    return f"replay: {len(result.token_ids)} tokens and the logits hash match"
+
+
+def verify_command(
+    path: Annotated[Path, typer.Argument(help="receipt JSON (a response's `verinfer` field or "
+                                              "GET /v1/receipts/{id})")],
+    replay_: Annotated[bool, typer.Option("--replay", help="replay it on the local engine")] = False,
+    model: Annotated[Path | None, typer.Option("--model", help="model directory for --replay")]
+    = None,
+    rpc_url: Annotated[str | None, typer.Option("--rpc-url", help="check on-chain inclusion "
+                                                "here [env VERINFER_CHAIN_RPC]")] = None,
+    contract: Annotated[str | None, typer.Option("--contract")] = None,
+    offline: Annotated[bool, typer.Option("--offline", help="skip the on-chain check")] = False,
+) -> None:
+    """Check a receipt: signatures, request commitment, output hash, batch inclusion, replay."""
+    if replay_ and model is None:
+        raise ReceiptRejected("--replay needs --model DIR (the model the receipt names)")
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise ReceiptRejected(f"cannot read {path}: {exc.strerror}") from exc
+    except ValueError as exc:
+        raise ReceiptRejected(f"{path} is not JSON: {exc}") from exc
+    bundle, receipt = load_bundle(data)
+    rid = bundle.receipt_id
+    job = bundle.job.message
+    assert isinstance(job, wire.Job)
+    typer.echo(f"receipt 0x{rid.hex()}: signatures and commitments OK")
+    typer.echo(f"  node {receipt.node}, gateway {job.gateway}, user {receipt.user}")
+    typer.echo(f"  model_id 0x{bundle.request.model_id.hex()}, {bundle.request.prompt_length} "
+               f"prompt + {receipt.output_length} output tokens, fee {receipt.fee} wei")
+    inclusion = inclusion_of(data)
+    if inclusion is None:
+        typer.echo("  batch inclusion: not yet committed (fetch it later from the gateway)")
+    else:
+        check_inclusion(rid, inclusion)
+        typer.echo(f"  batch inclusion: in epoch {inclusion.epoch}'s receipts root")
+        if not offline:
+            typer.echo("  on chain: " + _on_chain(inclusion, rpc_url, contract))
+    if replay_:
+        assert model is not None
+        typer.echo("  " + replay(bundle, receipt, model))
+
+
+def _on_chain(inclusion: Inclusion, rpc_url: str | None, contract: str | None) -> str:
+    from verinfer.chain.settings import ChainSettings, connect
+
+    try:
+        client = connect(ChainSettings.load(rpc_url=rpc_url, contract=contract), with_key=False)
+        root = client.epoch_root(inclusion.epoch)
+    except VerinferError as exc:
+        return f"not checked ({exc})"
+    if root is None:
+        return f"epoch {inclusion.epoch} not settled yet"
+    if root != inclusion.receipts_root:
+        raise ReceiptRejected(f"epoch {inclusion.epoch} settled on chain with another root")
+    return f"epoch {inclusion.epoch} settled with this root"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("verify")(verify_command)

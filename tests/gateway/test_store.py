@@ -1,0 +1,102 @@
+"""The gateway store: what it acknowledged survives `kill -9`; epochs move only forward."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from verinfer.gateway.store import GatewayStore, StoreError, hash_api_key
+from verinfer.protocol import wire
+
+SRC = Path(__file__).parents[2] / "src"
+
+WRITER = textwrap.dedent("""
+    import hashlib, sys
+    from pathlib import Path
+    from verinfer.gateway.store import GatewayStore
+    from verinfer.protocol import wire
+    store = GatewayStore(Path(sys.argv[1]))
+    i = 0
+    while True:
+        rid = hashlib.sha256(str(i).encode()).digest()
+        store.add_receipt(rid, "0x" + "11" * 20, "0x" + "22" * 20, i, {"n": i})
+        print("receipt", rid.hex(), flush=True)
+        if i % 7 == 6:
+            closed = store.close_epoch(wire.receipts_root)
+            print("closed", closed.epoch, closed.root.hex(), flush=True)
+        if i % 5 == 4:
+            store.add_outcome(rid, store.receipt(rid).epoch, "PASSED", {"i": i})
+            print("outcome", rid.hex(), flush=True)
+        i += 1
+""")
+
+
+@pytest.mark.parametrize("acknowledged", [3, 40, 150])
+def test_kill_9_in_the_middle_of_writes_loses_nothing_acknowledged(
+        tmp_path: Path, acknowledged: int) -> None:
+    db = tmp_path / "gateway.sqlite"
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(db)], stdout=subprocess.PIPE,
+                            text=True, env=env)
+    assert proc.stdout is not None
+    lines = []
+    try:
+        while len(lines) < acknowledged:
+            line = proc.stdout.readline()
+            assert line, "the writer died"
+            lines.append(line.split())
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+    store = GatewayStore(db)
+    for kind, *rest in lines:
+        if kind == "receipt":
+            assert store.receipt(bytes.fromhex(rest[0])) is not None
+        elif kind == "closed":
+            epoch = store.epoch(int(rest[0]))
+            assert epoch.state == "closed" and epoch.root == bytes.fromhex(rest[1])
+            ids = [r.receipt_id for r in store.receipts_of_epoch(epoch.epoch)]
+            assert wire.receipts_root(ids) == epoch.root
+        else:
+            assert store.outcome(bytes.fromhex(rest[0])) is not None
+    # the store is usable after the crash: exactly one open epoch takes new receipts
+    store.add_receipt(b"\xff" * 32, "0x" + "11" * 20, "0x" + "22" * 20, 1, {})
+    assert store.receipt(b"\xff" * 32) is not None
+    store.close()
+
+
+def test_epochs_only_move_forward_and_receipts_are_recorded_once(tmp_path: Path) -> None:
+    store = GatewayStore(tmp_path / "g.sqlite")
+    store.add_receipt(b"\x01" * 32, "0xu", "0xn", 5, {})
+    with pytest.raises(StoreError, match="already recorded"):
+        store.add_receipt(b"\x01" * 32, "0xu", "0xn", 5, {})
+    with pytest.raises(StoreError, match="not closed"):
+        store.mark_committed(0, "ref")
+    closed = store.close_epoch(wire.receipts_root)
+    assert closed.root == wire.receipts_root([b"\x01" * 32])
+    store.mark_committed(0, "ref")
+    with pytest.raises(StoreError):
+        store.mark_settled(0, "ref")
+    assert store.unsettled_fees("0xu") == 5
+    store.mark_decided(0)
+    store.mark_settled(0, "tx")
+    assert store.unsettled_fees("0xu") == 0
+
+
+def test_api_keys_are_stored_hashed(tmp_path: Path) -> None:
+    store = GatewayStore(tmp_path / "g.sqlite")
+    store.add_api_key("vi-secret-key", "0x" + "33" * 20, "alice")
+    assert store.account_of_key("vi-secret-key") == "0x" + "33" * 20
+    assert store.account_of_key("vi-other") is None
+    store.close()
+    raw = (tmp_path / "g.sqlite").read_bytes() + (tmp_path / "g.sqlite-wal").read_bytes() \
+        if (tmp_path / "g.sqlite-wal").exists() else (tmp_path / "g.sqlite").read_bytes()
+    assert b"vi-secret-key" not in raw
+    assert hash_api_key("vi-secret-key").encode() in raw
