@@ -14,6 +14,7 @@ from tokenizers import Tokenizer
 from verinfer.engine import fixedpoint as fp
 from verinfer.engine import generate as gen
 from verinfer.engine.config import ModelConfig
+from verinfer.engine.generate import check_prompt
 from verinfer.engine.model import IntModel, KVCache, embed, final_norm, forward_layers, head
 from verinfer.engine.quantize import (
     QuantizedModel,
@@ -21,6 +22,7 @@ from verinfer.engine.quantize import (
     load_quantized,
     quantize_checkpoint,
 )
+from verinfer.engine.replay import ReplayResult, replay
 from verinfer.engine.sampler import SamplingParams
 from verinfer.errors import GenerationParamsError, ModelError
 
@@ -123,6 +125,21 @@ class Engine:
         """Like `generate`, yielding a `TokenEvent` per row per step as tokens are produced."""
         ids, plist = self._batch(prompts, params)
         return gen.generate_stream(self.model, self.tokenizer, ids, plist, prefill_chunk, results)
+
+    def teacher_forced_logits(self, prompt: Sequence[int], output: Sequence[int]) -> torch.Tensor:
+        """Int32 logits (len(output), V) of each step of `output`, by one prefill."""
+        check_prompt(self.config, prompt)
+        if not output or len(prompt) + len(output) - 1 > self.config.context_length:
+            raise GenerationParamsError("the output must be non-empty and fit in the context")
+        if min(output) < 0 or max(output) >= self.config.vocab_size:
+            raise GenerationParamsError("the output has token ids outside the vocabulary")
+        return gen.teacher_forced_logits(self.model, prompt, output)
+
+    def replay(
+        self, prompt: Sequence[int], output: Sequence[int], params: SamplingParams = GREEDY
+    ) -> ReplayResult:
+        """Check a claimed output by one teacher-forced prefill (`verinfer.engine.replay`)."""
+        return replay(self.model, self.tokenizer, prompt, output, params)
 
     # Layer-range access, for split inference: embed -> run_layers (any range) -> logits.
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from tokenizers import Tokenizer
 
+from verinfer.engine.config import ModelConfig
 from verinfer.engine.model import IntModel, KVCache, embed, forward_layers, head
 from verinfer.engine.sampler import SamplingParams, sample
 from verinfer.errors import GenerationParamsError
@@ -51,20 +52,54 @@ class GenerationResult:
         return output_hash(self.token_ids)
 
 
+def check_prompt(config: ModelConfig, prompt: Sequence[int], label: str = "the prompt") -> None:
+    """Refuse a prompt that is empty, leaves no room in the context, or leaves the vocabulary."""
+    context = config.context_length
+    if not prompt:
+        raise GenerationParamsError(f"{label} is empty")
+    if len(prompt) >= context:
+        raise GenerationParamsError(
+            f"{label} has {len(prompt)} tokens; the model's context is {context} tokens "
+            "and at least one must remain for the output: shorten the prompt"
+        )
+    if min(prompt) < 0 or max(prompt) >= config.vocab_size:
+        raise GenerationParamsError(f"{label} has token ids outside the vocabulary")
+
+
+def prefill_logits(
+    model: IntModel, cache: KVCache, row: int, tokens: Sequence[int], first: int, chunk: int
+) -> torch.Tensor:
+    """Run `tokens` through cache row `row` in chunks; int32 logits (T - first, V) of
+    positions `first`..T-1 (the head runs on those positions only)."""
+    device = model.device
+    rows = torch.tensor([row], device=device)
+    pieces = []
+    for start in range(0, len(tokens), chunk):
+        piece = torch.tensor([list(tokens[start : start + chunk])], device=device)
+        positions = torch.arange(start, start + piece.shape[1], device=device).unsqueeze(0)
+        h = forward_layers(model, embed(model, piece), cache, positions, rows=rows)
+        if start + piece.shape[1] > first:
+            pieces.append(head(model, h[:, max(first - start, 0) :])[0])
+    return torch.cat(pieces)
+
+
 def prefill(
     model: IntModel, cache: KVCache, row: int, prompt: Sequence[int], chunk: int
 ) -> torch.Tensor:
     """Run `prompt` through cache row `row` in chunks; logits (V,) of its last position."""
-    device = model.device
-    rows = torch.tensor([row], device=device)
-    last = None
-    for start in range(0, len(prompt), chunk):
-        piece = torch.tensor([list(prompt[start : start + chunk])], device=device)
-        positions = torch.arange(start, start + piece.shape[1], device=device).unsqueeze(0)
-        h = forward_layers(model, embed(model, piece), cache, positions, rows=rows)
-        last = h[:, -1:]
-    assert last is not None
-    return head(model, last)[0, 0]
+    return prefill_logits(model, cache, row, prompt, len(prompt) - 1, chunk)[0]
+
+
+def teacher_forced_logits(
+    model: IntModel, prompt: Sequence[int], output: Sequence[int], chunk: int = DEFAULT_PREFILL_CHUNK
+) -> torch.Tensor:
+    """Int32 logits (len(output), V) of every generation step of `output` after `prompt`, by one
+    prefill over prompt + output[:-1]: step i's row is, byte for byte, the logits decoding had
+    when it chose output[i] (the arithmetic is exact whatever the chunking)."""
+    tokens = list(prompt) + list(output[:-1])
+    cache = KVCache.allocate(model.config, 1, len(tokens), model.device)
+    with torch.inference_mode():
+        return prefill_logits(model, cache, 0, tokens, len(prompt) - 1, chunk)
 
 
 def decode_one_token(
@@ -76,8 +111,11 @@ def decode_one_token(
     return head(model, h)[:, 0]
 
 
-class _Row:
-    """Decoding state of one sequence: its tokens, text, stop handling and logits digest."""
+class RowState:
+    """Decoding state of one sequence: its tokens, text, stop handling and logits digest.
+
+    `accept` = `take(logits, choose(logits))`; a replay calls `choose` to check a claimed
+    token and `take` to follow the claim (`verinfer.engine.replay`)."""
 
     def __init__(self, index: int, prompt: list[int], params: SamplingParams, tokenizer: Tokenizer,
                  eos: tuple[int, ...], limit: int) -> None:
@@ -93,10 +131,20 @@ class _Row:
     def position(self) -> int:
         return len(self.result.prompt_ids) + len(self.result.token_ids)
 
+    @property
+    def step(self) -> int:
+        return len(self.result.token_ids)
+
+    def choose(self, logits: torch.Tensor) -> int:
+        """The token this row's parameters draw from `logits` at its current step."""
+        return sample(logits, self.params, self.step)
+
     def accept(self, logits: torch.Tensor) -> TokenEvent:
+        return self.take(logits, self.choose(logits))
+
+    def take(self, logits: torch.Tensor, token: int) -> TokenEvent:
+        """Append `token` as this step's output (`logits` enter the digest); its event."""
         self.digest.update(logits.to("cpu", torch.int32).numpy().astype("<i4").tobytes())
-        step = len(self.result.token_ids)
-        token = sample(logits, self.params, step)
         ids = self.result.token_ids
         ids.append(token)
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -124,7 +172,7 @@ class _Row:
 
 
 def decode_n_tokens(
-    model: IntModel, cache: KVCache, states: list[_Row], first_logits: list[torch.Tensor]
+    model: IntModel, cache: KVCache, states: list[RowState], first_logits: list[torch.Tensor]
 ) -> Iterator[TokenEvent]:
     """Accept each row's first token, then step all unfinished rows together until done."""
     device = model.device
@@ -156,21 +204,13 @@ def generate_stream(
         raise GenerationParamsError(f"prefill chunk must be positive, got {prefill_chunk}")
     context = model.config.context_length
     for i, prompt in enumerate(prompts):
-        if not prompt:
-            raise GenerationParamsError(f"prompt {i} is empty")
-        if len(prompt) >= context:
-            raise GenerationParamsError(
-                f"prompt {i} has {len(prompt)} tokens; the model's context is {context} tokens "
-                "and at least one must remain for the output: shorten the prompt"
-            )
-        if min(prompt) < 0 or max(prompt) >= model.config.vocab_size:
-            raise GenerationParamsError(f"prompt {i} has token ids outside the vocabulary")
+        check_prompt(model.config, prompt, f"prompt {i}")
     limits = [min(p.max_tokens, context - len(x)) for x, p in zip(prompts, params, strict=True)]
     length = max(len(x) + n for x, n in zip(prompts, limits, strict=True))
     cache = KVCache.allocate(model.config, len(prompts), length, model.device)
     eos = model.config.eos_token_ids
     states = [
-        _Row(i, list(x), p, tokenizer, eos, n)
+        RowState(i, list(x), p, tokenizer, eos, n)
         for i, (x, p, n) in enumerate(zip(prompts, params, limits, strict=True))
     ]
     if results is not None:

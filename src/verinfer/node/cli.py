@@ -1,0 +1,142 @@
+"""`verinfer node`: serve models over the OpenAI-compatible API, once registered and staked.
+
+On start: the identity key file is read (or created, mode 0600) under the node's data dir;
+the chain is asked whether this node is registered with the minimum stake, and the node
+refuses to serve (one error line, exit status 2) if it is not — `--dev-register` does the
+registration and staking on the dev chain. Then the models load, the port opens, and one line
+says where the node is:
+
+    verinfer node 0xAbC... listening on http://127.0.0.1:9001 models demo=0x1234...
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from verinfer.chain.cli import ContractOpt, RpcOpt
+from verinfer.errors import LocalError
+
+DEFAULT_PORT = 9001
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise LocalError(f"cannot listen on {host}:{port}: {exc.strerror} (try another --port)") from exc
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def node(
+    model: Annotated[list[Path], typer.Option("--model", help="model directory (repeat to serve several); its name is the directory's name")],
+    port: Annotated[int, typer.Option("--port", help="port (0: any free one)")] = DEFAULT_PORT,
+    host: Annotated[str, typer.Option("--host", help="address to bind (loopback by default)")] = "127.0.0.1",
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="this node's state (key file, seen nonces); default: $VERINFER_DATA_DIR/node, else ~/.verinfer/node")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads for the engine")] = None,
+    slots: Annotated[int, typer.Option("--slots", help="requests decoded together (KV cache rows per model)")] = 4,
+    max_queue: Annotated[int, typer.Option("--max-queue", help="requests that may wait for a slot; more get 429")] = 32,
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda")] = "cpu",
+    rpc_url: RpcOpt = None,
+    contract: ContractOpt = None,
+    dev_register: Annotated[bool, typer.Option("--dev-register", help="dev chain only: fund this node from a dev account, register it and stake the minimum")] = False,
+    dev_funder: Annotated[int, typer.Option("--dev-funder", help="dev account index that funds --dev-register")] = 0,
+) -> None:
+    """Serve models over the OpenAI-compatible API (and /verify as a validator)."""
+    import os
+
+    from eth_account import Account
+
+    from verinfer.chain.settings import ChainSettings, connect
+    from verinfer.keyfile import load_or_create_key
+    from verinfer.node.registration import check_registration, registered_endpoint
+    from verinfer.node.registration import dev_register as do_dev_register
+    from verinfer.protocol import wire
+
+    if threads is not None:
+        if threads < 1:
+            raise LocalError("--threads must be at least 1")
+        import torch
+
+        torch.set_num_threads(threads)
+    network_dir = Path(os.environ.get("VERINFER_DATA_DIR") or "~/.verinfer").expanduser()
+    state_dir = (data_dir or network_dir / "node").expanduser()
+    identity, created = load_or_create_key(state_dir / "node.key")
+    if created:
+        _say(f"created node key {state_dir / 'node.key'} (mode 0600) for {identity.address}")
+    settings = ChainSettings.load(rpc_url=rpc_url, contract=contract, data_dir=network_dir)
+    client = connect(settings, with_key=False)
+    client.account = Account.from_key(identity.private_key)
+    sock = _listen(host, port)
+    endpoint = _url(host, sock.getsockname()[1])
+    if dev_register:
+        do_dev_register(client, identity, endpoint, dev_funder, say=_say)
+    check_registration(client, identity.address, endpoint)
+    if (registered := registered_endpoint(client, identity.address)) != endpoint:
+        _say(f"warning: the chain lists this node at {registered}, it listens on {endpoint}")
+    domain = wire.Domain(client.w3.eth.chain_id, client.address)
+    _serve(sock, endpoint, identity, domain, model, state_dir, slots, max_queue, device)
+
+
+def _serve(sock: socket.socket, endpoint: str, identity: object, domain: object,
+           model_dirs: list[Path], state_dir: Path, slots: int, max_queue: int, device: str) -> None:
+    import uvicorn
+
+    from verinfer.keyfile import Identity
+    from verinfer.node.server import create_app
+    from verinfer.node.service import NodeService, load_served_model
+    from verinfer.protocol import wire
+
+    assert isinstance(identity, Identity) and isinstance(domain, wire.Domain)
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from verinfer.engine.checkpoint import expected_shapes
+    from verinfer.engine.config import load_config
+    from verinfer.engine.quantize import is_quantized_dir
+
+    models = []
+    for model_dir in model_dirs:
+        _say(f"loading {model_dir} ...")
+        if is_quantized_dir(model_dir):  # loads without quantizing: nothing to count
+            models.append(load_served_model(model_dir, slots, max_queue, device))
+            continue
+        with Progress(console=Console(stderr=True), transient=True) as bar:
+            total = len(expected_shapes(load_config(model_dir)))
+            task = bar.add_task(f"quantizing {model_dir.name}", total=total)
+            models.append(load_served_model(model_dir, slots, max_queue, device,
+                                            progress=lambda _name: bar.advance(task)))
+    names = {m.name for m in models}
+    if len(names) != len(models):
+        raise LocalError("two --model directories have the same name: rename one")
+    service = NodeService(identity, domain, models, state_dir)
+    served = " ".join(f"{m.name}={m.model_id_hex}" for m in models)
+
+    def announce() -> None:
+        print(f"verinfer node {identity.address} listening on {endpoint} models {served}", flush=True)
+
+    app = create_app(service, on_ready=announce)
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def register(app: typer.Typer) -> None:
+    app.command("node")(node)
