@@ -59,6 +59,7 @@ def node(
     contract: ContractOpt = None,
     dev_register: Annotated[bool, typer.Option("--dev-register", help="dev chain only: fund this node from a dev account, register it and stake the minimum")] = False,
     dev_funder: Annotated[int, typer.Option("--dev-funder", help="dev account index that funds --dev-register")] = 0,
+    cheat: Annotated[str | None, typer.Option("--cheat", help="DEMOS ONLY: behave dishonestly (wrong-tokens, skip-layers, substitute-model, sometimes, late-divergence); such a node gets caught and slashed")] = None,
 ) -> None:
     """Serve models over the OpenAI-compatible API (and /verify as a validator)."""
     import os
@@ -93,11 +94,17 @@ def node(
     if (registered := registered_endpoint(client, identity.address)) != endpoint:
         _say(f"warning: the chain lists this node at {registered}, it listens on {endpoint}")
     domain = wire.Domain(client.w3.eth.chain_id, client.address)
-    _serve(sock, endpoint, identity, domain, model, state_dir, slots, max_queue, device)
+    from verinfer.node.cheats import Cheat
+
+    dishonest = Cheat(cheat) if cheat is not None else None
+    if dishonest is not None:
+        _say(f"warning: this node cheats ({cheat}); it will be caught and slashed")
+    _serve(sock, endpoint, identity, domain, model, state_dir, slots, max_queue, device, dishonest)
 
 
 def _serve(sock: socket.socket, endpoint: str, identity: object, domain: object,
-           model_dirs: list[Path], state_dir: Path, slots: int, max_queue: int, device: str) -> None:
+           model_dirs: list[Path], state_dir: Path, slots: int, max_queue: int, device: str,
+           cheat: object = None) -> None:
     import uvicorn
 
     from verinfer.keyfile import Identity
@@ -105,7 +112,10 @@ def _serve(sock: socket.socket, endpoint: str, identity: object, domain: object,
     from verinfer.node.service import NodeService, load_served_model
     from verinfer.protocol import wire
 
+    from verinfer.node.cheats import Cheat
+
     assert isinstance(identity, Identity) and isinstance(domain, wire.Domain)
+    assert cheat is None or isinstance(cheat, Cheat)
     from rich.console import Console
     from rich.progress import Progress
 
@@ -117,13 +127,14 @@ def _serve(sock: socket.socket, endpoint: str, identity: object, domain: object,
     for model_dir in model_dirs:
         _say(f"loading {model_dir} ...")
         if is_quantized_dir(model_dir):  # loads without quantizing: nothing to count
-            models.append(load_served_model(model_dir, slots, max_queue, device))
+            models.append(load_served_model(model_dir, slots, max_queue, device, cheat=cheat))
             continue
         with Progress(console=Console(stderr=True), transient=True) as bar:
             total = len(expected_shapes(load_config(model_dir)))
             task = bar.add_task(f"quantizing {model_dir.name}", total=total)
             models.append(load_served_model(model_dir, slots, max_queue, device,
-                                            progress=lambda _name: bar.advance(task)))
+                                            progress=lambda _name: bar.advance(task),
+                                            cheat=cheat))
     names = {m.name for m in models}
     if len(names) != len(models):
         raise LocalError("two --model directories have the same name: rename one")
