@@ -64,19 +64,20 @@ def up(
         validators=validators, arbitrators=arbitrators, epoch_seconds=epoch_seconds,
         force=force,
     ).check()
+    def say(line: str) -> None:
+        console.print(line, soft_wrap=True, highlight=False)
+
     with console.status("starting the local network...") as spinner:
-        network = start_network(options, say=console.print,
-                                status=lambda line: spinner.update(line))
+        network = start_network(options, say=say, status=lambda line: spinner.update(line))
     try:
-        console.print(f"network up: {len(network.roles)} nodes, gateway {network.gateway_url}")
-        console.print(instructions(network, model_name_of(model)), highlight=False,
-                      soft_wrap=True)
+        say(f"network up: {len(network.roles)} nodes, gateway {network.gateway_url}")
+        say(instructions(network, model_name_of(model)))
         if demo:
             from verinfer.localnet.demo import run_demo
 
             run_demo(network, model_name_of(model), requests, options, console)
         else:
-            wait_until_interrupted(network, console.print)
+            wait_until_interrupted(network, say)
     except KeyboardInterrupt:
         console.print("stopping...")
     finally:

@@ -36,6 +36,7 @@ NODE_START_S = 300.0  # quantizing the model and building kernels on a cold mach
 GATEWAY_START_S = 120.0
 PARTY_GAS_WEI = 10**18
 USER_DEPOSIT_WEI = 10 * 10**18
+TREASURY_WEI = 10 * 10**18
 
 
 class UpError(LocalError):
@@ -225,6 +226,10 @@ def provision_parties(layout: Layout, rpc_url: str, contract: str, options: UpOp
     gateway, _ = load_or_create_key(layout.gateway_dir / "key")
     top_up(w3, gateway.address, PARTY_GAS_WEI)
     owner = SettlementClient(w3, contract, Account.from_key(dev_private_key(0)), rpc_url=rpc_url)
+    if owner.treasury() < TREASURY_WEI:
+        # rewards of passed challenges come from the treasury; a new dev chain's is empty
+        owner.fund_treasury(TREASURY_WEI - owner.treasury())
+        say(f"treasury funded to {TREASURY_WEI / 1e18:g} ETH from dev account 0")
     if not owner.roles_of(gateway.address) & Role.SETTLER:
         owner.grant_role(gateway.address, Role.SETTLER)
         say(f"gateway {gateway.address} may settle epochs")
