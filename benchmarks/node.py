@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import DEMO_MODEL, machine, random_1b_checkpoint  # noqa: E402
+from _common import DEMO_MODEL, machine, random_1b_checkpoint
 
 PROMPT_LEN = 16
 STREAMS = (1, 4, 8)

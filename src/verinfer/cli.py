@@ -28,10 +28,12 @@ def _register_all() -> None:
     from verinfer.econ import cli as econ_cli
     from verinfer.engine import cli as engine_cli
     from verinfer.gateway import cli as gateway_cli
+    from verinfer.localnet import cli as localnet_cli
     from verinfer.node import cli as node_cli
     from verinfer.pipeline import cli as pipeline_cli
 
-    for role in (engine_cli, econ_cli, chain_cli, node_cli, gateway_cli, pipeline_cli, verify):
+    for role in (engine_cli, econ_cli, chain_cli, node_cli, gateway_cli, localnet_cli,
+                 pipeline_cli, verify):
         role.register(app)
 
 

@@ -126,6 +126,7 @@ def serve(port: int, host: str, state: Path, models: list[Path], p_ppm: int, val
     from verinfer.protocol.params import PosParams
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per node call drowns the log
     identity, created = load_or_create_key(state / "key")
     if created:
         typer.echo(f"created the gateway's key {state / 'key'} (address {identity.address})")

@@ -69,6 +69,9 @@ DevRegisterOpt = Annotated[bool, typer.Option(
     help="dev chain only: fund this node from a dev account, register it and stake the minimum")]
 DevFunderOpt = Annotated[int, typer.Option(
     "--dev-funder", help="dev account index that funds --dev-register")]
+CheatOpt = Annotated[str | None, typer.Option(
+    "--cheat", help="DEMONSTRATIONS ONLY: behave dishonestly (wrong-tokens, skip-layers, "
+    "substitute-model, sometimes, late-divergence); such a node is caught and slashed")]
 
 
 def node(
@@ -84,6 +87,7 @@ def node(
     contract: ContractOpt = None,
     dev_register: DevRegisterOpt = False,
     dev_funder: DevFunderOpt = 0,
+    cheat: CheatOpt = None,
 ) -> None:
     """Serve models over the OpenAI-compatible API (and /verify as a validator)."""
     import os
@@ -91,17 +95,24 @@ def node(
     from eth_account import Account
 
     from verinfer.chain.settings import ChainSettings, connect
+    from verinfer.engine import selftest
     from verinfer.keyfile import load_or_create_key
+    from verinfer.node.cheats import Cheat
     from verinfer.node.registration import check_registration, registered_endpoint
     from verinfer.node.registration import dev_register as do_dev_register
     from verinfer.protocol import wire
 
+    dishonest = Cheat(cheat) if cheat is not None else None  # a bad name fails before anything
     if threads is not None:
         if threads < 1:
             raise LocalError("--threads must be at least 1")
         import torch
 
         torch.set_num_threads(threads)
+    # Arithmetic that differs from the golden bytes would get an honest operator slashed: refuse.
+    report = selftest.run_once(device)
+    _say(f"self-test passed: {len(report.checks)} checks on {', '.join(report.routes)} "
+         f"({report.seconds:.1f} s)")
     network_dir = Path(os.environ.get("VERINFER_DATA_DIR") or "~/.verinfer").expanduser()
     state_dir = (data_dir or network_dir / "node").expanduser()
     identity, created = load_or_create_key(state_dir / "node.key")
@@ -118,19 +129,24 @@ def node(
     if (registered := registered_endpoint(client, identity.address)) != endpoint:
         _say(f"warning: the chain lists this node at {registered}, it listens on {endpoint}")
     domain = wire.Domain(client.w3.eth.chain_id, client.address)
-    _serve(sock, endpoint, identity, domain, model, state_dir, slots, max_queue, device)
+    if dishonest is not None:
+        _say(f"warning: this node cheats ({cheat}); it will be caught and slashed")
+    _serve(sock, endpoint, identity, domain, model, state_dir, slots, max_queue, device, dishonest)
 
 
 def _serve(sock: socket.socket, endpoint: str, identity: object, domain: object,
-           model_dirs: list[Path], state_dir: Path, slots: int, max_queue: int, device: str) -> None:
+           model_dirs: list[Path], state_dir: Path, slots: int, max_queue: int, device: str,
+           cheat: object = None) -> None:
     import uvicorn
 
     from verinfer.keyfile import Identity
+    from verinfer.node.cheats import Cheat
     from verinfer.node.server import create_app
     from verinfer.node.service import NodeService, load_served_model
     from verinfer.protocol import wire
 
     assert isinstance(identity, Identity) and isinstance(domain, wire.Domain)
+    assert cheat is None or isinstance(cheat, Cheat)
     from rich.console import Console
     from rich.progress import Progress
 
@@ -142,13 +158,14 @@ def _serve(sock: socket.socket, endpoint: str, identity: object, domain: object,
     for model_dir in model_dirs:
         _say(f"loading {model_dir} ...")
         if is_quantized_dir(model_dir):  # loads without quantizing: nothing to count
-            models.append(load_served_model(model_dir, slots, max_queue, device))
+            models.append(load_served_model(model_dir, slots, max_queue, device, cheat=cheat))
             continue
         with Progress(console=Console(stderr=True), transient=True) as bar:
             total = len(expected_shapes(load_config(model_dir)))
             task = bar.add_task(f"quantizing {model_dir.name}", total=total)
             advance = functools.partial(_advance, bar, task)
-            models.append(load_served_model(model_dir, slots, max_queue, device, progress=advance))
+            models.append(load_served_model(model_dir, slots, max_queue, device, progress=advance,
+                                            cheat=cheat))
     names = {m.name for m in models}
     if len(names) != len(models):
         raise LocalError("two --model directories have the same name: rename one")

@@ -38,6 +38,7 @@ from verinfer.engine.generate import (
 from verinfer.engine.model import IntModel, KVCache
 from verinfer.engine.sampler import SamplingParams
 from verinfer.errors import GenerationParamsError, LocalError
+from verinfer.node.cheats import Cheat
 
 
 class QueueFull(LocalError):
@@ -116,10 +117,12 @@ class Scheduler:
         slots: int = 4,
         max_queue: int = 32,
         prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
+        cheat: Cheat | None = None,
     ) -> None:
         if slots < 1 or max_queue < 0 or prefill_chunk < 1:
             raise LocalError("slots and the prefill chunk must be positive, the queue bound >= 0")
         self.model, self.tokenizer = model, tokenizer
+        self.cheat = cheat  # demonstrations and detection tests only (verinfer.node.cheats)
         self.slots, self.max_queue, self.prefill_chunk = slots, max_queue, prefill_chunk
         config = model.config
         self.cache = KVCache.allocate(config, slots, config.context_length, model.device)
@@ -233,6 +236,9 @@ class Scheduler:
             batch += 1
             row, submission = running.row, running.submission
             token = row.choose(logits)
+            if self.cheat is not None:
+                token = self.cheat.token(submission.prompt, submission.params.seed, row.step,
+                                         token, self.model.config.vocab_size)
             logprob: float | None = None
             top: tuple[tuple[int, float], ...] = ()
             if submission.logprobs is not None:

@@ -40,6 +40,7 @@ from verinfer.engine.replay import ReplayResult, replay
 from verinfer.engine.sampler import SamplingParams
 from verinfer.errors import GenerationParamsError, LocalError, RemoteError
 from verinfer.keyfile import Identity
+from verinfer.node.cheats import Cheat
 from verinfer.node.nonces import SeenNonces
 from verinfer.node.scheduler import Scheduler
 from verinfer.node.worker import EngineWorker
@@ -263,9 +264,13 @@ class NodeService:
 def load_served_model(
     model_dir: Path, slots: int, max_queue: int, device: str = "cpu",
     progress: Callable[[str], None] | None = None,
+    cheat: Cheat | None = None,
 ) -> ServedModel:
     """Load a model directory for serving; its name is the directory's name."""
     engine = Engine.load(model_dir, device=device, progress=progress)
+    if cheat is not None:
+        cheat.corrupt(engine.model)
     prompts = PromptBuilder.from_dir(model_dir, engine.tokenizer)
-    scheduler = Scheduler(engine.model, engine.tokenizer, slots=slots, max_queue=max_queue)
+    scheduler = Scheduler(engine.model, engine.tokenizer, slots=slots, max_queue=max_queue,
+                          cheat=cheat)
     return ServedModel(model_dir.resolve().name, engine, prompts, scheduler)
