@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -56,7 +57,8 @@ def up(
         wait_until_interrupted,
     )
 
-    console = Console(stderr=False)
+    # Piped into a file or CI log, rich would fold the table into 80 columns.
+    console = Console() if sys.stdout.isatty() else Console(width=160)
     base = data_dir or Path(os.environ.get("VERINFER_DATA_DIR") or "~/.verinfer")
     options = UpOptions(
         data_dir=base.expanduser(), model=model, nodes=nodes, cheaters=cheaters,

@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from verinfer.errors import LocalError
-from verinfer.localnet.up import Network, UpOptions
+from verinfer.localnet.up import Network, NodeRole, UpOptions
 
 PROMPTS = (
     "The import statement",
@@ -160,7 +160,7 @@ def gather(store: Any, wanted: set[str]) -> dict[str, Any]:
             outcome = outcomes.get(r.receipt_id)
             if outcome is not None:
                 challenged[node] = challenged.get(node, 0) + 1
-                if outcome.outcome != "passed":
+                if outcome.outcome.upper() != "PASSED":
                     mismatches[node] = mismatches.get(node, 0) + 1
     return {"served": served, "challenged": challenged, "mismatches": mismatches,
             "unsettled": unsettled}
@@ -170,26 +170,34 @@ def eth(wei: int) -> str:
     return f"{wei / 1e18:.4f}"
 
 
+def short_role(role: NodeRole) -> str:
+    return f"cheat: {role.strategy}" if role.strategy else role.description.removeprefix("honest, ")
+
+
+def change(before: int, after: int) -> str:
+    delta = after - before
+    return f"{eth(after)} ({'+' if delta >= 0 else '-'}{eth(abs(delta))})"
+
+
 def report(network: Network, before: Snapshot, after: Snapshot, facts: dict[str, Any],
            slashes: dict[str, int], console: Console) -> Table:
-    table = Table(title="verinfer up --demo: what happened, per node (ETH)")
-    for column in ("node", "role", "served", "challenged", "mismatches", "slashes",
-                   "stake before", "stake after", "balance before", "balance after"):
-        table.add_column(column, justify="left" if column in ("node", "role") else "right")
+    table = Table(title="verinfer up --demo: per node (ETH; change in brackets)")
+    for column in ("node", "serves as", "served", "challenged", "mismatched", "slashed",
+                   "stake", "balance"):
+        table.add_column(column, justify="left" if column in ("node", "serves as") else "right")
     for role in network.roles:
         address = network.node_addresses[role.index]
         key = address.lower()
         table.add_row(
-            f"node-{role.index} {address[:10]}", role.description,
+            f"node-{role.index} {address[:8]}", short_role(role),
             str(facts["served"].get(key, 0)), str(facts["challenged"].get(key, 0)),
             str(facts["mismatches"].get(key, 0)), str(slashes.get(key, 0)),
-            eth(before.stake[address]), eth(after.stake[address]),
-            eth(before.balance[address]), eth(after.balance[address]),
+            change(before.stake[address], after.stake[address]),
+            change(before.balance[address], after.balance[address]),
         )
     console.print(table)
-    console.print(f"user {network.user.address}: balance {eth(before.user_balance)} -> "
-                  f"{eth(after.user_balance)} ETH; treasury {eth(before.treasury)} -> "
-                  f"{eth(after.treasury)} ETH")
+    console.print(f"user {network.user.address}: balance {change(before.user_balance, after.user_balance)}"
+                  f"; treasury {change(before.treasury, after.treasury)}", soft_wrap=True)
     return table
 
 
