@@ -37,6 +37,7 @@ GATEWAY_START_S = 120.0
 PARTY_GAS_WEI = 10**18
 USER_DEPOSIT_WEI = 10 * 10**18
 TREASURY_WEI = 10 * 10**18
+NODE_STAKE_WEI = 5 * 10**18
 
 
 class UpError(LocalError):
@@ -119,7 +120,9 @@ def node_spec(layout: Layout, ports: Ports, role: NodeRole, options: UpOptions,
     args = ["node", "--model", str(options.model), "--port", str(port),
             "--data-dir", str(layout.node_dir(role.index)), "--dev-register",
             # a funder per node: their registrations are independent transactions
-            "--dev-funder", str(1 + (role.index - 1) % 8), *role.args]
+            "--dev-funder", str(1 + (role.index - 1) % 8),
+            # several slashes' worth, so one epoch's slashes of a cheater are all covered
+            "--dev-stake", f"{NODE_STAKE_WEI}wei", *role.args]
     if role.strategy is not None:
         args += ["--cheat", role.strategy]
     return ServiceSpec(

@@ -69,6 +69,8 @@ DevRegisterOpt = Annotated[bool, typer.Option(
     help="dev chain only: fund this node from a dev account, register it and stake the minimum")]
 DevFunderOpt = Annotated[int, typer.Option(
     "--dev-funder", help="dev account index that funds --dev-register")]
+DevStakeOpt = Annotated[str | None, typer.Option(
+    "--dev-stake", help="with --dev-register: stake this much (e.g. 5eth) instead of the minimum")]
 CheatOpt = Annotated[str | None, typer.Option(
     "--cheat", help="DEMONSTRATIONS ONLY: behave dishonestly (wrong-tokens, skip-layers, "
     "substitute-model, sometimes, late-divergence); such a node is caught and slashed")]
@@ -87,6 +89,7 @@ def node(
     contract: ContractOpt = None,
     dev_register: DevRegisterOpt = False,
     dev_funder: DevFunderOpt = 0,
+    dev_stake: DevStakeOpt = None,
     cheat: CheatOpt = None,
 ) -> None:
     """Serve models over the OpenAI-compatible API (and /verify as a validator)."""
@@ -124,7 +127,10 @@ def node(
     sock = _listen(host, port)
     endpoint = _url(host, sock.getsockname()[1])
     if dev_register:
-        do_dev_register(client, identity, endpoint, dev_funder, say=_say)
+        from verinfer.chain.cli import parse_amount
+
+        stake = parse_amount(dev_stake) if dev_stake is not None else None
+        do_dev_register(client, identity, endpoint, dev_funder, say=_say, stake=stake)
     check_registration(client, identity.address, endpoint)
     if (registered := registered_endpoint(client, identity.address)) != endpoint:
         _say(f"warning: the chain lists this node at {registered}, it listens on {endpoint}")

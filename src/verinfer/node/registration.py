@@ -62,14 +62,16 @@ def dev_register(
     endpoint: str,
     funder: int = 0,
     say: Callable[[str], Any] = print,
+    stake: int | None = None,
 ) -> None:
-    """On the dev chain: fund, register and stake the node as needed; update its endpoint."""
+    """On the dev chain: fund, register and stake the node as needed (up to `stake`, at least
+    the minimum); update its endpoint."""
     w3 = client.w3
     if w3.eth.chain_id != DEV_CHAIN_ID:
         raise ChainError("--dev-register works on the dev chain only: register and stake by hand")
     address = Web3.to_checksum_address(identity.address)
-    minimum = client.params().min_stake
-    missing_stake = max(minimum - client.stake_of(address), 0)
+    target = max(client.params().min_stake, stake or 0)
+    missing_stake = max(target - client.stake_of(address), 0)
     needed = missing_stake + DEV_GAS_FUNDS
     if w3.eth.get_balance(address) < needed:
         tx = w3.eth.send_transaction({"from": dev_address(funder), "to": address, "value": Wei(needed)})
