@@ -136,6 +136,11 @@ def test_chat_streamed_equals_whole_and_ends_with_receipt(node: RunningNode) -> 
     assert streamed.request == single.request  # same prompt ids, parameters and seed
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     assert finishes == [whole.choices[0].finish_reason]
+    # Every step's id reaches the stream (docs/protocol-v2.md, "Streams"): what a gateway
+    # needs to continue it elsewhere from exactly the tokens the user has.
+    ids = [t for c in chunks if c.choices
+           for t in (c.choices[0].model_extra or {}).get("token_ids", [])]
+    assert ids == list(single.output_token_ids)
 
 
 def test_streamed_completion_with_n_and_logprobs(node: RunningNode) -> None:

@@ -411,6 +411,9 @@ def create_app(
                     ChatChunkChoice(index=i, delta=ChatDelta(role="assistant", content=""))
                     for i in range(len(generation.plan.rows))
                 ]))
+            # Ids of the steps since a choice's last chunk (docs/protocol-v2.md, "Streams"): a
+            # gateway continues a cut stream on another node from exactly these tokens.
+            unsent: dict[int, list[int]] = {}
             while not generation.done:
                 try:
                     index, event = await generation.next()
@@ -419,18 +422,21 @@ def create_app(
                     yield f"data: {json.dumps(error)}\n\n"
                     yield "data: [DONE]\n\n"
                     return
+                if event.token_id >= 0:
+                    unsent.setdefault(index, []).append(event.token_id)
                 if not event.text and event.finish_reason is None and generation.plan.logprobs is None:
                     continue
+                token_ids = unsent.pop(index, [])
                 if chat:
                     logprobs = chat_logprobs(tokenizer, [event], generation.plan.logprobs)
                     yield sse(chunk([ChatChunkChoice(
                         index=index, delta=ChatDelta(content=event.text), logprobs=logprobs,
-                        finish_reason=event.finish_reason)]))
+                        finish_reason=event.finish_reason, token_ids=token_ids)]))
                 else:
                     text_logprobs = completion_logprobs(tokenizer, [event], generation.plan.logprobs)
                     yield sse(chunk([CompletionChoice(
                         index=index, text=event.text, logprobs=text_logprobs,
-                        finish_reason=event.finish_reason)]))
+                        finish_reason=event.finish_reason, token_ids=token_ids)]))
             count_completion(generation)
             usage = generation.usage() if body.include_usage_in_stream else None
             yield sse(chunk([], usage, generation.receipts()))
