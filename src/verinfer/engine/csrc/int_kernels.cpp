@@ -509,13 +509,20 @@ inline int32_t reduce_add_avx2(__m256i v) {
 }
 
 // sum += the 4-byte dot products of x and w per int32 lane, exactly, for x in [-127, 127] and
-// any int8 w (w_abs = |w|). vpmaddubsw multiplies unsigned by signed bytes and adds pairs into
-// int16 with saturation: |w| (up to 128, unsigned) times x with w's sign (vpsignb; -x never
-// wraps since x != -128) is w x, and a pair sums to at most 2 * 128 * 127 = 32512 < 2**15, so
-// it never saturates; vpmaddwd by ones then adds pairs of those into int32.
-inline __m256i madd_step(__m256i sum, __m256i w_abs, __m256i w, __m256i x) {
-  const __m256i pairs = _mm256_maddubs_epi16(w_abs, _mm256_sign_epi8(x, w));
-  return _mm256_add_epi32(sum, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+// any int8 w (w_abs = |w|, ones = 16-bit ones). vpmaddubsw multiplies unsigned by signed bytes
+// and adds pairs into int16 with saturation: |w| (up to 128, unsigned) times x with w's sign
+// (vpsignb; -x never wraps since x != -128) is w x, and a pair sums to at most 2 * 128 * 127 =
+// 32512 < 2**15, so it never saturates; vpmaddwd by ones then adds pairs of those into int32.
+// Written in asm because GCC 12 otherwise stores the accumulators to memory at every step.
+inline __m256i madd_step(__m256i sum, __m256i w_abs, __m256i w, __m256i x, __m256i ones) {
+  __m256i t;
+  asm("vpsignb %[w], %[x], %[t]\n\t"
+      "vpmaddubsw %[t], %[a], %[t]\n\t"
+      "vpmaddwd %[ones], %[t], %[t]\n\t"
+      "vpaddd %[t], %[sum], %[sum]"
+      : [sum] "+x"(sum), [t] "=&x"(t)
+      : [a] "x"(w_abs), [w] "x"(w), [x] "x"(x), [ones] "x"(ones));
+  return sum;
 }
 
 // One tile of ROWS rows x COLS columns (each column K contiguous bytes of w) by madd_step: each
@@ -523,6 +530,7 @@ inline __m256i madd_step(__m256i sum, __m256i w_abs, __m256i w, __m256i x) {
 // 32 are added one by one.
 template <int ROWS, int COLS>
 inline void madd_tile(const int8_t* x, const int8_t* w, int64_t k, int32_t* acc, int64_t stride) {
+  const __m256i ones = _mm256_set1_epi16(1);
   __m256i sums[ROWS][COLS];
   for (int r = 0; r < ROWS; ++r)
     for (int j = 0; j < COLS; ++j) sums[r][j] = _mm256_setzero_si256();
@@ -535,7 +543,7 @@ inline void madd_tile(const int8_t* x, const int8_t* w, int64_t k, int32_t* acc,
     }
     for (int r = 0; r < ROWS; ++r) {
       const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + r * k + i));
-      for (int j = 0; j < COLS; ++j) sums[r][j] = madd_step(sums[r][j], wa[j], wv[j], xv);
+      for (int j = 0; j < COLS; ++j) sums[r][j] = madd_step(sums[r][j], wa[j], wv[j], xv, ones);
     }
   }
   for (int r = 0; r < ROWS; ++r)
@@ -550,6 +558,7 @@ inline void madd_tile(const int8_t* x, const int8_t* w, int64_t k, int32_t* acc,
 // stream (as column_dots), with two sums per row to break the dependency chain of the adds.
 template <int ROWS>
 inline void madd_column(const int8_t* x, const int8_t* wc, int64_t k, int32_t* out, int64_t stride) {
+  const __m256i ones = _mm256_set1_epi16(1);
   __m256i even[ROWS], odd[ROWS];
   for (int r = 0; r < ROWS; ++r) even[r] = odd[r] = _mm256_setzero_si256();
   int64_t i = 0;
@@ -558,8 +567,8 @@ inline void madd_column(const int8_t* x, const int8_t* wc, int64_t k, int32_t* o
     const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wc + i + 32));
     const __m256i a0 = _mm256_abs_epi8(w0), a1 = _mm256_abs_epi8(w1);
     for (int r = 0; r < ROWS; ++r) {
-      even[r] = madd_step(even[r], a0, w0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + r * k + i)));
-      odd[r] = madd_step(odd[r], a1, w1, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + r * k + i + 32)));
+      even[r] = madd_step(even[r], a0, w0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + r * k + i)), ones);
+      odd[r] = madd_step(odd[r], a1, w1, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + r * k + i + 32)), ones);
     }
   }
   for (int r = 0; r < ROWS; ++r) {
