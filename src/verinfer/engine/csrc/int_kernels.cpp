@@ -25,6 +25,8 @@
 // `scalar` is the portable C++ compiled for the build's baseline target (x86-64: SSE2, which
 // the compiler may still vectorize with); `avx2` x86-64-v3; `avx512` x86-64-v4 (AVX-512 F, BW,
 // DQ, VL); `avx512vnni` adds the VNNI byte products.
+namespace {
+
 enum Isa : int { ISA_SCALAR = 0, ISA_AVX2 = 1, ISA_AVX512 = 2, ISA_AVX512VNNI = 3 };
 const char* const ISA_NAMES[] = {"scalar", "avx2", "avx512", "avx512vnni"};
 
@@ -37,7 +39,9 @@ Isa best_isa() {
 }
 
 const Isa cpu_isa = best_isa();
-Isa isa = cpu_isa;  // the route in use; set_isa changes it (before any work, from Python)
+Isa isa = cpu_isa;  // the route in use; set_isa changes it between calls (from Python)
+
+}  // namespace
 
 // Hot loops are written once as an always-inline body (`name##_body`) and compiled per route:
 // ISA_ROUTES defines `name`, which calls the copy built for the route in use. On other
