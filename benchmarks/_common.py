@@ -128,12 +128,13 @@ def verinfer_quantized(model: str, hf_dir: Path) -> Path:
     return out
 
 
-def llama_cpp_available() -> str | None:
-    """None when llama-cpp-python imports, else why not."""
-    try:
-        import llama_cpp  # noqa: F401
-    except ImportError as exc:
-        return f"llama-cpp-python is not installed ({exc})"
+def llama_cpp_available(python: str | None = None) -> str | None:
+    """None when llama-cpp-python imports (in `python`, default this one), else why not."""
+    done = subprocess.run([python or sys.executable, "-c", "import llama_cpp, numpy, rich"],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return f"llama-cpp-python is not installed for {python or sys.executable} ({last})"
     return None
 
 
@@ -166,15 +167,17 @@ def gguf_q8_0(model: str, hf_dir: Path) -> Path:
     return out
 
 
-def run_child(argv: list[str], timeout: float) -> dict[str, Any]:
-    """Run `python benchmarks/engine.py --child ...` and return the JSON it reports."""
+def run_child(argv: list[str], timeout: float, env: dict[str, str] | None = None,
+              python: str | None = None) -> dict[str, Any]:
+    """Run `python benchmarks/engine.py --child ...` (with `python`, default this one, and
+    `env` added to the environment) and return the JSON it reports."""
     proc = subprocess.run(
-        [sys.executable, str(Path(__file__).with_name("engine.py")), *argv],
+        [python or sys.executable, str(Path(__file__).with_name("engine.py")), *argv],
         capture_output=True,
         check=False,  # a failed child becomes an "error" row, not an aborted benchmark
         text=True,
         timeout=timeout,
-        env={**os.environ, "OMP_NUM_THREADS": "2", "TOKENIZERS_PARALLELISM": "false"},
+        env={**os.environ, "OMP_NUM_THREADS": "2", "TOKENIZERS_PARALLELISM": "false", **(env or {})},
     )
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_PREFIX):

@@ -36,6 +36,24 @@ The benchmark then converts each checkpoint once with that tree's `convert_hf_to
 converter's table of known pre-tokenizers, so they are declared GPT-2-like (they are); the
 benchmark feeds token ids, so this never touches the figures.
 
+`--isa avx2` (or scalar, avx512, avx512vnni) restricts every engine to that instruction set, so
+any x86 machine can measure the class of CPU it names: verinfer's kernels by `VERINFER_ISA`,
+torch (transformers, and the torch parts of verinfer) by `ATEN_CPU_CAPABILITY`, MKL by
+`MKL_ENABLE_INSTRUCTIONS` and oneDNN by `ONEDNN_MAX_CPU_ISA`. llama.cpp's instruction set is fixed
+when it is compiled, so it comes from a second build made without AVX-512, in its own venv
+(the one above stays), passed as `--llama-python`; the child reports llama.cpp's own system
+info, and a build that still uses AVX-512 is flagged in the notes:
+
+    python3 -m venv /tmp/llama-avx2 && /tmp/llama-avx2/bin/pip install numpy rich
+    CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+        -DGGML_BMI2=ON -DGGML_AVX512=OFF -DGGML_AVX512_VBMI=OFF -DGGML_AVX512_VNNI=OFF \
+        -DGGML_AVX512_BF16=OFF -DGGML_AVX_VNNI=OFF" /tmp/llama-avx2/bin/pip install \
+        --no-binary llama-cpp-python llama-cpp-python==0.3.36
+    .venv/bin/python benchmarks/engine.py --models 1b --isa avx2 --llama-python /tmp/llama-avx2/bin/python
+
+On a CPU with AVX-512, `--isa avx2` measures the AVX2 route on an AVX-512 machine: the same
+instructions as an AVX2-only CPU, not the same memory system or clock.
+
 llama.cpp's worker threads spin while they wait: on a 2-core machine where anything else runs,
 its figures collapse. Run the benchmark on an otherwise idle machine (the table's title shows
 the load average at the start).
@@ -69,6 +87,18 @@ from _common import (
 
 ENGINES = ("verinfer", "transformers", "llamacpp")
 MODELS = ("demo", "1b")
+ISAS = ("native", "scalar", "avx2", "avx512", "avx512vnni")  # native: no restriction
+# Per --isa: torch's (ATEN_CPU_CAPABILITY), MKL's and oneDNN's name for the same instruction set.
+ISA_ENV = {
+    "scalar": {"ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",
+               "ONEDNN_MAX_CPU_ISA": "SSE41"},
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+             "ONEDNN_MAX_CPU_ISA": "AVX2"},
+    "avx512": {"ATEN_CPU_CAPABILITY": "avx512", "MKL_ENABLE_INSTRUCTIONS": "AVX512",
+               "ONEDNN_MAX_CPU_ISA": "AVX512_CORE"},
+    "avx512vnni": {"ATEN_CPU_CAPABILITY": "avx512", "MKL_ENABLE_INSTRUCTIONS": "AVX512",
+                   "ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI"},
+}
 PROMPT_LEN = 128
 THREADS = 2
 
@@ -93,11 +123,12 @@ def peak_rss_mb() -> float:
 def time_verinfer(path: Path, batch: int, new_tokens: int, repeats: int) -> dict[str, Any]:
     import torch
 
-    from verinfer.engine import Engine, SamplingParams
+    from verinfer.engine import Engine, SamplingParams, kernels
 
     torch.set_num_threads(THREADS)
     started = time.perf_counter()
     engine = Engine.load(path)
+    route = kernels.isa() if kernels.use_fused() else "torch path"
     load_s = time.perf_counter() - started
     ids = prompts(engine.config.vocab_size, batch)
 
@@ -118,7 +149,8 @@ def time_verinfer(path: Path, batch: int, new_tokens: int, repeats: int) -> dict
     weights = engine.model.weight_bytes()
     # Row 0 has the same prompt at every batch size: its output must be the same bytes.
     return {"load_s": load_s, "timings": timings, "weights_bytes": weights,
-            "row0_output_hash": results[0].output_hash, "model_id": engine.model_id}
+            "row0_output_hash": results[0].output_hash, "model_id": engine.model_id,
+            "isa": f"{route}, torch {torch.backends.cpu.get_cpu_capability()}"}
 
 
 def time_transformers(path: Path, batch: int, new_tokens: int, repeats: int) -> dict[str, Any]:
@@ -166,7 +198,8 @@ def time_transformers(path: Path, batch: int, new_tokens: int, repeats: int) -> 
     timings = [run(new_tokens) for _ in range(repeats)]
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     return {"load_s": load_s, "timings": timings, "weights_bytes": weights,
-            "attn": model.config._attn_implementation}
+            "attn": model.config._attn_implementation,
+            "isa": f"torch {torch.backends.cpu.get_cpu_capability()}"}
 
 
 class LlamaCppRunner:
@@ -240,7 +273,12 @@ def time_llamacpp(gguf: Path, batch: int, new_tokens: int, repeats: int) -> dict
 
     run(2)
     timings = [run(new_tokens) for _ in range(repeats)]
-    return {"load_s": load_s, "timings": timings, "weights_bytes": gguf.stat().st_size}
+    system = runner.lc.llama_print_system_info().decode()
+    # e.g. "CPU : SSE3 = 1 | ... | AVX2 = 1 | ... | AVX512 = 0 | ...": the features compiled in.
+    features = [f.split("=")[0].strip() for f in system.replace("CPU :", "|").split("|")
+                if f.strip().endswith("= 1")]
+    return {"load_s": load_s, "timings": timings, "weights_bytes": gguf.stat().st_size,
+            "isa": " ".join(features)}
 
 
 def child_main(args: argparse.Namespace) -> int:
@@ -263,10 +301,14 @@ def child_main(args: argparse.Namespace) -> int:
 
 
 def measure(models: list[str], engines: list[str], batches: list[int], new_tokens: int,
-            repeats: int) -> tuple[list[dict[str, Any]], list[str]]:
+            repeats: int, isa: str = "native",
+            llama_python: str | None = None) -> tuple[list[dict[str, Any]], list[str]]:
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
-    llama_missing = llama_cpp_available() if "llamacpp" in engines else None
+    env = {} if isa == "native" else {"VERINFER_ISA": isa, **ISA_ENV[isa]}
+    llama_missing = None
+    if "llamacpp" in engines:
+        llama_missing = llama_cpp_available(llama_python)
     if llama_missing:
         notes.append(f"llama.cpp skipped: {llama_missing}")
     for model in models:
@@ -286,10 +328,14 @@ def measure(models: list[str], engines: list[str], batches: list[int], new_token
                 print(f"  {model} batch {batch}: {engine} ...", flush=True)
                 argv = ["--child", engine, "--path", str(target), "--batch", str(batch),
                         "--new-tokens", str(new_tokens), "--repeats", str(repeats)]
-                result = run_child(argv, timeout=3600)
+                python = llama_python if engine == "llamacpp" else None
+                result = run_child(argv, timeout=3600, env=env, python=python)
                 rows.append({"model": model, "engine": engine, "batch": batch, **result})
                 if "error" in result:
                     notes.append(f"{engine} on {model}, batch {batch} failed: {result['error']}")
+                elif engine == "llamacpp" and isa in ("scalar", "avx2") and "AVX512" in result["isa"].split():
+                    notes.append(f"llama.cpp is NOT restricted to {isa}: its build uses AVX-512 "
+                                 "(pass --llama-python of a build without it)")
         hashes = {r.get("row0_output_hash") for r in rows
                   if r["model"] == model and r["engine"] == "verinfer" and "error" not in r}
         if len(hashes) > 1:
@@ -315,14 +361,14 @@ def print_table(rows: list[dict[str, Any]], notes: list[str], title: str) -> Non
     table = Table(title=title)
     for name in ("model", "engine", "batch", "weights", "prefill tok/s", "decode tok/s",
                  "prefill vs HF fp32", "decode vs HF fp32", "prefill vs llama.cpp",
-                 "decode vs llama.cpp", "peak RSS", "load"):
+                 "decode vs llama.cpp", "peak RSS", "load", "instruction set"):
         table.add_column(name, justify="left" if name in ("model", "engine") else "right")
     labels = {"verinfer": "verinfer int8", "transformers": "transformers fp32",
               "llamacpp": "llama.cpp Q8_0"}
     for row in rows:
         if "error" in row:
             table.add_row(row["model"], labels[row["engine"]], str(row["batch"]), "failed",
-                          *[""] * 8)
+                          *[""] * 9)
             continue
         table.add_row(
             row["model"], labels[row["engine"]], str(row["batch"]),
@@ -333,7 +379,7 @@ def print_table(rows: list[dict[str, Any]], notes: list[str], title: str) -> Non
             ratio(rows, row, "transformers", "decode_tok_s"),
             ratio(rows, row, "llamacpp", "prefill_tok_s"),
             ratio(rows, row, "llamacpp", "decode_tok_s"),
-            f"{row['peak_rss_mb'] / 1024:.2f} GiB", f"{row['load_s']:.1f} s",
+            f"{row['peak_rss_mb'] / 1024:.2f} GiB", f"{row['load_s']:.1f} s", row.get("isa", "?"),
         )
     console = wide_console()
     console.print(table)
@@ -351,6 +397,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs (median reported)")
     parser.add_argument("--quick", action="store_true", help="8 new tokens, one timed run")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--isa", choices=ISAS, default="native",
+                        help="restrict every engine to this instruction set (see the module docstring)")
+    parser.add_argument("--llama-python", help="python of the venv whose llama-cpp-python to time "
+                        "(a build made for --isa); default: this one")
     parser.add_argument("--child", choices=ENGINES, help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
@@ -377,13 +427,15 @@ def main(argv: list[str] | None = None) -> int:
 
     info = machine()
     print(f"machine: {info}", flush=True)
-    rows, notes = measure(models, engines, batches, args.new_tokens, args.repeats)
+    rows, notes = measure(models, engines, batches, args.new_tokens, args.repeats, args.isa,
+                          args.llama_python)
     load_end = " ".join(f"{x:.1f}" for x in os.getloadavg())
-    title = (f"prefill {PROMPT_LEN} tokens, decode {args.new_tokens} tokens, {THREADS} threads, "
+    title = (f"instruction set {args.isa}; "
+             f"prefill {PROMPT_LEN} tokens, decode {args.new_tokens} tokens, {THREADS} threads, "
              f"median of {args.repeats}; load average {info['load']} at start, {load_end} at end")
     print_table(rows, notes, title)
     if args.json:
-        record = {"machine": info, "new_tokens": args.new_tokens, "repeats": args.repeats,
+        record = {"machine": info, "isa": args.isa, "new_tokens": args.new_tokens, "repeats": args.repeats,
                   "prompt_len": PROMPT_LEN, "threads": THREADS, "rows": rows, "notes": notes}
         args.json.write_text(json.dumps(record, indent=2) + "\n")
     return 1 if any("error" in r for r in rows) else 0

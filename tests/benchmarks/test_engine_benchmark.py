@@ -50,14 +50,24 @@ def test_ratio_pairs_rows_of_the_same_model_and_batch() -> None:
 
 
 def test_llama_cpp_is_skipped_with_a_note_when_missing(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(engine, "llama_cpp_available", lambda: "llama-cpp-python is not installed")
+    monkeypatch.setattr(engine, "llama_cpp_available", lambda python: "llama-cpp-python is not installed")
     rows, notes = engine.measure(["demo"], ["llamacpp"], [1], new_tokens=1, repeats=1)
     assert rows == []
     assert notes == ["llama.cpp skipped: llama-cpp-python is not installed"]
 
 
+def test_isa_restricts_the_verinfer_child(tiny_model: Path) -> None:
+    """--isa's environment reaches the child: its kernels and torch run the named route."""
+    result = _common.run_child(["--child", "verinfer", "--path", str(tiny_model), "--batch", "1",
+                                "--new-tokens", "1", "--repeats", "1"], timeout=300,
+                               env={"VERINFER_ISA": "scalar", **engine.ISA_ENV["scalar"]})
+    assert "error" not in result, result
+    assert result["isa"] == "scalar, torch DEFAULT"
+    assert set(engine.ISA_ENV) == set(engine.ISAS) - {"native"}
+
+
 @pytest.mark.parametrize("argv", [["--engines", "vllm"], ["--models", "7b"], ["--batches", "x"],
-                                  ["--new-tokens", "0"]])
+                                  ["--new-tokens", "0"], ["--isa", "sse9"]])
 def test_bad_options_exit_with_usage_error(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         engine.main(argv)

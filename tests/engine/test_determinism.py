@@ -1,10 +1,12 @@
 """Bit-exactness: the same request gives the same logits bytes and tokens with 1 or 2 threads,
 alone or inside a batch of other prompts, with prefill in one chunk or several, in a fresh
-process — and reproduces the committed golden vectors."""
+process — and reproduces the committed golden vectors on every instruction-set route of the
+kernels this CPU can run, on the torch path, and with torch held to its default (no-SIMD) code."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from verinfer.engine import Engine, SamplingParams
+from verinfer.engine import Engine, SamplingParams, kernels
 
 GOLDEN_DIR = Path(__file__).resolve().parents[1] / "vectors" / "engine"
 sys.path.insert(0, str(GOLDEN_DIR))
@@ -93,6 +95,36 @@ def test_golden_vectors_reproduce() -> None:
     assert len(fresh["cases"]) == len(golden["cases"])
     for expected, got in zip(golden["cases"], fresh["cases"], strict=True):
         assert got == expected, f"golden case for {expected['model']} differs"
+
+
+@pytest.mark.parametrize("route", kernels.ISAS)
+def test_golden_vectors_reproduce_on_every_route(route: str) -> None:
+    assert kernels.extension() is not None, "the C++ kernels must build on this machine"
+    best = kernels.cpu_isa()
+    if kernels.ISAS.index(route) > kernels.ISAS.index(best):
+        pytest.skip(f"this CPU cannot run the {route} route (its best is {best})")
+    before = kernels.isa()
+    kernels.set_isa(route)
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            fresh = make_golden.compute(Path(scratch))
+    finally:
+        kernels.set_isa(before)
+    assert fresh == json.loads(make_golden.GOLDEN.read_text())
+
+
+@pytest.mark.parametrize("env", [{"VERINFER_KERNELS": "torch"}, {"VERINFER_ISA": "scalar"}],
+                         ids=["torch-path", "scalar-route"])
+def test_golden_vectors_reproduce_with_torch_default_capability(env: dict[str, str]) -> None:
+    """torch's own kernels held to their no-SIMD build (`ATEN_CPU_CAPABILITY=default`), in a
+    fresh process, as make_golden.py --check runs them."""
+    done = subprocess.run(
+        [sys.executable, str(GOLDEN_DIR / "make_golden.py"), "--check"],
+        capture_output=True, text=True, timeout=900, check=False,
+        env={**os.environ, "ATEN_CPU_CAPABILITY": "default", **env},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "golden vectors reproduce" in done.stdout
 
 
 @pytest.mark.parametrize("model", ["tiny-llama", "tiny-qwen2"])

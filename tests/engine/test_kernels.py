@@ -1,5 +1,6 @@
 """The fused C++ kernels equal the torch reference byte for byte: each kernel on random and edge
-inputs, and the whole model (prefill and batched decode); the fallback warns once and works."""
+inputs, and the whole model (prefill and batched decode), on every instruction-set route this CPU
+can run; the route switch refuses what the CPU cannot run; the fallback warns once and works."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from verinfer.engine import Engine, SamplingParams, kernels, rope
 from verinfer.engine import fixedpoint as fp
 from verinfer.engine import model as m
 from verinfer.engine.testing import tiny_config, write_random_checkpoint
+from verinfer.errors import LocalError
 
 GEN = torch.Generator().manual_seed(20261121)
 
@@ -29,6 +31,19 @@ def _fused_on(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(kernels, "_fused", None)  # restored afterwards, unlike reload_setting()
     assert kernels.extension() is not None, "the C++ kernels must build on this machine"
     yield
+
+
+@pytest.fixture(params=kernels.ISAS)
+def route(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Each test that takes it runs once per route (instruction set) of the kernels."""
+    name = request.param
+    best = kernels.cpu_isa()
+    if kernels.ISAS.index(name) > kernels.ISAS.index(best):
+        pytest.skip(f"this CPU cannot run the {name} route (its best is {best})")
+    before = kernels.isa()
+    kernels.set_isa(name)
+    yield name
+    kernels.set_isa(before)
 
 
 def _reference(monkeypatch: pytest.MonkeyPatch, fn: Callable[..., Any], *args: Any) -> Any:
@@ -119,6 +134,50 @@ def test_env_var_selects_the_torch_path_in_a_new_process() -> None:
     assert done.returncode == 0, done.stderr
 
 
+def test_isa_env_var_forces_a_route_in_a_new_process() -> None:
+    probe = (
+        "import torch\n"
+        "from verinfer.engine import kernels\n"
+        "assert kernels.extension() is not None\n"
+        "print(kernels.isa())\n"
+    )
+    for name in kernels.ISAS[: kernels.ISAS.index(kernels.cpu_isa()) + 1]:
+        env = {**os.environ, kernels.ISA_ENV_VAR: name}
+        done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
+                              check=False, env=env)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == name
+
+
+def test_isa_env_var_refuses_an_unknown_route_every_time() -> None:
+    probe = (
+        "from verinfer.engine import kernels\n"
+        "from verinfer.errors import LocalError\n"
+        "for attempt in range(2):\n"
+        "    try:\n"
+        "        kernels.extension()\n"
+        "    except LocalError as exc:\n"
+        "        print(exc)\n"
+    )
+    env = {**os.environ, kernels.ISA_ENV_VAR: "sse9"}
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
+                          check=False, env=env)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 2 and all("VERINFER_ISA=sse9 is not a route" in line for line in lines), lines
+
+
+def test_set_isa_refuses_routes_the_cpu_cannot_run() -> None:
+    best = kernels.cpu_isa()
+    beyond = kernels.ISAS[kernels.ISAS.index(best) + 1 :]
+    if not beyond:
+        pytest.skip(f"this CPU runs every route ({best})")
+    for name in beyond:
+        with pytest.raises(LocalError, match=f"cannot run that route \\(its best is {best}\\)"):
+            kernels.set_isa(name)
+    assert kernels.isa() == best
+
+
 def test_floor_divide_fast_is_the_exact_floor() -> None:
     ext = kernels.extension()
     assert ext is not None
@@ -134,7 +193,7 @@ def test_floor_divide_fast_is_the_exact_floor() -> None:
 @pytest.mark.parametrize("levels", [fp.INT8_LEVELS, fp.WIDE_LEVELS])
 @pytest.mark.parametrize("shape", [(1, 1, 1), (1, 1, 2), (2, 3, 7), (1, 1, 64), (3, 4, 2048)])
 @pytest.mark.parametrize("gain_bits", [12, 26])  # 26: the largest gains, past the fast division
-def test_rms_norm_quantize(shape: tuple[int, int, int], levels: int, gain_bits: int,
+def test_rms_norm_quantize(shape: tuple[int, int, int], levels: int, gain_bits: int, route: str,
                            monkeypatch: pytest.MonkeyPatch) -> None:
     h = _with_edges(_ints(shape, 46), fp.ACT_LIMIT)
     gain_limit = (1 << (fp.ACT_FRAC + 11)) - 1  # the largest gain quantize accepts
@@ -146,13 +205,26 @@ def test_rms_norm_quantize(shape: tuple[int, int, int], levels: int, gain_bits: 
 
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 16, 17, 40, 130])
 @pytest.mark.parametrize(("k", "n"), [(1, 1), (7, 3), (64, 96), (130, 9), (200, 97), (2048, 40)])
-def test_int8_matmul(rows: int, k: int, n: int) -> None:
+def test_int8_matmul(rows: int, k: int, n: int, route: str) -> None:
     weight = torch.randint(-128, 128, (n, k), generator=GEN, dtype=torch.int8)
-    x = torch.randint(-128, 128, (rows, k), generator=GEN, dtype=torch.int8)
-    weight[0], x[0] = -128, -128  # the largest products
+    x = torch.randint(-127, 128, (rows, k), generator=GEN, dtype=torch.int8)
+    weight[0], x[0] = -128, -127  # the largest products of rows within +-127 (the AVX2 ones)
+    x[-1, : k // 2] = 127
     reference = fp.int8_matmul(x, weight.t())
     _assert_same(kernels.int8_matmul(x, weight.t()), reference)
-    _assert_same(kernels.int8_matmul(x, weight.t(), vnni=False), reference)
+    x[-1, -1] = -128  # rows outside +-127 take another route, with the same integers
+    _assert_same(kernels.int8_matmul(x, weight.t()), fp.int8_matmul(x, weight.t()))
+
+
+@pytest.mark.parametrize("k", [1024, 1025, 3000])  # the float32 route's chunk of 1024, and past it
+def test_int8_matmul_largest_sums(k: int, route: str) -> None:
+    """Every product at its extreme (-128 * -128 and -128 * 127): sums of up to 2**24 per chunk."""
+    rows = 40  # past the integer loops' row limit: the float32 route without VNNI
+    weight = torch.full((3, k), -128, dtype=torch.int8)
+    weight[1] = 127
+    x = torch.full((rows, k), -128, dtype=torch.int8)
+    x[1::2] = 127
+    _assert_same(kernels.int8_matmul(x, weight.t()), fp.int8_matmul(x, weight.t()))
 
 
 @pytest.mark.parametrize(("rows", "k", "n"), [(1, 1, 1), (1, 64, 96), (2, 200, 70), (3, 130, 37),
@@ -160,7 +232,7 @@ def test_int8_matmul(rows: int, k: int, n: int) -> None:
                                               (40, 64, 24), (1, 2048, 300), (2, 5632, 64)])
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("levels", [fp.INT8_LEVELS, fp.WIDE_LEVELS])
-def test_linear_dequantization(rows: int, k: int, n: int, bias: bool, levels: int,
+def test_linear_dequantization(rows: int, k: int, n: int, bias: bool, levels: int, route: str,
                                monkeypatch: pytest.MonkeyPatch) -> None:
     weight = torch.randint(-128, 128, (n, k), generator=GEN, dtype=torch.int8)
     weight[0] = -128  # extreme accumulators: +-K * 128 * 127
@@ -184,12 +256,6 @@ def test_linear_dequantization(rows: int, k: int, n: int, bias: bool, levels: in
     strided = torch.zeros(rows, 2 * k, dtype=xq.dtype)
     strided[:, ::2] = xq
     _assert_same(linear(strided[:, ::2], xm, xe), _reference(monkeypatch, linear, xq, xm, xe))
-    # Without VNNI: 16-bit products, or torch._int_mm past 16 rows (same integers).
-    ext = kernels.extension()
-    assert ext is not None
-    narrow = ext.linear(xq, xm, xe, linear.weight_t, linear.mant, linear.shift_base, linear.bias, residual,
-                        vnni=False)
-    _assert_same(narrow, linear(xq, xm, xe, residual))
 
 
 @pytest.fixture(scope="module")
@@ -220,7 +286,7 @@ BATCHES = [
 
 @pytest.mark.parametrize(("positions", "rows"), BATCHES)
 def test_rope_to_cache_and_attend(positions: list[list[int]], rows: list[int], tiny_model: m.IntModel,
-                                  monkeypatch: pytest.MonkeyPatch) -> None:
+                                  route: str, monkeypatch: pytest.MonkeyPatch) -> None:
     c = tiny_model.config
     pos, row = torch.tensor(positions), torch.tensor(rows)
     width = (c.num_attention_heads + 2 * c.num_key_value_heads) * c.head_dim
@@ -235,7 +301,7 @@ def test_rope_to_cache_and_attend(positions: list[list[int]], rows: list[int], t
 
 
 @pytest.mark.parametrize("position", [0, 1, 3, 4, 127, 128, 299])
-def test_attend_decode_at_long_positions(position: int, tiny_model: m.IntModel,
+def test_attend_decode_at_long_positions(position: int, tiny_model: m.IntModel, route: str,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     c = tiny_model.config
     k_cache, v_cache = _cache(tiny_model, 2, 300)
@@ -244,17 +310,10 @@ def test_attend_decode_at_long_positions(position: int, tiny_model: m.IntModel,
     q = _with_edges(_ints((2, 1, c.num_attention_heads, c.head_dim), 20), m.QK_LIMIT).clamp(-m.QK_LIMIT, m.QK_LIMIT)
     fused = m._attend(tiny_model, q, k_cache, v_cache, pos, row)
     _assert_same(fused, _reference(monkeypatch, m._attend, tiny_model, q, k_cache, v_cache, pos, row))
-    # The int64 products (CPUs without AVX-512) give the same integers as the float64 ones.
-    ext = kernels.extension()
-    assert ext is not None
-    hi, lo, log2e = fp._exp2_tables("cpu", None)
-    narrow = ext.attend(q, k_cache, v_cache, pos, row, tiny_model.inv_sqrt_mant, tiny_model.inv_sqrt_exp,
-                        hi, lo, log2e, avx512=False)
-    _assert_same(narrow, fused)
 
 
 @pytest.mark.parametrize(("heads", "n_kv", "hd"), [(2, 1, 8), (4, 2, 40), (8, 2, 64), (2, 2, 12), (3, 1, 96)])
-def test_attend_head_shapes(heads: int, n_kv: int, hd: int, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_attend_head_shapes(heads: int, n_kv: int, hd: int, route: str, monkeypatch: pytest.MonkeyPatch) -> None:
     mant, exp = m._inv_sqrt_scale(hd)
     model = SimpleNamespace(inv_sqrt_mant=mant, inv_sqrt_exp=exp)  # all _attend reads of a model
     shape = (2, n_kv, 70, hd)
@@ -266,7 +325,7 @@ def test_attend_head_shapes(heads: int, n_kv: int, hd: int, monkeypatch: pytest.
                  _reference(monkeypatch, m._attend, model, q, k_cache, v_cache, pos, row))
 
 
-def test_attend_with_extreme_queries(tiny_model: m.IntModel, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_attend_with_extreme_queries(tiny_model: m.IntModel, route: str, monkeypatch: pytest.MonkeyPatch) -> None:
     c = tiny_model.config
     k_cache, v_cache = _cache(tiny_model, 2, 64)
     pos, row = torch.tensor([[63], [10]]), torch.tensor([1, 0])
@@ -277,7 +336,7 @@ def test_attend_with_extreme_queries(tiny_model: m.IntModel, monkeypatch: pytest
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 2), (1, 1, 10), (2, 3, 320), (1, 5, 11264)])
-def test_swiglu_quantize(shape: tuple[int, int, int], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_swiglu_quantize(shape: tuple[int, int, int], route: str, monkeypatch: pytest.MonkeyPatch) -> None:
     gate_up = _ints(shape, 34)
     half = shape[-1] // 2
     gate_up[..., :half] = _with_edges(gate_up[..., :half], 1 << 30)
@@ -306,7 +365,7 @@ def _forward(model: m.IntModel, tokens: list[list[int]], chunk: int) -> tuple[li
 
 
 @pytest.mark.parametrize("variant", ["llama", "qwen2"])
-def test_whole_model_logits_equal_torch_path(variant: str, tmp_path: Path,
+def test_whole_model_logits_equal_torch_path(variant: str, tmp_path: Path, route: str,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     config = tiny_config() if variant == "llama" else tiny_config(
         architectures=["Qwen2ForCausalLM"], model_type="qwen2", attention_bias=True)
@@ -320,7 +379,7 @@ def test_whole_model_logits_equal_torch_path(variant: str, tmp_path: Path,
             _assert_same(fused_cache.k + fused_cache.v, ref_cache.k + ref_cache.v)
 
 
-def test_generation_equals_torch_path(tiny_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_generation_equals_torch_path(tiny_engine: Engine, route: str, monkeypatch: pytest.MonkeyPatch) -> None:
     prompts = ["a", "a longer prompt, of another length", "mid length"]
     params = SamplingParams(max_tokens=10, temperature=1.0, seed=7)
     fused = tiny_engine.generate(prompts, params, prefill_chunk=5)

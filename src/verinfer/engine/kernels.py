@@ -4,6 +4,10 @@ Each kernel equals a torch function of `model` byte for byte; those torch functi
 reference and the path for CUDA tensors, for `VERINFER_KERNELS=torch`, and for machines where the
 extension cannot be built (one warning, then the torch path). The set-up (`scripts/bootstrap.sh`)
 compiles it; `kernel_build` caches the build per source and loads it, safe against killed builds.
+
+Inside the extension, each kernel has routes per instruction set (`ISAS`; all compute the same
+integers): the CPU's best runs unless `VERINFER_ISA` names another, read once per process when
+the extension loads; a route the CPU cannot run is refused with a clear error.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from verinfer.errors import LocalError
 SOURCE = Path(__file__).resolve().parent / "csrc" / "int_kernels.cpp"
 EXTENSION_NAME = "verinfer_int_kernels"
 ENV_VAR = "VERINFER_KERNELS"  # "torch" selects the reference torch path
+ISA_ENV_VAR = "VERINFER_ISA"  # forces one of ISAS (for tests and benchmarks)
+ISAS = ("scalar", "avx2", "avx512", "avx512vnni")  # the extension's routes, slowest first
 
 _lock = threading.Lock()
 _extension: ModuleType | None = None
@@ -56,7 +62,38 @@ def extension() -> ModuleType | None:
                     RuntimeWarning,
                     stacklevel=2,
                 )
+            if _extension is not None and os.environ.get(ISA_ENV_VAR):
+                try:
+                    set_isa(os.environ[ISA_ENV_VAR], _extension)
+                except LocalError:
+                    _extension, _tried = None, False  # every later use raises the same error
+                    raise
         return _extension
+
+
+def set_isa(name: str, ext: ModuleType | None = None) -> None:
+    """Run the kernels on route `name` (one of ISAS) from now on in this process; raises
+    LocalError for an unknown route or one this CPU cannot run."""
+    ext = ext or _ext()
+    if name not in ISAS:
+        raise LocalError(f"{ISA_ENV_VAR}={name} is not a route: use one of {', '.join(ISAS)}")
+    best = ext.isa_info()["cpu"]
+    if ISAS.index(name) > ISAS.index(best):
+        raise LocalError(
+            f"{ISA_ENV_VAR}={name}: this CPU cannot run that route (its best is {best}); "
+            f"use one of {', '.join(ISAS[: ISAS.index(best) + 1])}"
+        )
+    ext.set_isa(name)
+
+
+def isa() -> str:
+    """The route the kernels run on now."""
+    return str(_ext().isa_info()["active"])
+
+
+def cpu_isa() -> str:
+    """The best route this CPU can run."""
+    return str(_ext().isa_info()["cpu"])
 
 
 def use_fused() -> bool:
@@ -110,12 +147,9 @@ def rms_norm_quantize(
     return q, mant, exp
 
 
-def int8_matmul(x: torch.Tensor, w_t: torch.Tensor, vnni: bool = True) -> torch.Tensor:
-    """`fp.int8_matmul` (w_t: the (K, N) transposed view of a contiguous (N, K) weight).
-
-    `vnni=False` keeps to the 16-bit path even on CPUs with AVX512-VNNI (same integers).
-    """
-    return _ext().int8_matmul(x.contiguous(), w_t.t().contiguous(), vnni)
+def int8_matmul(x: torch.Tensor, w_t: torch.Tensor) -> torch.Tensor:
+    """`fp.int8_matmul` (w_t: the (K, N) transposed view of a contiguous (N, K) weight)."""
+    return _ext().int8_matmul(x.contiguous(), w_t.t().contiguous())
 
 
 def linear(

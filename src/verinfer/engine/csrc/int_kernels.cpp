@@ -20,12 +20,46 @@
 #include <string>
 #include <vector>
 
-// On x86-64, hot loops are compiled for several vector ISAs and the widest the CPU has is
-// picked at load time; elsewhere they are compiled once for the build's target.
+// Routes: the instruction sets a kernel may use, best first. Every route computes the same
+// integers; which one runs is the CPU's best unless set_isa forces another (VERINFER_ISA).
+// `scalar` is the portable C++ compiled for the build's baseline target (x86-64: SSE2, which
+// the compiler may still vectorize with); `avx2` x86-64-v3; `avx512` x86-64-v4 (AVX-512 F, BW,
+// DQ, VL); `avx512vnni` adds the VNNI byte products.
+namespace {
+
+enum Isa : int { ISA_SCALAR = 0, ISA_AVX2 = 1, ISA_AVX512 = 2, ISA_AVX512VNNI = 3 };
+const char* const ISA_NAMES[] = {"scalar", "avx2", "avx512", "avx512vnni"};
+
+Isa best_isa() {
 #if defined(__x86_64__)
-#define VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+  if (__builtin_cpu_supports("x86-64-v4")) return __builtin_cpu_supports("avx512vnni") ? ISA_AVX512VNNI : ISA_AVX512;
+  if (__builtin_cpu_supports("x86-64-v3")) return ISA_AVX2;
+#endif
+  return ISA_SCALAR;
+}
+
+const Isa cpu_isa = best_isa();
+Isa isa = cpu_isa;  // the route in use; set_isa changes it between calls (from Python)
+
+}  // namespace
+
+// Hot loops are written once as an always-inline body (`name##_body`) and compiled per route:
+// ISA_ROUTES defines `name`, which calls the copy built for the route in use. On other
+// architectures there is one copy, for the build's target (NEON where the target has it).
+#define ROUTED_BODY static inline __attribute__((always_inline))
+#if defined(__x86_64__)
+#define ISA_ROUTES(ret, name, params, args)                                       \
+  __attribute__((target("arch=x86-64-v4"))) ret name##_v4 params { return name##_body args; } \
+  __attribute__((target("arch=x86-64-v3"))) ret name##_v3 params { return name##_body args; } \
+  ret name##_base params { return name##_body args; }                             \
+  ret name params {                                                               \
+    if (isa >= ISA_AVX512) return name##_v4 args;                                 \
+    if (isa == ISA_AVX2) return name##_v3 args;                                   \
+    return name##_base args;                                                      \
+  }
 #else
-#define VECTOR_CLONES
+#define ISA_ROUTES(ret, name, params, args) \
+  ret name params { return name##_body args; }
 #endif
 
 namespace {
@@ -121,12 +155,12 @@ inline void ratio_to_scale(int64_t num, int64_t den, int64_t extra_exp, int64_t*
 }
 
 // max |x[i]| (INT64_MIN for n = 0).
-VECTOR_CLONES
-int64_t abs_max(const int64_t* x, int64_t n) {
+ROUTED_BODY int64_t abs_max_body(const int64_t* x, int64_t n) {
   int64_t amax = INT64_MIN;
   for (int64_t i = 0; i < n; ++i) amax = std::max(amax, abs64(x[i]));
   return amax;
 }
+ISA_ROUTES(int64_t, abs_max, (const int64_t* x, int64_t n), (x, n))
 
 // q[i] = div_round(levels x[i], amax) for amax >= 1 and |x[i]| <= amax (or x[i] = INT64_MIN, whose
 // abs wraps and whose 2 levels x[i] wraps to 0).
@@ -144,11 +178,15 @@ inline __attribute__((always_inline)) void scale_row(const int64_t* x, int64_t n
   for (int64_t i = 0; i < n; ++i) q[i] = static_cast<Q>(div_round(levels * x[i], amax));
 }
 
-VECTOR_CLONES
-void scale_to_int8(const int64_t* x, int64_t n, int64_t amax, int8_t* q) { scale_row(x, n, amax, INT8_LEVELS, q); }
+ROUTED_BODY void scale_to_int8_body(const int64_t* x, int64_t n, int64_t amax, int8_t* q) {
+  scale_row(x, n, amax, INT8_LEVELS, q);
+}
+ISA_ROUTES(void, scale_to_int8, (const int64_t* x, int64_t n, int64_t amax, int8_t* q), (x, n, amax, q))
 
-VECTOR_CLONES
-void scale_to_wide(const int64_t* x, int64_t n, int64_t amax, int16_t* q) { scale_row(x, n, amax, WIDE_LEVELS, q); }
+ROUTED_BODY void scale_to_wide_body(const int64_t* x, int64_t n, int64_t amax, int16_t* q) {
+  scale_row(x, n, amax, WIDE_LEVELS, q);
+}
+ISA_ROUTES(void, scale_to_wide, (const int64_t* x, int64_t n, int64_t amax, int16_t* q), (x, n, amax, q))
 
 inline void scale_to(const int64_t* x, int64_t n, int64_t amax, int8_t* q) { scale_to_int8(x, n, amax, q); }
 inline void scale_to(const int64_t* x, int64_t n, int64_t amax, int16_t* q) { scale_to_wide(x, n, amax, q); }
@@ -224,8 +262,7 @@ int64_t grain(int64_t row_work, int64_t min_work = 32768) {
 
 // RMSNorm's row work: y[i] = shift_round(x[i], shift) * g[i]; *sum_sq = sum of the squared
 // rescaled x; returns max |y[i]|.
-VECTOR_CLONES
-int64_t rescale_row(const int64_t* x, int64_t n, int64_t shift, const int64_t* g, int64_t* y, int64_t* sum_sq) {
+ROUTED_BODY int64_t rescale_row_body(const int64_t* x, int64_t n, int64_t shift, const int64_t* g, int64_t* y, int64_t* sum_sq) {
   int64_t squares = 0, ymax = INT64_MIN;
   for (int64_t i = 0; i < n; ++i) {
     const int64_t hs = shift_round_var(x[i], shift);
@@ -236,6 +273,7 @@ int64_t rescale_row(const int64_t* x, int64_t n, int64_t shift, const int64_t* g
   *sum_sq = squares;
   return ymax;
 }
+ISA_ROUTES(int64_t, rescale_row, (const int64_t* x, int64_t n, int64_t shift, const int64_t* g, int64_t* y, int64_t* sum_sq), (x, n, shift, g, y, sum_sq))
 
 // model.rms_norm_quantize over the last axis of h: (q int8 or int16 by `levels`, mant (..., 1),
 // exp (..., 1)).
@@ -275,10 +313,6 @@ std::vector<torch::Tensor> rms_norm_quantize(const torch::Tensor& h, const torch
   });
   return {q, mant, exp};
 }
-
-// Without VNNI, products with more rows than this go to torch._int_mm (oneDNN), which is then
-// faster than the 16-bit loop; both are exact int32 sums.
-constexpr int64_t SMALL_ROWS = 16;
 
 // Columns per block of the product loops: each loaded input row serves this many columns.
 constexpr int64_t COLUMN_BLOCK = 4;
@@ -340,11 +374,11 @@ inline __attribute__((always_inline)) void blocked_products(const Input* x, cons
 
 // Inputs widened to int16: 16-bit multiply-adds (pmaddwd) on any x86-64; target clones pick the
 // widest vector ISA the CPU has.
-VECTOR_CLONES
-void products_int16(const int16_t* x16, const int8_t* w, int32_t* acc, int64_t stride, int64_t rows, int64_t k,
+ROUTED_BODY void products_int16_body(const int16_t* x16, const int8_t* w, int32_t* acc, int64_t stride, int64_t rows, int64_t k,
                     int64_t c0, int64_t c1) {
   blocked_products(x16, w, acc, stride, rows, k, c0, c1, [](int8_t b) { return static_cast<int16_t>(b); });
 }
+ISA_ROUTES(void, products_int16, (const int16_t* x16, const int8_t* w, int32_t* acc, int64_t stride, int64_t rows, int64_t k, int64_t c0, int64_t c1), (x16, w, acc, stride, rows, k, c0, c1))
 
 #if defined(__x86_64__)
 #pragma GCC push_options
@@ -464,42 +498,161 @@ void products_vnni(const int8_t* x, const int32_t* x_sums, const int8_t* w, int3
 
 #pragma GCC pop_options
 
-const bool has_vnni = __builtin_cpu_supports("x86-64-v4") && __builtin_cpu_supports("avx512vnni");
-#else
-const bool has_vnni = false;
 #endif
 
+#if defined(__x86_64__)
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v3")
+
+// The sum of the 8 int32 lanes.
+inline int32_t reduce_add_avx2(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+  return _mm_cvtsi128_si32(s);
+}
+
+// sum += the 4-byte dot products of x and w per int32 lane, exactly, for x in [-127, 127] and
+// any int8 w (w_abs = |w|, ones = 16-bit ones). vpmaddubsw multiplies unsigned by signed bytes
+// and adds pairs into int16 with saturation: |w| (up to 128, unsigned) times x with w's sign
+// (vpsignb; -x never wraps since x != -128) is w x, and a pair sums to at most 2 * 128 * 127 =
+// 32512 < 2**15, so it never saturates; vpmaddwd by ones then adds pairs of those into int32.
+// Written in asm because GCC 12 otherwise stores the accumulators to memory at every step.
+inline __m256i madd_step(__m256i sum, __m256i w_abs, __m256i w, __m256i x, __m256i ones) {
+  __m256i t;
+  asm("vpsignb %[w], %[x], %[t]\n\t"
+      "vpmaddubsw %[t], %[a], %[t]\n\t"
+      "vpmaddwd %[ones], %[t], %[t]\n\t"
+      "vpaddd %[t], %[sum], %[sum]"
+      : [sum] "+x"(sum), [t] "=&x"(t)
+      : [a] "x"(w_abs), [w] "x"(w), [x] "x"(x), [ones] "x"(ones));
+  return sum;
+}
+
+// One tile of ROWS rows x COLS columns (each column K contiguous bytes of w) by madd_step: each
+// weight load serves ROWS rows, each input load COLS columns. Bytes past the last multiple of
+// 32 are added one by one.
+template <int ROWS, int COLS>
+inline void madd_tile(const int8_t* x, const int8_t* w, int64_t k, int32_t* acc, int64_t stride) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256i sums[ROWS][COLS];
+  for (int r = 0; r < ROWS; ++r)
+    for (int j = 0; j < COLS; ++j) sums[r][j] = _mm256_setzero_si256();
+  int64_t i = 0;
+  for (; i + 32 <= k; i += 32) {
+    __m256i wv[COLS], wa[COLS];
+    for (int j = 0; j < COLS; ++j) {
+      wv[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + j * k + i));
+      wa[j] = _mm256_abs_epi8(wv[j]);
+    }
+    for (int r = 0; r < ROWS; ++r) {
+      const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + r * k + i));
+      for (int j = 0; j < COLS; ++j) sums[r][j] = madd_step(sums[r][j], wa[j], wv[j], xv, ones);
+    }
+  }
+  for (int r = 0; r < ROWS; ++r)
+    for (int j = 0; j < COLS; ++j) {
+      int32_t total = reduce_add_avx2(sums[r][j]);
+      for (int64_t l = i; l < k; ++l) total += static_cast<int32_t>(x[r * k + l]) * w[j * k + l];
+      acc[r * stride + j] = total;
+    }
+}
+
+// For one or two rows: the products of one column, so the weight is read as one sequential
+// stream (as column_dots), with two sums per row to break the dependency chain of the adds.
+template <int ROWS>
+inline void madd_column(const int8_t* x, const int8_t* wc, int64_t k, int32_t* out, int64_t stride) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256i even[ROWS], odd[ROWS];
+  for (int r = 0; r < ROWS; ++r) even[r] = odd[r] = _mm256_setzero_si256();
+  int64_t i = 0;
+  for (; i + 64 <= k; i += 64) {
+    const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wc + i));
+    const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wc + i + 32));
+    const __m256i a0 = _mm256_abs_epi8(w0), a1 = _mm256_abs_epi8(w1);
+    for (int r = 0; r < ROWS; ++r) {
+      even[r] = madd_step(even[r], a0, w0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + r * k + i)), ones);
+      odd[r] = madd_step(odd[r], a1, w1, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + r * k + i + 32)), ones);
+    }
+  }
+  for (int r = 0; r < ROWS; ++r) {
+    int32_t total = reduce_add_avx2(_mm256_add_epi32(even[r], odd[r]));
+    for (int64_t l = i; l < k; ++l) total += static_cast<int32_t>(x[r * k + l]) * wc[l];
+    out[r * stride] = total;
+  }
+}
+
+// Columns c0..c1-1 of the product, for rows x in [-127, 127] (on the avx2 and avx512 routes):
+// one or two rows column by column (madd_column); more rows in tiles of 4 rows x 2 columns,
+// which fit the 16 vector registers.
+void products_avx2(const int8_t* x, const int8_t* w, int32_t* acc, int64_t stride, int64_t rows, int64_t k,
+                   int64_t c0, int64_t c1) {
+  if (rows <= 2) {
+    for (int64_t c = c0; c < c1; ++c) {
+      if (rows == 1) madd_column<1>(x, w + c * k, k, acc + (c - c0), stride);
+      else madd_column<2>(x, w + c * k, k, acc + (c - c0), stride);
+    }
+    return;
+  }
+  int64_t c = c0;
+  for (; c + 2 <= c1; c += 2) {
+    int32_t* out = acc + (c - c0);
+    int64_t r = 0;
+    for (; r + 4 <= rows; r += 4) madd_tile<4, 2>(x + r * k, w + c * k, k, out + r * stride, stride);
+    switch (rows - r) {
+      case 3: madd_tile<3, 2>(x + r * k, w + c * k, k, out + r * stride, stride); break;
+      case 2: madd_tile<2, 2>(x + r * k, w + c * k, k, out + r * stride, stride); break;
+      case 1: madd_tile<1, 2>(x + r * k, w + c * k, k, out + r * stride, stride); break;
+      default: break;
+    }
+  }
+  for (; c < c1; ++c)
+    for (int64_t r = 0; r < rows; ++r) madd_tile<1, 1>(x + r * k, w + c * k, k, acc + r * stride + (c - c0), stride);
+}
+
+#pragma GCC pop_options
+#endif
+
+// Whether every byte of x lies in [-127, 127] (the products_avx2 condition).
+bool within_127(const int8_t* x, int64_t count) {
+  bool ok = true;
+  for (int64_t i = 0; i < count; ++i) ok &= x[i] != -128;
+  return ok;
+}
+
 // The int32 products x . w[c] of int8 rows x (R, K) with the rows of an int8 weight (N, K), by
-// the fastest exact route on this CPU (`vnni` false: never the VNNI one; all give the same
-// integers). `columns` writes those of columns c0..c1-1 to acc[r * stride + c - c0].
+// the route in use (all give the same integers): VNNI byte products; without VNNI, the AVX2
+// byte products for rows in [-127, 127] (every row the engine makes), 16-bit ones otherwise
+// and on the scalar route. `columns` writes those of columns c0..c1-1 to acc[r * stride + c - c0].
+//
+// No route hands products to a library: torch._int_mm runs ~3.5 G int-ops/s without VNNI or
+// AMX, and float32 BLAS products over K-chunks of 1024 (exact: partial sums below 2**24) ran at
+// 5 GFLOP/s on the AMD development machine (MKL), against 60-80 G int-ops/s for these loops.
 class Products {
  public:
-  Products(const torch::Tensor& x, const torch::Tensor& w, bool vnni)
+  Products(const torch::Tensor& x, const torch::Tensor& w)
       : rows(x.size(0)), k(x.size(1)), n(w.size(0)), x_(x.data_ptr<int8_t>()), w_(w.data_ptr<int8_t>()) {
-    if (vnni && has_vnni) {
+    if (isa == ISA_AVX512VNNI) {
+      route_ = Route::vnni;
       x_sums_.assign(rows, 0);
       for (int64_t r = 0; r < rows; ++r)
         for (int64_t i = 0; i < k; ++i) x_sums_[r] += x_[r * k + i];
-    } else if (rows > SMALL_ROWS) {
-      whole_ = at::_int_mm(x, w.t());
+    } else if (isa >= ISA_AVX2 && within_127(x_, rows * k)) {
+      route_ = Route::avx2;
     } else {
+      route_ = Route::int16;
       x16_.assign(x_, x_ + rows * k);
     }
   }
 
-  // The whole (R, N) product if it was computed up front (torch._int_mm), else undefined.
-  const torch::Tensor& whole() const { return whole_; }
-
   void columns(int64_t c0, int64_t c1, int32_t* acc, int64_t stride) const {
+    switch (route_) {
 #if defined(__x86_64__)
-    if (!x_sums_.empty()) return products_vnni(x_, x_sums_.data(), w_, acc, stride, rows, k, c0, c1);
+      case Route::vnni: return products_vnni(x_, x_sums_.data(), w_, acc, stride, rows, k, c0, c1);
+      case Route::avx2: return products_avx2(x_, w_, acc, stride, rows, k, c0, c1);
 #endif
-    if (whole_.defined()) {
-      const int32_t* src = whole_.data_ptr<int32_t>();
-      for (int64_t r = 0; r < rows; ++r) std::copy(src + r * n + c0, src + r * n + c1, acc + r * stride);
-      return;
+      default: return products_int16(x16_.data(), w_, acc, stride, rows, k, c0, c1);
     }
-    products_int16(x16_.data(), w_, acc, stride, rows, k, c0, c1);
   }
 
   // Blocks of COLUMN_BLOCK columns per parallel task: at least ~64 KiB of weight reads.
@@ -508,21 +661,20 @@ class Products {
   const int64_t rows, k, n;
 
  private:
+  enum class Route { vnni, avx2, int16 };
+  Route route_;
   const int8_t* x_;
   const int8_t* w_;
   std::vector<int32_t> x_sums_;
   std::vector<int16_t> x16_;
-  torch::Tensor whole_;
 };
 
-// fp.int8_matmul(x, w.t()) for x (R, K) and a row-major weight w (N, K): (R, N) int32. `vnni`
-// false forces the 16-bit path or _int_mm (for tests; all give the same integers).
-torch::Tensor int8_matmul(const torch::Tensor& x, const torch::Tensor& w, bool vnni) {
+// fp.int8_matmul(x, w.t()) for x (R, K) and a row-major weight w (N, K): (R, N) int32.
+torch::Tensor int8_matmul(const torch::Tensor& x, const torch::Tensor& w) {
   check(x, torch::kInt8, "x");
   check(w, torch::kInt8, "weight");
   TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1), "x (R, K) and weight (N, K) expected");
-  const Products products(x, w, vnni);
-  if (products.whole().defined()) return products.whole();
+  const Products products(x, w);
   const int64_t n = products.n;
   auto out = torch::empty({products.rows, n}, x.options().dtype(torch::kInt32));
   int32_t* op = out.data_ptr<int32_t>();
@@ -534,7 +686,10 @@ torch::Tensor int8_matmul(const torch::Tensor& x, const torch::Tensor& w, bool v
   return out;
 }
 
-// fp.wide_matmul's halves of wide rows x (R, K) int16: (2R, K) int8, rows [x >> 7; x & 127].
+// Halves of wide rows x (R, K) int16 for fp.wide_matmul: (2R, K) int8, rows [hi; lo] with
+// x = 128 hi + lo, split by sign and magnitude (hi = sign(x) (|x| >> 7), lo = sign(x) (|x| & 127))
+// so that both lie in [-127, 127] for |x| <= WIDE_LEVELS, as products_avx2 needs. The split is
+// the kernels' own: any split gives the same 128 (hi . w) + lo . w, which is all that leaves.
 torch::Tensor wide_halves(const torch::Tensor& x) {
   check(x, torch::kInt16, "x");
   TORCH_CHECK(x.dim() == 2, "x (R, K) expected");
@@ -545,16 +700,17 @@ torch::Tensor wide_halves(const torch::Tensor& x) {
   int8_t* lo = hi + count;
   for (int64_t i = 0; i < count; ++i) {
     TORCH_CHECK(xp[i] >= -WIDE_LEVELS && xp[i] <= WIDE_LEVELS, "wide rows must lie within +-WIDE_LEVELS");
-    hi[i] = static_cast<int8_t>(xp[i] >> 7);
-    lo[i] = static_cast<int8_t>(xp[i] & 127);
+    const int magnitude = xp[i] < 0 ? -xp[i] : xp[i];
+    const int sign = xp[i] < 0 ? -1 : 1;
+    hi[i] = static_cast<int8_t>(sign * (magnitude >> 7));
+    lo[i] = static_cast<int8_t>(sign * (magnitude & 127));
   }
   return halves;
 }
 
 // One output row of model.Linear over `count` columns: shift_round(acc * (xm * mant),
 // xe + shift_base) (+ bias), or with a residual row, clamp(residual + that, +-ACT_LIMIT).
-VECTOR_CLONES
-void dequantize_row(const int32_t* acc, int64_t count, int64_t xm, int64_t xe, const int64_t* mant,
+ROUTED_BODY void dequantize_row_body(const int32_t* acc, int64_t count, int64_t xm, int64_t xe, const int64_t* mant,
                     const int64_t* shift_base, const int64_t* bias, const int64_t* residual, int64_t* out) {
   for (int64_t c = 0; c < count; ++c) {
     int64_t v = shift_round_var(static_cast<int64_t>(acc[c]) * (xm * mant[c]), xe + shift_base[c]);
@@ -562,11 +718,11 @@ void dequantize_row(const int32_t* acc, int64_t count, int64_t xm, int64_t xe, c
     out[c] = residual ? clamp(residual[c] + v, -ACT_LIMIT, ACT_LIMIT) : v;
   }
 }
+ISA_ROUTES(void, dequantize_row, (const int32_t* acc, int64_t count, int64_t xm, int64_t xe, const int64_t* mant, const int64_t* shift_base, const int64_t* bias, const int64_t* residual, int64_t* out), (acc, count, xm, xe, mant, shift_base, bias, residual, out))
 
 // The same for a wide row, from the products of its halves (acc = 128 hi + lo):
 // shift_round(shift_round(acc * xm, WIDE_SCALE_SHIFT) * mant, xe - WIDE_SCALE_SHIFT + shift_base).
-VECTOR_CLONES
-void dequantize_wide_row(const int32_t* hi, const int32_t* lo, int64_t count, int64_t xm, int64_t xe,
+ROUTED_BODY void dequantize_wide_row_body(const int32_t* hi, const int32_t* lo, int64_t count, int64_t xm, int64_t xe,
                          const int64_t* mant, const int64_t* shift_base, const int64_t* bias,
                          const int64_t* residual, int64_t* out) {
   for (int64_t c = 0; c < count; ++c) {
@@ -577,16 +733,17 @@ void dequantize_wide_row(const int32_t* hi, const int32_t* lo, int64_t count, in
     out[c] = residual ? clamp(residual[c] + v, -ACT_LIMIT, ACT_LIMIT) : v;
   }
 }
+ISA_ROUTES(void, dequantize_wide_row, (const int32_t* hi, const int32_t* lo, int64_t count, int64_t xm, int64_t xe, const int64_t* mant, const int64_t* shift_base, const int64_t* bias, const int64_t* residual, int64_t* out), (hi, lo, count, xm, xe, mant, shift_base, bias, residual, out))
 
 // model.Linear on x (..., K), int8 or wide (int16), with row scales (..., 1) and the (K, N)
 // transposed view of a row-major weight (N, K) with column scales: (..., N) int64; with a
 // residual (..., N), the clamped sum (the residual update of a decoder layer). Each task takes
 // the products of its columns and scales them while they are in cache; a wide row's two halves
-// are two rows of one product, so the weight is read once for both. `vnni` as for int8_matmul.
+// are two rows of one product, so the weight is read once for both.
 torch::Tensor linear(const torch::Tensor& x_in, const torch::Tensor& xm_in, const torch::Tensor& xe_in,
                      const torch::Tensor& weight_t, const torch::Tensor& mant_in,
                      const torch::Tensor& shift_base_in, const c10::optional<torch::Tensor>& bias_in,
-                     const c10::optional<torch::Tensor>& residual_in, bool vnni) {
+                     const c10::optional<torch::Tensor>& residual_in) {
   TORCH_CHECK(weight_t.dim() == 2 && x_in.dim() >= 1 && x_in.size(-1) == weight_t.size(0),
               "x (..., K) and weight_t (K, N) expected");
   const torch::Tensor w = weight_t.t().contiguous();  // a view unless the weight is not row-major
@@ -614,7 +771,7 @@ torch::Tensor linear(const torch::Tensor& x_in, const torch::Tensor& xm_in, cons
     TORCH_CHECK(residual.numel() == rows * n, "residual must match the output");
   }
   const torch::Tensor x8 = wide ? wide_halves(x.view({rows, k})) : x.view({rows, k});
-  const Products products(x8, w, vnni);
+  const Products products(x8, w);
   auto out = torch::empty(with_last(x, n), x.options().dtype(torch::kInt64));
   const int64_t* xmp = xm.data_ptr<int64_t>();
   const int64_t* xep = xe.data_ptr<int64_t>();
@@ -660,15 +817,17 @@ inline void rotate_half(const int64_t* x, const int64_t* c, const int64_t* s, in
   }
 }
 
-VECTOR_CLONES
-void rotate_head(const int64_t* x, const int64_t* c, const int64_t* s, int64_t half, int64_t* out) {
+ROUTED_BODY void rotate_query_body(const int64_t* x, const int64_t* c, const int64_t* s, int64_t half, int64_t* out) {
   rotate_half(x, c, s, half, out);
 }
+ISA_ROUTES(void, rotate_query, (const int64_t* x, const int64_t* c, const int64_t* s, int64_t half, int64_t* out),
+           (x, c, s, half, out))
 
-VECTOR_CLONES
-void rotate_head(const int64_t* x, const int64_t* c, const int64_t* s, int64_t half, int32_t* out) {
+ROUTED_BODY void rotate_key_body(const int64_t* x, const int64_t* c, const int64_t* s, int64_t half, int32_t* out) {
   rotate_half(x, c, s, half, out);
 }
+ISA_ROUTES(void, rotate_key, (const int64_t* x, const int64_t* c, const int64_t* s, int64_t half, int32_t* out),
+           (x, c, s, half, out))
 
 // model._rope_to_cache: rotate q and k of qkv (B, T, (H + 2 n_kv) hd) at `positions` (B, T),
 // write k and clamped v to cache row rows[b]; returns the rotated q (B, T, H, hd).
@@ -712,10 +871,10 @@ torch::Tensor rope_to_cache(const torch::Tensor& qkv, const torch::Tensor& cos, 
       const int64_t* x = src + bt * width;
       const int64_t* c = cp + p * half;
       const int64_t* s = snp + p * half;
-      for (int64_t h = 0; h < heads; ++h) rotate_head(x + h * hd, c, s, half, qp + (bt * heads + h) * hd);
+      for (int64_t h = 0; h < heads; ++h) rotate_query(x + h * hd, c, s, half, qp + (bt * heads + h) * hd);
       for (int64_t g = 0; g < n_kv; ++g) {
         const int64_t at = ((rp[b] * n_kv + g) * span + p) * hd;
-        rotate_head(x + (heads + g) * hd, c, s, half, kp + at);
+        rotate_key(x + (heads + g) * hd, c, s, half, kp + at);
         const int64_t* v = x + (heads + n_kv + g) * hd;
         for (int64_t i = 0; i < hd; ++i) vp[at + i] = static_cast<int32_t>(clamp(v[i], -V_LIMIT, V_LIMIT));
       }
@@ -726,8 +885,7 @@ torch::Tensor rope_to_cache(const torch::Tensor& qkv, const torch::Tensor& cos, 
 
 // dots[j] = q . keys[j] for j < count, exact in int64 (|q|, |k| < 2**20, so |dot| < 2**48);
 // four keys per pass share the loads of q.
-VECTOR_CLONES
-void key_dots(const int32_t* q, const int32_t* keys, int64_t count, int64_t hd, int64_t* dots) {
+ROUTED_BODY void key_dots_body(const int32_t* q, const int32_t* keys, int64_t count, int64_t hd, int64_t* dots) {
   int64_t j = 0;
   for (; j + 4 <= count; j += 4) {
     const int32_t* k0 = keys + j * hd;
@@ -754,11 +912,11 @@ void key_dots(const int32_t* q, const int32_t* keys, int64_t count, int64_t hd, 
     dots[j] = dot;
   }
 }
+ISA_ROUTES(void, key_dots, (const int32_t* q, const int32_t* keys, int64_t count, int64_t hd, int64_t* dots), (q, keys, count, hd, dots))
 
 // acc[i] += sum_j probs[j] * values[j][i], exact in int64 (probs <= 2**20, |v| < 2**26);
 // four keys per pass share the loads and stores of acc.
-VECTOR_CLONES
-void mix_values(const int32_t* probs, const int32_t* values, int64_t count, int64_t hd, int64_t* acc) {
+ROUTED_BODY void mix_values_body(const int32_t* probs, const int32_t* values, int64_t count, int64_t hd, int64_t* acc) {
   int64_t j = 0;
   for (; j + 4 <= count; j += 4) {
     const int64_t p0 = probs[j], p1 = probs[j + 1], p2 = probs[j + 2], p3 = probs[j + 3];
@@ -774,6 +932,7 @@ void mix_values(const int32_t* probs, const int32_t* values, int64_t count, int6
     for (int64_t i = 0; i < hd; ++i) acc[i] += p * vj[i];
   }
 }
+ISA_ROUTES(void, mix_values, (const int32_t* probs, const int32_t* values, int64_t count, int64_t hd, int64_t* acc), (probs, values, count, hd, acc))
 
 #if defined(__x86_64__)
 #pragma GCC push_options
@@ -863,16 +1022,63 @@ int64_t exp_weights_avx512(int64_t* w, int64_t count, int64_t top, const Exp2Tab
 
 #pragma GCC pop_options
 
-const bool has_avx512 = __builtin_cpu_supports("x86-64-v4");
-#else
-const bool has_avx512 = false;
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v3")
+
+// key_dots_f64 and mix_values_f64 in 4 float64 lanes (AVX2 with FMA), for head_dim a multiple
+// of 4: the same exact integers (the bounds above), in vectors half as wide.
+void key_dots_f64_avx2(const double* q, const int32_t* keys, int64_t count, int64_t hd, int64_t* dots) {
+  auto row = [&](const int32_t* k, int64_t i) { return _mm256_cvtepi32_pd(_mm_loadu_si128(reinterpret_cast<const __m128i*>(k + i))); };
+  auto total = [](__m256d v) {
+    const __m128d pair = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return static_cast<int64_t>(_mm_cvtsd_f64(_mm_add_sd(pair, _mm_unpackhi_pd(pair, pair))));
+  };
+  int64_t j = 0;
+  for (; j + 4 <= count; j += 4) {
+    const int32_t* k0 = keys + j * hd;
+    __m256d d0 = _mm256_setzero_pd(), d1 = d0, d2 = d0, d3 = d0;
+    for (int64_t i = 0; i < hd; i += 4) {
+      const __m256d qi = _mm256_loadu_pd(q + i);
+      d0 = _mm256_fmadd_pd(qi, row(k0, i), d0);
+      d1 = _mm256_fmadd_pd(qi, row(k0 + hd, i), d1);
+      d2 = _mm256_fmadd_pd(qi, row(k0 + 2 * hd, i), d2);
+      d3 = _mm256_fmadd_pd(qi, row(k0 + 3 * hd, i), d3);
+    }
+    dots[j] = total(d0);
+    dots[j + 1] = total(d1);
+    dots[j + 2] = total(d2);
+    dots[j + 3] = total(d3);
+  }
+  for (; j < count; ++j) {
+    __m256d d = _mm256_setzero_pd();
+    for (int64_t i = 0; i < hd; i += 4) d = _mm256_fmadd_pd(_mm256_loadu_pd(q + i), row(keys + j * hd, i), d);
+    dots[j] = total(d);
+  }
+}
+
+void mix_values_f64_avx2(const int32_t* probs, const int32_t* values, int64_t count, int64_t hd, int64_t* acc) {
+  for (int64_t i0 = 0; i0 < hd; i0 += 16) {
+    const int64_t width = std::min<int64_t>(16, hd - i0) / 4;
+    __m256d a[4] = {_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd()};
+    for (int64_t j = 0; j < count; ++j) {
+      const __m256d p = _mm256_set1_pd(static_cast<double>(probs[j]));
+      const int32_t* v = values + j * hd + i0;
+      for (int64_t u = 0; u < width; ++u)
+        a[u] = _mm256_fmadd_pd(p, _mm256_cvtepi32_pd(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v + 4 * u))), a[u]);
+    }
+    double lanes[16];
+    for (int64_t u = 0; u < width; ++u) _mm256_storeu_pd(lanes + 4 * u, a[u]);
+    for (int64_t i = 0; i < 4 * width; ++i) acc[i0 + i] = static_cast<int64_t>(lanes[i]);
+  }
+}
+
+#pragma GCC pop_options
 #endif
 
 // The attention probabilities (fp.softmax, PROB_FRAC bits) of one query from its key dots
 // (overwritten with the exp weights). Plain loops over the keys, so they vectorize; with `avx512`
 // (AVX-512 only) the exp weights too, by exp_weights_avx512.
-VECTOR_CLONES
-void softmax_row(int64_t* w, int64_t keys, int64_t inv_sqrt_mant, int64_t inv_sqrt_exp,
+ROUTED_BODY void softmax_row_body(int64_t* w, int64_t keys, int64_t inv_sqrt_mant, int64_t inv_sqrt_exp,
                  const Exp2Tables& tables, bool avx512, int32_t* probs) {
   constexpr int64_t dot_shift = 2 * QK_FRAC - ACT_FRAC;
   int64_t top = INT64_MIN;
@@ -903,14 +1109,16 @@ void softmax_row(int64_t* w, int64_t keys, int64_t inv_sqrt_mant, int64_t inv_sq
   }
   for (int64_t j = 0; j < keys; ++j) probs[j] = static_cast<int32_t>(div_round(w[j] << PROB_FRAC, total));
 }
+ISA_ROUTES(void, softmax_row, (int64_t* w, int64_t keys, int64_t inv_sqrt_mant, int64_t inv_sqrt_exp, const Exp2Tables& tables, bool avx512, int32_t* probs), (w, keys, inv_sqrt_mant, inv_sqrt_exp, tables, avx512, probs))
 
 // model._attend: causal attention of rotated q (B, T, H, hd) over cache rows rows[b] (keys at
-// positions 0..positions[b, t]), then fp.quantize_rows of the mixed heads (B, T, H hd). `avx512`
-// false keeps to the int64 products even with AVX-512 (same integers; for the tests).
+// positions 0..positions[b, t]), then fp.quantize_rows of the mixed heads (B, T, H hd). The
+// products are float64 ones on the avx2 and avx512 routes, int64 ones on the scalar route (the
+// same integers).
 std::vector<torch::Tensor> attend(const torch::Tensor& q, const torch::Tensor& k_cache,
                                   const torch::Tensor& v_cache, const torch::Tensor& positions,
                                   const torch::Tensor& rows, int64_t inv_sqrt_mant, int64_t inv_sqrt_exp,
-                                  const torch::Tensor& hi, const torch::Tensor& lo, int64_t log2e, bool avx512) {
+                                  const torch::Tensor& hi, const torch::Tensor& lo, int64_t log2e) {
   check(q, torch::kInt64, "q");
   check(k_cache, torch::kInt32, "k_cache");
   check(v_cache, torch::kInt32, "v_cache");
@@ -933,7 +1141,7 @@ std::vector<torch::Tensor> attend(const torch::Tensor& q, const torch::Tensor& k
   const int64_t group = heads / n_kv, width = heads * hd;
   // Rotated queries are saturated below 2**20 (QK_LIMIT): 32 bits hold them, which lets the
   // dot products use 32 x 32 -> 64-bit vector multiplies, or float64 ones (see key_dots_f64).
-  const bool f64 = avx512 && has_avx512 && hd % 8 == 0 && hd <= 256;
+  const bool f64 = (isa >= ISA_AVX512 ? hd % 8 == 0 : isa == ISA_AVX2 && hd % 4 == 0) && hd <= 256;
   const int64_t* q64 = q.data_ptr<int64_t>();
   std::vector<int32_t> q32(q.numel());
   std::vector<double> qf(f64 ? q.numel() : 0);
@@ -957,10 +1165,14 @@ std::vector<torch::Tensor> attend(const torch::Tensor& q, const torch::Tensor& k
       const int64_t keys = pos[bt] + 1;
       const int64_t base = (rp[b] * n_kv + h / group) * span * hd;
 #if defined(__x86_64__)
-      if (f64) {
+      if (f64 && isa >= ISA_AVX512) {
         key_dots_f64(qf.data() + task * hd, kp + base, keys, hd, w.data());
         softmax_row(w.data(), keys, inv_sqrt_mant, inv_sqrt_exp, tables, true, probs.data());
         mix_values_f64(probs.data(), vp + base, keys, hd, acc.data());
+      } else if (f64) {
+        key_dots_f64_avx2(qf.data() + task * hd, kp + base, keys, hd, w.data());
+        softmax_row(w.data(), keys, inv_sqrt_mant, inv_sqrt_exp, tables, false, probs.data());
+        mix_values_f64_avx2(probs.data(), vp + base, keys, hd, acc.data());
       } else
 #endif
       {
@@ -1033,6 +1245,20 @@ torch::Tensor floor_divide_fast(const torch::Tensor& a, int64_t d) {
   return out;
 }
 
+// Forces route `name` for this process (VERINFER_ISA); refuses one this CPU cannot run.
+void set_isa(const std::string& name) {
+  for (int level = ISA_SCALAR; level <= ISA_AVX512VNNI; ++level) {
+    if (name != ISA_NAMES[level]) continue;
+    TORCH_CHECK(level <= cpu_isa, "this CPU cannot run the ", name, " route (its best is ", ISA_NAMES[cpu_isa], ")");
+    isa = static_cast<Isa>(level);
+    return;
+  }
+  TORCH_CHECK(false, "unknown route ", name, ": expected scalar, avx2, avx512 or avx512vnni");
+}
+
+// The route in use and the best this CPU can run.
+std::map<std::string, std::string> isa_info() { return {{"active", ISA_NAMES[isa]}, {"cpu", ISA_NAMES[cpu_isa]}}; }
+
 std::map<std::string, int64_t> constants() {
   return {{"ACT_FRAC", ACT_FRAC},   {"MANT_BITS", MANT_BITS}, {"ACT_LIMIT", ACT_LIMIT},
           {"PROB_FRAC", PROB_FRAC}, {"EXP_FRAC", EXP_FRAC},   {"_LOG2E_FRAC", LOG2E_FRAC},
@@ -1043,14 +1269,16 @@ std::map<std::string, int64_t> constants() {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rms_norm_quantize", &rms_norm_quantize);
-  m.def("int8_matmul", &int8_matmul, py::arg("x"), py::arg("w"), py::arg("vnni") = true);
+  m.def("int8_matmul", &int8_matmul, py::arg("x"), py::arg("w"));
   m.def("linear", &linear, py::arg("x"), py::arg("xm"), py::arg("xe"), py::arg("weight_t"), py::arg("mant"),
-        py::arg("shift_base"), py::arg("bias"), py::arg("residual"), py::arg("vnni") = true);
+        py::arg("shift_base"), py::arg("bias"), py::arg("residual"));
   m.def("rope_to_cache", &rope_to_cache);
   m.def("attend", &attend, py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("positions"),
         py::arg("rows"), py::arg("inv_sqrt_mant"), py::arg("inv_sqrt_exp"), py::arg("hi"), py::arg("lo"),
-        py::arg("log2e"), py::arg("avx512") = true);
+        py::arg("log2e"));
   m.def("swiglu_quantize", &swiglu_quantize);
   m.def("floor_divide_fast", &floor_divide_fast);
   m.def("constants", &constants);
+  m.def("set_isa", &set_isa);
+  m.def("isa_info", &isa_info);
 }
