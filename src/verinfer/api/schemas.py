@@ -195,6 +195,7 @@ class CompletionChoice(_Open):
     text: str
     logprobs: CompletionLogprobs | None = None
     finish_reason: str | None = None
+    token_ids: list[int] | None = None  # streams: ids of the steps since the last chunk
 
 
 class CompletionResponse(_Open):
@@ -256,6 +257,7 @@ class ChatChunkChoice(_Open):
     delta: ChatDelta
     logprobs: ChatLogprobs | None = None
     finish_reason: str | None = None
+    token_ids: list[int] | None = None  # ids of the steps since the last chunk
 
 
 class ChatCompletionChunk(_Open):
