@@ -364,8 +364,7 @@ class GatewayService:
                       else client.stream_completion(body))
             async for chunk in stream:
                 for choice in chunk.choices:
-                    extra = choice.model_extra or {}
-                    ids = extra.get("token_ids")
+                    ids = choice.token_ids
                     text = (choice.delta.content or "") if hasattr(choice, "delta") \
                         else getattr(choice, "text", "")
                     if ids is None and text:
