@@ -271,24 +271,24 @@ owner: public(address)
 pending_owner: public(address)
 roles: public(HashMap[address, Role])
 
-paused_since: public(uint256)
-paused_total: public(uint256)
-pause_started_at: public(uint256)
-MAX_PAUSE: public(immutable(uint256))
-PARAMS_DELAY: public(immutable(uint256))
+paused_since: uint256
+paused_total: uint256
+pause_started_at: uint256
+max_pause: uint256
+params_delay: uint256
 EPOCH_SECONDS: public(immutable(uint256))
 GENESIS: public(immutable(uint256))
 DOMAIN_SEPARATOR: public(immutable(bytes32))
-# Committees are fixed per deployment: expected sizes of the two sortitions and the verdicts a
-# pass (validators) or an accusation (arbitrators) needs.
-VALIDATORS_EXPECTED: public(immutable(uint256))
-VALIDATORS_QUORUM: public(immutable(uint256))
-ARBITRATORS_EXPECTED: public(immutable(uint256))
-ARBITRATORS_QUORUM: public(immutable(uint256))
+# Fixed at deployment: the params delay, the longest pause, and the committees (expected sizes of
+# the two sortitions and the verdicts a pass or an accusation needs).
+validators_expected: uint256
+validators_quorum: uint256
+arbitrators_expected: uint256
+arbitrators_quorum: uint256
 
 last_version: uint256
 params_at: HashMap[uint256, Params]
-next_params_ready_at: public(uint256)
+next_params_ready_at: uint256
 
 balances: public(HashMap[address, uint256])
 withdrawals: public(HashMap[address, Withdrawal])
@@ -325,14 +325,14 @@ def __init__(params: Params, epoch_seconds: uint256, params_delay: uint256, max_
     assert committees[0] <= 255 and committees[2] <= 255, "committee above 255"
     assert committees[1] >= 1 and committees[1] <= MAX_VERDICTS, "bad validator quorum"
     assert committees[3] >= 1 and committees[3] <= MAX_VERDICTS, "bad arbitrator quorum"
-    VALIDATORS_EXPECTED = committees[0]
-    VALIDATORS_QUORUM = committees[1]
-    ARBITRATORS_EXPECTED = committees[2]
-    ARBITRATORS_QUORUM = committees[3]
+    self.validators_expected = committees[0]
+    self.validators_quorum = committees[1]
+    self.arbitrators_expected = committees[2]
+    self.arbitrators_quorum = committees[3]
     EPOCH_SECONDS = epoch_seconds
     GENESIS = block.timestamp
-    PARAMS_DELAY = params_delay
-    MAX_PAUSE = max_pause
+    self.params_delay = params_delay
+    self.max_pause = max_pause
     DOMAIN_SEPARATOR = keccak256(
         abi_encode(
             DOMAIN_TYPEHASH, keccak256("verinfer"), keccak256("2"), chain.id, self
@@ -356,13 +356,13 @@ def __init__(params: Params, epoch_seconds: uint256, params_delay: uint256, max_
 def _pause_elapsed() -> uint256:
     if self.paused_since == 0:
         return 0
-    return min(block.timestamp, self.paused_since + MAX_PAUSE) - self.paused_since
+    return min(block.timestamp, self.paused_since + self.max_pause) - self.paused_since
 
 
 @internal
 @view
 def _paused() -> bool:
-    return self.paused_since != 0 and block.timestamp < self.paused_since + MAX_PAUSE
+    return self.paused_since != 0 and block.timestamp < self.paused_since + self.max_pause
 
 
 @internal
@@ -438,15 +438,9 @@ def _version() -> uint256:
 
 
 @external
-@view
-def params_version() -> uint256:
-    return self._version()
-
-
-@external
 def propose_params(params: Params):
     """
-    @notice Propose parameters that become current PARAMS_DELAY from now (a later proposal
+    @notice Propose parameters that become current `params_delay` seconds from now (a later proposal
             before then replaces this one). Epochs committed before keep the parameters they
             were committed under.
     """
@@ -456,7 +450,7 @@ def propose_params(params: Params):
     current: uint256 = self._version()
     self.last_version = current
     self.params_at[current + 1] = params
-    ready: uint256 = block.timestamp + PARAMS_DELAY
+    ready: uint256 = block.timestamp + self.params_delay
     self.next_params_ready_at = ready
     log ParamsProposed(version=current + 1, ready_at=ready)
 
@@ -509,20 +503,20 @@ def revoke_role(account: address, role: Role):
 @external
 def pause():
     """
-    @notice Stop inflows, commits and settlement for at most MAX_PAUSE; clocks stop meanwhile.
-            A pause may start only 2 * MAX_PAUSE after the previous one started, so pauses
+    @notice Stop inflows, commits and settlement for at most `max_pause` seconds; clocks stop meanwhile.
+            A pause may start only 2 * `max_pause` after the previous one started, so pauses
             hold at most half of any long stretch of time.
     """
     assert Role.PAUSER in self.roles[msg.sender], "caller is not a pauser"
     assert not self._paused(), "paused"
     last: uint256 = self.pause_started_at
-    assert last == 0 or block.timestamp >= last + 2 * MAX_PAUSE, "pause cooldown"
+    assert last == 0 or block.timestamp >= last + 2 * self.max_pause, "pause cooldown"
     if self.paused_since != 0:
         # The previous pause ran out on its own: count it whole.
-        self.paused_total += MAX_PAUSE
+        self.paused_total += self.max_pause
     self.paused_since = block.timestamp
     self.pause_started_at = block.timestamp
-    log Paused(account=msg.sender, until=block.timestamp + MAX_PAUSE)
+    log Paused(account=msg.sender, until=block.timestamp + self.max_pause)
 
 
 @external
@@ -1049,10 +1043,10 @@ def submit_evidence(
     pv: uint256 = c.version
     now: uint256 = self._now()
     tag: Bytes[32] = b"verinfer/sortition/v2/arbitrator"
-    expected: uint256 = ARBITRATORS_EXPECTED
+    expected: uint256 = self.arbitrators_expected
     if kind == EVIDENCE_PASS:
         tag = b"verinfer/sortition/v2/validator"
-        expected = VALIDATORS_EXPECTED
+        expected = self.validators_expected
     if kind == EVIDENCE_APPEAL:
         assert case.status == ACCUSED, "wrong challenge state"
         assert now <= case.appeal_deadline, "appeal window closed"
@@ -1066,7 +1060,7 @@ def submit_evidence(
     n: uint256 = len(members)
 
     if kind == EVIDENCE_PASS:
-        assert n >= VALIDATORS_QUORUM, "too few verdicts"
+        assert n >= self.validators_quorum, "too few verdicts"
         self.cases[epoch][digest].status = PASSED
         self._pay_node(case, pv)
         unpaid: uint256 = self._from_treasury(case.node, self.params_at[pv].reward_asserter)
@@ -1078,7 +1072,7 @@ def submit_evidence(
         log ChallengePassed(epoch=epoch, receipt=digest, validators=n, rewards_unpaid=unpaid)
     elif kind == EVIDENCE_ACCUSE:
         assert self._signer(digest, receipt_signature) == receipt.node, "bad receipt signature"
-        assert n >= ARBITRATORS_QUORUM, "too few verdicts"
+        assert n >= self.arbitrators_quorum, "too few verdicts"
         appeal_deadline: uint256 = now + self.params_at[pv].appeal_window
         self.cases[epoch][digest].status = ACCUSED
         self.cases[epoch][digest].appeal_deadline = appeal_deadline
