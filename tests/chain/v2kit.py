@@ -181,6 +181,7 @@ class Net:
         p = Party(100 + len(self.nodes))
         self.c.register("http://127.0.0.1:9000", sender=p.address)
         self.c.stake(stake, value=stake, sender=p.address)
+        boa.env.time_travel(blocks=1)  # titanoboa keeps one block until told: as on a chain
         self.nodes.append(p)
         return p
 
