@@ -15,6 +15,7 @@ import boa
 from eth_account import Account
 from eth_abi import encode as abi_encode
 from eth_account.messages import encode_typed_data
+from eth_utils import keccak
 
 from verinfer.chain.build import compile_artifact
 
@@ -65,6 +66,32 @@ TYPES = {
         {"name": "nonce", "type": "uint256"},
     ],
 }
+
+
+def _typed(chain_id: int, contract: str, primary: str, message: dict[str, Any]) -> Any:
+    return encode_typed_data(full_message={
+        "types": {"EIP712Domain": [
+            {"name": "name", "type": "string"}, {"name": "version", "type": "string"},
+            {"name": "chainId", "type": "uint256"},
+            {"name": "verifyingContract", "type": "address"}],
+            primary: TYPES[primary]},
+        "primaryType": primary,
+        "domain": {"name": "verinfer", "version": "2", "chainId": chain_id,
+                   "verifyingContract": contract},
+        "message": message,
+    })
+
+
+def sign_typed(account: Any, chain_id: int, contract: str, primary: str,
+               message: dict[str, Any]) -> bytes:
+    """65-byte r || s || v signature of an EIP-712 message under the verinfer v2 domain."""
+    return bytes(account.sign_message(_typed(chain_id, contract, primary, message)).signature)
+
+
+def typed_digest(chain_id: int, contract: str, primary: str, message: dict[str, Any]) -> bytes:
+    """keccak256(0x1901 || domainSeparator || hashStruct(message)): the receipt id."""
+    signable = _typed(chain_id, contract, primary, message)
+    return keccak(b"\x19" + signable.version + signable.header + signable.body)
 
 
 def params_tuple(p: SettlementParams = PARAMS) -> tuple[int, ...]:
@@ -144,36 +171,10 @@ class Net:
     # -------------------------------------------------------------- signing
 
     def sign(self, signer: Party, primary: str, message: dict[str, Any]) -> bytes:
-        data = {
-            "types": {"EIP712Domain": [
-                {"name": "name", "type": "string"}, {"name": "version", "type": "string"},
-                {"name": "chainId", "type": "uint256"},
-                {"name": "verifyingContract", "type": "address"}],
-                primary: TYPES[primary]},
-            "primaryType": primary,
-            "domain": {"name": "verinfer", "version": "2", "chainId": self.chain_id,
-                       "verifyingContract": str(self.c.address)},
-            "message": message,
-        }
-        signed = signer.account.sign_message(encode_typed_data(full_message=data))
-        return bytes(signed.signature)
+        return sign_typed(signer.account, self.chain_id, str(self.c.address), primary, message)
 
     def digest(self, message: dict[str, Any], primary: str = "Receipt") -> bytes:
-        data = {
-            "types": {"EIP712Domain": [
-                {"name": "name", "type": "string"}, {"name": "version", "type": "string"},
-                {"name": "chainId", "type": "uint256"},
-                {"name": "verifyingContract", "type": "address"}],
-                primary: TYPES[primary]},
-            "primaryType": primary,
-            "domain": {"name": "verinfer", "version": "2", "chainId": self.chain_id,
-                       "verifyingContract": str(self.c.address)},
-            "message": message,
-        }
-        signable = encode_typed_data(full_message=data)
-        from eth_utils import keccak
-
-        return keccak(b"\x19" + signable.version + signable.header + signable.body)
+        return typed_digest(self.chain_id, str(self.c.address), primary, message)
 
     # -------------------------------------------------------------- parties
 

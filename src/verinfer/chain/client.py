@@ -83,8 +83,7 @@ class ChainUnreachable(ChainError):
 
 class Role(enum.IntFlag):
     SETTLER = 1
-    ARBITER = 2
-    PAUSER = 4
+    PAUSER = 2
 
 
 @dataclass(frozen=True)
@@ -427,6 +426,10 @@ class SettlementClient:
         a = Web3.to_checksum_address(user)
         return self._read("read unpaid", self.contract.functions.unpaid(a).call)
 
+    def escrow_total(self) -> int:
+        """Fees held for challenged receipts until their challenge closes."""
+        return self._read("read escrow", self.contract.functions.escrow_total().call)
+
     def treasury(self) -> int:
         return self._read("read treasury", self.contract.functions.treasury().call)
 
@@ -469,8 +472,10 @@ class SettlementClient:
             return None
         if c["beacon"] != bytes(32):
             return bytes(c["beacon"])
+        if self._read("read block number", lambda: self.w3.eth.block_number) <= c["block"]:
+            return None
         block = self._read("read block", lambda: self.w3.eth.get_block(c["block"] + 1))
-        return bytes(block["hash"]) if block is not None else None
+        return bytes(block["hash"])
 
     def case(self, epoch: int, receipt_id: bytes) -> CaseRecord:
         status, node, user, fee, escrow, deadline, appeal = self._read(
