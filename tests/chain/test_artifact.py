@@ -21,7 +21,8 @@ def test_artifact_records_source_hash_and_compiler() -> None:
     assert artifact.compiler == "vyper 0.4.3"
     assert artifact.bytecode.startswith("0x") and len(artifact.bytecode) > 1000
     names = {item.get("name") for item in artifact.abi}
-    assert {"settle_batch", "verify_receipt", "deposit", "withdraw", "stake", "unstake"} <= names
+    assert {"commit_epoch", "settle_epoch", "submit_evidence", "finalize", "set_allowance",
+            "deposit", "request_withdrawal", "withdraw", "stake", "unstake"} <= names
 
 
 def test_runtime_modules_do_not_import_the_compiler() -> None:
