@@ -30,13 +30,13 @@ from eth_account import Account
 from web3 import Web3
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests" / "chain"))
-from v2kit import sign_typed, typed_digest  # noqa: E402  (the tests' EIP-712 signer)
+from v2kit import sign_typed, typed_digest
 
-from verinfer.chain.client import SettlementClient  # noqa: E402
-from verinfer.chain.devchain import DevChain, make_server  # noqa: E402
-from verinfer.chain.devkeys import dev_private_key  # noqa: E402
-from verinfer.protocol.merkle import merkle_root  # noqa: E402
-from verinfer.protocol.settlement import SettlementParams  # noqa: E402
+from verinfer.chain.client import SettlementClient
+from verinfer.chain.devchain import DevChain, make_server
+from verinfer.chain.devkeys import dev_private_key
+from verinfer.protocol.merkle import merkle_root
+from verinfer.protocol.settlement import SettlementParams
 
 EPOCH = 30
 PARAMS = SettlementParams(
@@ -93,7 +93,7 @@ class Network:
         return self.gateway.current_epoch()
 
     def receipts(self, epoch: int, users: list[Any]) -> list[dict[str, Any]]:
-        start, end = self.gateway.epoch_bounds(epoch)
+        _, end = self.gateway.epoch_bounds(epoch)
         out = []
         for i, user in enumerate(users):
             self.nonce += 1

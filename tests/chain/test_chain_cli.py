@@ -22,7 +22,6 @@ from verinfer.chain.client import SettlementClient
 from verinfer.chain.devkeys import DEV_CHAIN_ID, dev_address, dev_private_key
 from verinfer.chain.settings import ChainSettings, resolve_account
 from verinfer.errors import ChainError
-from verinfer.protocol.challenge import is_challenged
 from verinfer.protocol.merkle import merkle_root
 
 
@@ -84,7 +83,7 @@ def test_cli_round_trip_on_the_dev_chain(devchain_process: Any) -> None:
     gateway.set_allowance(allowance, sign_typed(user.account, chain_id, contract,
                                                 "Allowance", allowance))
     epoch = gateway.current_epoch()
-    start, end = gateway.epoch_bounds(epoch)
+    _, end = gateway.epoch_bounds(epoch)
     receipt = {"request": b"\x01" * 32, "job": b"\x02" * 32, "outputHash": b"\x03" * 32,
                "logitsHash": b"\x04" * 32, "outputLength": 3, "node": dev_address(1),
                "gateway": dev_address(0), "user": dev_address(3), "fee": 10**15,

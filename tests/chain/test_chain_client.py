@@ -96,7 +96,7 @@ def test_the_gateway_cycle_through_the_client(chain: DevChain) -> None:
     assert [c.state for c in owner.cases()] == ["open", "open"]
     assert user.balance_of(me) == 800 and owner.escrow_total() == 200
 
-    receipt_id = sorted(ids)[0]
+    receipt_id = min(ids)
     verdicts = []
     for v in nodes[1:]:
         verdict = {"receipt": receipt_id, "request": ids[receipt_id]["request"],

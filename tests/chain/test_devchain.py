@@ -16,8 +16,8 @@ from web3 import Web3
 from verinfer.chain.client import ChainRevert, ChainUnreachable, SettlementClient
 from verinfer.chain.devchain import JOURNAL_NAME, DevChain, DevChainProvider, make_server
 from verinfer.chain.devkeys import DEV_CHAIN_ID, dev_address, dev_private_key
-from verinfer.errors import ChainError
 from verinfer.chain.settings import DEV_EPOCH_SECONDS, DEV_PARAMS
+from verinfer.errors import ChainError
 
 PARAMS = DEV_PARAMS
 

@@ -34,7 +34,7 @@ fees = st.integers(min_value=0, max_value=400)
 
 def revert_reason(exc: boa.BoaError) -> str:
     """The revert string of a failed call to the (ABI-loaded) contract."""
-    match = re.search(r"^\s*\[E\].*<(.+)>\s*$", str(exc), re.M)
+    match = re.search(r"^\s*\[E\].*<(.+)>\s*$", str(exc), re.MULTILINE)
     assert match, str(exc)
     return match.group(1)
 

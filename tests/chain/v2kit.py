@@ -12,13 +12,12 @@ from functools import cache
 from typing import Any
 
 import boa
-from eth_account import Account
 from eth_abi import encode as abi_encode
+from eth_account import Account
 from eth_account.messages import encode_typed_data
 from eth_utils import keccak
 
 from verinfer.chain.build import compile_artifact
-
 from verinfer.protocol.merkle import merkle_root
 from verinfer.protocol.settlement import SettlementParams
 

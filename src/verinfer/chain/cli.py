@@ -160,9 +160,8 @@ def chain_deploy(
     appeal_window: Annotated[int | None, typer.Option(help="appeal window, s")] = None,
 ) -> None:
     """Deploy a new settlement contract and record it as this chain's contract."""
-    from verinfer.chain.client import SettlementClient
+    from verinfer.chain.client import EPOCH_SECONDS, SettlementClient
     from verinfer.chain.devkeys import DEV_CHAIN_ID
-    from verinfer.chain.client import EPOCH_SECONDS
     from verinfer.chain.settings import (
         DEFAULT_PARAMS,
         DEV_EPOCH_SECONDS,
