@@ -91,7 +91,9 @@ class Network:
         times can run ahead of the wall clock, so the jump is measured from the last block."""
         epoch = self.gateway.current_epoch()
         _, end = self.gateway.epoch_bounds(epoch)
-        jump = max(1, end - int(time.time()) + 1)
+        # The dev chain's clock is the wall clock plus an offset (what evm_increaseTime returns).
+        offset = int(self.w3.provider.make_request("evm_increaseTime", [0])["result"])  # type: ignore[arg-type]
+        jump = max(1, end - int(time.time()) - offset + 1)
         self.w3.provider.make_request("evm_increaseTime", [jump])  # type: ignore[arg-type]
         self.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
         return self.gateway.current_epoch()
