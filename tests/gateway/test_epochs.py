@@ -65,7 +65,7 @@ def test_agreeing_validators_pass_and_the_epoch_settles(tmp_path: Path) -> None:
     ids = [serve(store, truth, i % 3, nonce=i) for i in range(5)]
     asyncio.run(pipeline.step(force_close=True))
     assert store.epoch(0).state == "settled"
-    assert settler.commits[0] == wire.receipts_root(ids)
+    assert settler.commits[0] == wire.receipts_root(sorted(ids))  # the committed order: ascending ids
     outcomes = [store.outcome(r) for r in ids]
     assert [o.outcome for o in outcomes if o] == ["PASSED"] * 5
     # each challenge went to n = 2 validators, never the asserter, drawn by the protocol's rule

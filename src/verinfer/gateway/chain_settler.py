@@ -22,6 +22,7 @@ from typing import Any
 
 from verinfer.chain.client import COMMITTEES, ChainRevert, SettlementClient
 from verinfer.chain.devkeys import DEV_CHAIN_ID
+from verinfer.errors import ChainError
 from verinfer.gateway.router import RegisteredNode
 from verinfer.gateway.settler import ChallengeEvidence, EpochSettlement, Settler
 from verinfer.protocol import wire
@@ -100,7 +101,7 @@ class ChainV2Settler(Settler):
         receipts are paid, challenged ones escrowed until their evidence or deadline."""
         commitment = self.client.commitment(self.me, epoch)
         if commitment is None:
-            raise ValueError(f"epoch {epoch} is not committed")
+            raise ChainError(f"epoch {epoch} is not committed")
         if not commitment["settled"]:
             receipts = [message_fields(_receipt(b)) for _, b in sorted(bundles)]
             self.client.settle_epoch(epoch, receipts)

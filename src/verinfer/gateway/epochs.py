@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from verinfer.errors import VerinferError
+from verinfer.errors import ChainError, VerinferError
 from verinfer.gateway.router import RegisteredNode
 from verinfer.gateway.settler import ChallengeEvidence, EpochSettlement, Settler
 from verinfer.gateway.store import GatewayStore, StoredReceipt
@@ -96,7 +96,25 @@ class EpochPipeline:
         self.clock = clock
 
     async def step(self, force_close: bool = False) -> None:
-        """Close the epochs that are due, then advance every unsettled one."""
+        """Close and commit the epochs that are due, then advance every unsettled one."""
+        await self.close_and_commit(force_close)
+        for epoch in self.store.epochs_in("committed"):
+            if await self.decide(epoch.epoch):
+                self.store.mark_decided(epoch.epoch)
+        for epoch in self.store.epochs_in("decided"):
+            try:
+                settled = await asyncio.to_thread(self.settler.settle,
+                                                  self.settlement(epoch.epoch))
+            except ChainError as exc:  # one epoch's failure does not hold up the others
+                log.warning("epoch %d not settled: %s", epoch.epoch, exc)
+                continue
+            if settled is not None:
+                self.store.mark_settled(epoch.epoch, settled)
+                log.info("epoch %d settled (%s)", epoch.epoch, settled)
+
+    async def close_and_commit(self, force_close: bool = False) -> None:
+        """Close the epochs that are due and commit their roots. Also run between challenges:
+        a chain-clocked epoch must be committed before the end of the next one."""
         clock = self.settler.epoch_clock()
         if clock is None:
             open_epoch = self.store.open_epoch()
@@ -117,16 +135,13 @@ class EpochPipeline:
         for epoch in self.store.epochs_in("closed"):
             assert epoch.root is not None
             count = len(self.store.receipts_of_epoch(epoch.epoch))
-            ref = await asyncio.to_thread(self.settler.commit, epoch.epoch, epoch.root, count)
+            try:
+                ref = await asyncio.to_thread(self.settler.commit, epoch.epoch, epoch.root,
+                                              count)
+            except ChainError as exc:
+                log.warning("epoch %d not committed: %s", epoch.epoch, exc)
+                continue
             self.store.mark_committed(epoch.epoch, ref)
-        for epoch in self.store.epochs_in("committed"):
-            if await self.decide(epoch.epoch):
-                self.store.mark_decided(epoch.epoch)
-        for epoch in self.store.epochs_in("decided"):
-            settled = await asyncio.to_thread(self.settler.settle, self.settlement(epoch.epoch))
-            if settled is not None:
-                self.store.mark_settled(epoch.epoch, settled)
-                log.info("epoch %d settled (%s)", epoch.epoch, settled)
 
     # ---------------------------------------------------------------- challenges
 
@@ -150,9 +165,14 @@ class EpochPipeline:
                 return False
             self.store.set_beacon(epoch, beacon)
         bundles = tuple((r.receipt_id, r.bundle) for r in self.store.receipts_of_epoch(epoch))
-        await asyncio.to_thread(self.settler.open_challenges, epoch, bundles)
+        try:
+            await asyncio.to_thread(self.settler.open_challenges, epoch, bundles)
+        except ChainError as exc:
+            log.warning("epoch %d: challenges not opened on chain: %s", epoch, exc)
+            return False
         done = True
         for receipt in self.challenged(epoch):
+            await self.close_and_commit()
             if self.store.outcome(receipt.receipt_id) is None:
                 done = await self.challenge(receipt) and done
         return done
