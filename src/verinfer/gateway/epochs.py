@@ -101,16 +101,19 @@ class EpochPipeline:
         for epoch in self.store.epochs_in("committed"):
             if await self.decide(epoch.epoch):
                 self.store.mark_decided(epoch.epoch)
+                await self.settle(epoch.epoch)  # evidence has a deadline: send it at once
         for epoch in self.store.epochs_in("decided"):
-            try:
-                settled = await asyncio.to_thread(self.settler.settle,
-                                                  self.settlement(epoch.epoch))
-            except ChainError as exc:  # one epoch's failure does not hold up the others
-                log.warning("epoch %d not settled: %s", epoch.epoch, exc)
-                continue
-            if settled is not None:
-                self.store.mark_settled(epoch.epoch, settled)
-                log.info("epoch %d settled (%s)", epoch.epoch, settled)
+            await self.settle(epoch.epoch)
+
+    async def settle(self, epoch: int) -> None:
+        try:
+            settled = await asyncio.to_thread(self.settler.settle, self.settlement(epoch))
+        except ChainError as exc:  # one epoch's failure does not hold up the others
+            log.warning("epoch %d not settled: %s", epoch, exc)
+            return
+        if settled is not None:
+            self.store.mark_settled(epoch, settled)
+            log.info("epoch %d settled (%s)", epoch, settled)
 
     async def close_and_commit(self, force_close: bool = False) -> None:
         """Close the epochs that are due and commit their roots. Also run between challenges:
@@ -142,6 +145,32 @@ class EpochPipeline:
                 log.warning("epoch %d not committed: %s", epoch.epoch, exc)
                 continue
             self.store.mark_committed(epoch.epoch, ref)
+        for epoch in self.store.epochs_in("committed"):
+            if epoch.beacon is None:
+                await self.fix_beacon(epoch.epoch)
+
+    async def fix_beacon(self, epoch: int) -> bytes | None:
+        """The epoch's beacon, recorded once it exists; then the chain settles the fees and
+        opens the challenges (at once: its settlement window is two epochs)."""
+        record = self.store.epoch(epoch)
+        if record.beacon is not None:
+            return record.beacon
+        assert record.commit_ref is not None
+        beacon = await asyncio.to_thread(self.settler.beacon, epoch, record.commit_ref)
+        if beacon is None:
+            return None
+        self.store.set_beacon(epoch, beacon)
+        await self.open_challenges(epoch)
+        return beacon
+
+    async def open_challenges(self, epoch: int) -> bool:
+        bundles = tuple((r.receipt_id, r.bundle) for r in self.store.receipts_of_epoch(epoch))
+        try:
+            await asyncio.to_thread(self.settler.open_challenges, epoch, bundles)
+        except ChainError as exc:
+            log.warning("epoch %d: challenges not opened on chain: %s", epoch, exc)
+            return False
+        return True
 
     # ---------------------------------------------------------------- challenges
 
@@ -157,18 +186,7 @@ class EpochPipeline:
 
     async def decide(self, epoch: int) -> bool:
         """Challenge the selected receipts; True once every one has an outcome."""
-        record = self.store.epoch(epoch)
-        if record.beacon is None:
-            assert record.commit_ref is not None
-            beacon = await asyncio.to_thread(self.settler.beacon, epoch, record.commit_ref)
-            if beacon is None:
-                return False
-            self.store.set_beacon(epoch, beacon)
-        bundles = tuple((r.receipt_id, r.bundle) for r in self.store.receipts_of_epoch(epoch))
-        try:
-            await asyncio.to_thread(self.settler.open_challenges, epoch, bundles)
-        except ChainError as exc:
-            log.warning("epoch %d: challenges not opened on chain: %s", epoch, exc)
+        if await self.fix_beacon(epoch) is None or not await self.open_challenges(epoch):
             return False
         done = True
         for receipt in self.challenged(epoch):

@@ -209,7 +209,11 @@ def run_demo(network: Network, model: str, count: int, options: UpOptions,
     receipt_ids = send_traffic(network, model, count, console)
     if not receipt_ids:
         raise DemoError("no request succeeded: see the logs in " + str(network.layout.log_dir))
-    facts = wait_for_settlement(network, receipt_ids, 6 * options.epoch_seconds + 180, console)
+    # Settlement v2 waits out the challenge window (unanswered challenges lapse after it) and
+    # the appeal window (an accusation is executed after it).
+    params = client.params()
+    timeout = 6 * options.epoch_seconds + 180 + params.challenge_window + params.appeal_window
+    facts = wait_for_settlement(network, receipt_ids, timeout, console)
     if facts["unsettled"]:
         console.print(f"[yellow]{facts['unsettled']} receipts are still in unsettled epochs")
     slashes: dict[str, int] = {}
