@@ -281,7 +281,7 @@ class GatewayService:
     def job_deadline(self) -> int:
         """JOB_TTL_S from now; when the chain numbers epochs, inside the current epoch (the
         receipt repeats the deadline and the contract takes it only in its own epoch), or
-        early in the next one when the current ends within a second."""
+        within the next one when the current ends within a second."""
         now = int(self.clock())
         clock = self.settler.epoch_clock()
         if clock is None:
