@@ -52,6 +52,8 @@ class ChainV2Settler(Settler):
         fns = client.contract.functions
         self._clock = (int(client._read("read genesis", fns.GENESIS().call)),
                        int(client._read("read epoch length", fns.EPOCH_SECONDS().call)))
+        self._skew = 0.0
+        self.sync_clock()
 
     @property
     def domain(self) -> wire.Domain:
@@ -59,6 +61,15 @@ class ChainV2Settler(Settler):
 
     def epoch_clock(self) -> tuple[int, int]:
         return self._clock
+
+    def clock_skew(self) -> float:
+        return self._skew
+
+    def sync_clock(self) -> None:
+        # The dev chain stamps each block at least a second after its parent: a burst of
+        # transactions moves its clock ahead of the wall clock for a while.
+        latest = self.client._read("read block", lambda: self.client.w3.eth.get_block("latest"))
+        self._skew = max(0.0, float(latest["timestamp"]) - time.time())
 
     def registry(self) -> list[RegisteredNode]:
         return [RegisteredNode(wire.check_address(n.address), n.endpoint, n.stake, n.reputation)

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from verinfer.chain.client import ChainRevert
 from verinfer.errors import ChainError, VerinferError
 from verinfer.gateway.router import RegisteredNode
 from verinfer.gateway.settler import ChallengeEvidence, EpochSettlement, Settler
@@ -40,7 +41,7 @@ log = logging.getLogger("verinfer.gateway.epochs")
 CHALLENGE_TTL_S = 600  # a validator has this long to answer a challenge
 MAX_DRAWS = 3  # redraws when drawn validators do not answer, before retrying next tick
 SKIPPED = "SKIPPED"  # challenged, but too few other nodes to draw a committee from
-CLOSE_GRACE = 0.5  # of an epoch: how long after its end a chain-clocked epoch stays open
+CLOSE_GRACE = 0.25  # of an epoch: how long after its end a chain-clocked epoch stays open
 _SEED_DOMAIN = b"verinfer/committee/v1"
 _INVALID_DOMAIN = b"verinfer/invalid-claim/v1"
 
@@ -127,11 +128,13 @@ class EpochPipeline:
                 log.info("epoch %d closed", closed.epoch)
         else:
             genesis, length = clock
+            await asyncio.to_thread(self.settler.sync_clock)
+            now = self.clock() + self.settler.clock_skew()
             for epoch in self.store.epochs_in("open"):
                 # Receipts of jobs accepted just before the epoch's end still arrive for a
                 # while; the contract takes the commit until the end of the next epoch.
                 end = genesis + (epoch.epoch + 1) * length
-                due = self.clock() >= end + length * CLOSE_GRACE
+                due = now >= end + length * CLOSE_GRACE
                 if (due or force_close) and self.store.receipts_of_epoch(epoch.epoch):
                     self.store.close_epoch(wire.receipts_root, epoch.epoch)
                     log.info("epoch %d closed", epoch.epoch)
@@ -141,6 +144,14 @@ class EpochPipeline:
             try:
                 ref = await asyncio.to_thread(self.settler.commit, epoch.epoch, epoch.root,
                                               count)
+            except ChainRevert as exc:
+                if exc.reason != "commit window closed":
+                    raise
+                # Its receipts can never be settled: recorded as such, not retried forever.
+                log.error("epoch %d missed its commit window: its %d receipts stay unpaid",
+                          epoch.epoch, count)
+                self.store.mark_missed(epoch.epoch)
+                continue
             except ChainError as exc:
                 log.warning("epoch %d not committed: %s", epoch.epoch, exc)
                 continue

@@ -282,10 +282,10 @@ class GatewayService:
         """JOB_TTL_S from now; when the chain numbers epochs, inside the current epoch (the
         receipt repeats the deadline and the contract takes it only in its own epoch), or
         within the next one when the current ends within a second."""
-        now = int(self.clock())
         clock = self.settler.epoch_clock()
         if clock is None:
-            return now + JOB_TTL_S
+            return int(self.clock()) + JOB_TTL_S
+        now = int(self.clock() + self.settler.clock_skew())
         genesis, length = clock
         end = genesis + ((now - genesis) // length + 1) * length
         if end - 1 <= now:

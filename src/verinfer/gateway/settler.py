@@ -71,6 +71,14 @@ class Settler(ABC):
         receipt then belongs to the epoch its deadline falls in); None: the gateway's own."""
         return None
 
+    def clock_skew(self) -> float:
+        """Seconds the chain's clock runs ahead of this machine's (as last seen by
+        `sync_clock`): epochs are the chain's, so deadlines and closing follow its time."""
+        return 0.0
+
+    def sync_clock(self) -> None:
+        """Read the chain's time again (a chain that mines in bursts runs ahead)."""
+
     def committee(self, epoch: int, receipt_id: bytes, asserter: str,
                   role: str) -> tuple[tuple[str, ...], int] | None:
         """The members the chain accepts in `role` ("validator" or "arbitrator") for a

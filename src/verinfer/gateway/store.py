@@ -273,6 +273,10 @@ class GatewayStore:
     def mark_committed(self, epoch: int, commit_ref: str) -> None:
         self._advance(epoch, "closed", "committed", commit_ref=commit_ref)
 
+    def mark_missed(self, epoch: int) -> None:
+        """The chain refused the epoch's commit for good (its window closed)."""
+        self._advance(epoch, "closed", "missed")
+
     def set_beacon(self, epoch: int, beacon: bytes) -> None:
         with self._tx() as db:
             db.execute("UPDATE epochs SET beacon = ? WHERE epoch = ? AND beacon IS NULL",

@@ -146,12 +146,15 @@ def gather(store: Any, wanted: set[str]) -> dict[str, Any]:
     served: dict[str, int] = {}
     challenged: dict[str, int] = {}
     mismatches: dict[str, int] = {}
-    unsettled = 0
-    for epoch in store.epochs_in(*("open", "closed", "committed", "decided", "settled")):
+    unsettled = missed = 0
+    for epoch in store.epochs_in(*("open", "closed", "committed", "decided", "settled",
+                                   "missed")):
         state = store.epoch(epoch.epoch).state
         receipts = [r for r in store.receipts_of_epoch(epoch.epoch)
                     if "0x" + r.receipt_id.hex() in wanted]
-        if state != "settled":
+        if state == "missed":
+            missed += len(receipts)
+        elif state != "settled":
             unsettled += len(receipts)
         outcomes = {o.receipt_id: o for o in store.outcomes_of_epoch(epoch.epoch)}
         for r in receipts:
@@ -163,7 +166,7 @@ def gather(store: Any, wanted: set[str]) -> dict[str, Any]:
                 if outcome.outcome.upper() != "PASSED":
                     mismatches[node] = mismatches.get(node, 0) + 1
     return {"served": served, "challenged": challenged, "mismatches": mismatches,
-            "unsettled": unsettled}
+            "unsettled": unsettled, "missed": missed}
 
 
 def eth(wei: int) -> str:
@@ -216,6 +219,9 @@ def run_demo(network: Network, model: str, count: int, options: UpOptions,
     facts = wait_for_settlement(network, receipt_ids, timeout, console)
     if facts["unsettled"]:
         console.print(f"[yellow]{facts['unsettled']} receipts are still in unsettled epochs")
+    if facts["missed"]:
+        console.print(f"[red]{facts['missed']} receipts are in epochs that missed their commit "
+                      "window on chain (see the gateway's log)")
     slashes: dict[str, int] = {}
     for record in client.slashes(from_block=start_block):
         key = str(record.node).lower()
