@@ -69,7 +69,7 @@ class MoneyMachine(RuleBasedStateMachine):
     def _run(self, chain_call: Any, model_call: Any) -> None:
         try:
             expected_revert, next_model = None, model_call()
-        except SettlementRevert as exc:
+        except (SettlementRevert, rules.Refused) as exc:
             expected_revert, next_model = str(exc), self.model
         try:
             chain_call()

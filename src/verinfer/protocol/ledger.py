@@ -2,7 +2,8 @@
 
 The state is what the contract holds once signatures, Merkle roots and committee draws have
 been checked: each transition takes a `Ledger` and returns a new one, or raises a
-`SettlementRevert` whose message is the contract's revert string. Evidence enters as its
+`SettlementRevert` (rules shared with version 1) or `Refused` whose message is the contract's
+revert string. Evidence enters as its
 result (who the drawn validators or arbitrators are), so the money rules can be checked
 against the contract step by step (`tests/chain/test_money_property.py`).
 """
@@ -12,13 +13,13 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
+from verinfer.errors import ProtocolError
 from verinfer.protocol.settlement import (
     BPS,
     InsufficientBalance,
     InsufficientStake,
     Reputation,
     SettlementParams,
-    SettlementRevert,
     Unbonding,
     ZeroAmount,
 )
@@ -27,12 +28,8 @@ CAP_LIMIT = (1 << 96) - 1
 OPEN, PASSED, ACCUSED, SLASHED, CLEARED, LAPSED = 1, 2, 3, 4, 5, 6
 
 
-class Refused(SettlementRevert):
+class Refused(ProtocolError):
     """A version 2 rule refused an operation; the message is the contract's revert string."""
-
-    def __init__(self, reason: str) -> None:
-        self.revert = reason
-        super().__init__()
 
 
 @dataclass
