@@ -128,25 +128,28 @@ def verify_command(
         check_inclusion(rid, inclusion)
         typer.echo(f"  batch inclusion: in epoch {inclusion.epoch}'s receipts root")
         if not offline:
-            typer.echo("  on chain: " + _on_chain(inclusion, rpc_url, contract))
+            typer.echo("  on chain: " + _on_chain(inclusion, job.gateway, rpc_url, contract))
     if replay_:
         assert model is not None
         typer.echo("  " + replay(bundle, receipt, model))
 
 
-def _on_chain(inclusion: Inclusion, rpc_url: str | None, contract: str | None) -> str:
+def _on_chain(inclusion: Inclusion, gateway: str, rpc_url: str | None,
+              contract: str | None) -> str:
+    """What the gateway (the settler) committed for the epoch on chain."""
     from verinfer.chain.settings import ChainSettings, connect
 
     try:
         client = connect(ChainSettings.load(rpc_url=rpc_url, contract=contract), with_key=False)
-        root = client.epoch_root(inclusion.epoch)
+        commitment = client.commitment(gateway, inclusion.epoch)
     except VerinferError as exc:
         return f"not checked ({exc})"
-    if root is None:
-        return f"epoch {inclusion.epoch} not settled yet"
-    if root != inclusion.receipts_root:
-        raise ReceiptRejected(f"epoch {inclusion.epoch} settled on chain with another root")
-    return f"epoch {inclusion.epoch} settled with this root"
+    if commitment is None:
+        return f"epoch {inclusion.epoch} not committed yet"
+    if commitment["root"] != inclusion.receipts_root:
+        raise ReceiptRejected(f"epoch {inclusion.epoch} committed on chain with another root")
+    state = "settled" if commitment["settled"] else "committed, not settled yet,"
+    return f"epoch {inclusion.epoch} {state} with this root"
 
 
 def register(app: typer.Typer) -> None:

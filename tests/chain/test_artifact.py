@@ -8,7 +8,7 @@ from pathlib import Path
 from verinfer.chain.artifact import ARTIFACT_PATH, SOURCE_PATH, ContractArtifact, load_artifact
 from verinfer.chain.build import compile_artifact, render
 from verinfer.chain.client import SettlementClient
-from verinfer.chain.settings import DEV_PARAMS
+from verinfer.chain.settings import DEV_EPOCH_SECONDS, DEV_PARAMS
 
 
 def test_artifact_matches_source() -> None:
@@ -24,7 +24,8 @@ def test_artifact_records_source_hash_and_compiler() -> None:
     assert artifact.compiler == "vyper 0.4.3"
     assert artifact.bytecode.startswith("0x") and len(artifact.bytecode) > 1000
     names = {item.get("name") for item in artifact.abi}
-    assert {"settle_batch", "verify_receipt", "deposit", "withdraw", "stake", "unstake"} <= names
+    assert {"commit_epoch", "settle_epoch", "submit_evidence", "finalize", "set_allowance",
+            "deposit", "request_withdrawal", "withdraw", "stake", "unstake"} <= names
 
 
 def test_runtime_modules_do_not_import_the_compiler() -> None:
@@ -67,7 +68,8 @@ def test_deployed_code_is_recognised_whatever_its_immutables(tmp_path: Path) -> 
     out = vyper.compile_code(IMMUTABLES_SOURCE, output_formats=formats)
     artifact = ContractArtifact(out["abi"], out["bytecode"], out["bytecode_runtime"], "vyper", "")
     assert artifact.immutables_bytes == 64
-    assert load_artifact().immutables_bytes == 0  # Settlement.vy has none today
+    # Settlement.vy v2: GENESIS, EPOCH_SECONDS and DOMAIN_SEPARATOR, 32 bytes each
+    assert load_artifact().immutables_bytes == 96
     chain = DevChain(tmp_path)
     w3 = Web3(DevChainProvider(chain))
     factory = w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
@@ -85,7 +87,8 @@ def test_deployed_code_is_recognised_whatever_its_immutables(tmp_path: Path) -> 
     tampered[10] ^= 1
     assert not artifact.is_deployed_code(bytes(tampered))
     settlement = load_artifact()
-    client, _ = SettlementClient.deploy(w3, Account.from_key(dev_private_key(0)), DEV_PARAMS)
+    client, _ = SettlementClient.deploy(w3, Account.from_key(dev_private_key(0)), DEV_PARAMS,
+                                        epoch_seconds=DEV_EPOCH_SECONDS)
     assert settlement.is_deployed_code(bytes(w3.eth.get_code(client.address)))
     assert not settlement.is_deployed_code(codes[0])
     chain.close()

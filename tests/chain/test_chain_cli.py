@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import sys
+import time
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ from unittest.mock import patch
 
 import pytest
 from eth_account import Account
+from v2kit import sign_typed, typed_digest
 from web3 import Web3
 
 from verinfer.chain.cli import BadAmount, format_wei, parse_amount
@@ -20,7 +22,7 @@ from verinfer.chain.client import SettlementClient
 from verinfer.chain.devkeys import DEV_CHAIN_ID, dev_address, dev_private_key
 from verinfer.chain.settings import ChainSettings, resolve_account
 from verinfer.errors import ChainError
-from verinfer.protocol.settlement import Batch, ChallengeEntry, Outcome, RequestEntry
+from verinfer.protocol.merkle import merkle_root
 
 
 @dataclass
@@ -45,45 +47,95 @@ def verinfer(*args: str) -> Result:
     return Result(code if isinstance(code, int) else 1, out.getvalue(), err.getvalue())
 
 
+def advance_past(w3: Web3, moment: int) -> None:
+    """Move the dev chain's clock past `moment` (block times may run ahead of the wall clock:
+    each block is at least a second after its parent)."""
+    w3.provider.make_request("evm_increaseTime", [max(0, moment - int(time.time()) + 2)])
+    w3.provider.make_request("evm_mine", [])
+
+
 @pytest.mark.timeout(300)
 def test_cli_round_trip_on_the_dev_chain(devchain_process: Any) -> None:
     chain = devchain_process()
     where = ["--rpc-url", chain.url, "--data-dir", str(chain.data_dir)]
+    out = verinfer("chain", "deploy", "--challenge-ppm", "1000000", *where)
+    assert out.returncode == 0, out.stderr
+    contract = out.stdout.split("deployed settlement contract at ")[1].split()[0]
+
     out = verinfer("deposit", "2.5", *where)
     assert out.returncode == 0, out.stderr
     assert f"balance of {dev_address(0)} is 2.5 ETH" in out.stdout
     assert f"using dev account 0 ({dev_address(0)})" in out.stderr
 
-    out = verinfer("stake", "1.2", "--pubkey", "ab" * 32, "--endpoint", "http://127.0.0.1:9001",
+    out = verinfer("stake", "1.2", "--endpoint", "http://127.0.0.1:9001",
                    "--dev-account", "1", *where)
     assert out.returncode == 0, out.stderr
     assert "registered node" in out.stdout and "is 1.2 ETH (active; min stake 1 ETH)" in out.stdout
 
-    # A settled epoch with a slash of node 1, posted by the gateway's client.
+    # An epoch committed and settled by the gateway's client; every receipt is challenged.
     w3 = Web3(Web3.HTTPProvider(chain.url))
-    gateway = SettlementClient(w3, chain.contract, Account.from_key(dev_private_key(0)))
-    gateway.fund_treasury(10**17)
-    user, node = dev_address(0).lower(), dev_address(1).lower()
-    gateway.settle_batch(Batch(1, b"\x55" * 32, (RequestEntry(user, node, 10**15),), (
-        ChallengeEntry(user, node, 10**15, (dev_address(2).lower(),), Outcome.ASSERTER_FAULT),)))
+    gateway = SettlementClient(w3, contract, Account.from_key(dev_private_key(0)))
+    user = SettlementClient(w3, contract, Account.from_key(dev_private_key(3)))
+    user.deposit(10**16)
+    allowance = {"user": dev_address(3), "settler": dev_address(0), "capPerEpoch": 10**16,
+                 "expiry": 2**40, "nonce": 1}
+    chain_id = w3.eth.chain_id
+    gateway.set_allowance(allowance, sign_typed(user.account, chain_id, contract,
+                                                "Allowance", allowance))
+    epoch = gateway.current_epoch()
+    _, end = gateway.epoch_bounds(epoch)
+    receipt = {"request": b"\x01" * 32, "job": b"\x02" * 32, "outputHash": b"\x03" * 32,
+               "logitsHash": b"\x04" * 32, "outputLength": 3, "node": dev_address(1),
+               "gateway": dev_address(0), "user": dev_address(3), "fee": 10**15,
+               "nonce": 1, "deadline": end - 1}
+    rid = typed_digest(chain_id, contract, "Receipt", receipt)
+    gateway.commit_epoch(epoch, merkle_root([rid]), 1)
+    user.deposit(1)  # the block whose hash is the beacon
+    gateway.settle_epoch(epoch, [receipt])
+    assert gateway.case(epoch, rid).state == "open"
 
     out = verinfer("unstake", "0.2", "--dev-account", "1", *where)
+    assert out.returncode == 2 and "open challenge" in out.stderr
+    out = verinfer("ledger", *where)
+    assert out.returncode == 0, out.stderr
+    for expected in ("open challenges and appeals", "0x" + rid.hex()[:16], "open",
+                     "evidence (pass or accuse)"):
+        assert expected in out.stdout, (expected, out.stdout)
+    advance_past(w3, gateway.case(epoch, rid).deadline)
+    gateway.finalize(epoch, rid)
+    assert gateway.case(epoch, rid).state == "lapsed"
+
+    out = verinfer("unstake", "0.2", "--dev-account", "1", *where)
+    if gateway.case(epoch, rid).state == "open":
+        assert out.returncode == 2 and "open challenge" in out.stderr
+        out = verinfer("ledger", *where)
+        assert out.returncode == 0, out.stderr
+        for expected in ("open challenges and appeals", "0x" + rid.hex()[:16], "open",
+                         "evidence (pass or accuse)"):
+            assert expected in out.stdout, (expected, out.stdout)
+        w3.provider.make_request("evm_increaseTime", [gateway.params().challenge_window + 1])
+        w3.provider.make_request("evm_mine", [])
+        gateway.finalize(epoch, rid)
+        out = verinfer("unstake", "0.2", "--dev-account", "1", *where)
     assert out.returncode == 0, out.stderr
     assert "unbonding 0.2 ETH (still slashable) until" in out.stdout
 
     out = verinfer("balance", dev_address(1), *where)
     assert out.returncode == 0, out.stderr
-    assert "stake       0.5 ETH (inactive)" in out.stdout  # 1.2 - 0.5 slashed - 0.2 unbonding
-    assert "served 1, challenged 1, passed 0, failed 1" in out.stdout
+    assert "stake       1 ETH (active)" in out.stdout
 
+    out = verinfer("withdraw", "1", *where)
+    assert out.returncode == 0, out.stderr
+    assert "withdrawal of 1 ETH requested: run `verinfer withdraw` again after" in out.stdout
+    advance_past(w3, gateway.withdrawal_of(dev_address(0))[1])
     out = verinfer("withdraw", "1", *where)
     assert out.returncode == 0, out.stderr
     assert "withdrew 1 ETH: balance left" in out.stdout
 
     out = verinfer("ledger", *where)
     assert out.returncode == 0, out.stderr
-    for expected in (dev_address(1), "http://127.0.0.1:9001", "recent batches", "0x5555",
-                     "recent slashes", "0.5 ETH", "1/1/0/1"):
+    for expected in (dev_address(1), "http://127.0.0.1:9001", "recent settled epochs",
+                     "recent slashes", "open challenges and appeals"):
         assert expected in out.stdout, (expected, out.stdout)
 
 
@@ -91,7 +143,7 @@ def test_cli_errors_are_one_line(devchain_process: Any) -> None:
     chain = devchain_process()
     where = ["--rpc-url", chain.url, "--data-dir", str(chain.data_dir)]
     cases = [
-        (("withdraw", "5", *where), "error: withdraw reverted: insufficient balance"),
+        (("withdraw", "5", *where), "error: request withdrawal reverted: insufficient balance"),
         (("unstake", "1", *where), "error: unstake reverted: insufficient stake"),
         (("deposit", "abc", *where), "error: not an amount: 'abc'"),
         (("deposit", "1", "--rpc-url", "http://127.0.0.1:9"),

@@ -20,7 +20,7 @@ from verinfer.chain.client import BadAddress, SettlementClient, parse_address
 from verinfer.chain.devchain import DevChain, DevChainProvider, make_server
 from verinfer.chain.devkeys import DEV_CHAIN_ID, dev_address, dev_private_key
 from verinfer.chain.local import ensure_deployed
-from verinfer.chain.settings import DEV_PARAMS, ChainSettings, record_deployment
+from verinfer.chain.settings import DEV_EPOCH_SECONDS, DEV_PARAMS, ChainSettings, record_deployment
 from verinfer.errors import ChainError
 from verinfer.protocol.settlement import SettlementParams
 
@@ -83,7 +83,8 @@ def test_a_mistyped_checksum_is_refused_never_corrected(devchain_process: Any) -
 def test_the_client_refuses_a_mistyped_beneficiary_or_role_holder(tmp_path: Path) -> None:
     chain = DevChain(tmp_path)
     w3 = Web3(DevChainProvider(chain))
-    owner, _ = SettlementClient.deploy(w3, Account.from_key(dev_private_key(0)), DEV_PARAMS)
+    owner, _ = SettlementClient.deploy(w3, Account.from_key(dev_private_key(0)), DEV_PARAMS,
+                                       epoch_seconds=DEV_EPOCH_SECONDS)
     typo = _mistyped(dev_address(6))
     for attempt in (
         lambda: owner.deposit(10, typo),
@@ -183,7 +184,8 @@ class _OtherChain(DevChain):
 def other_chain(tmp_path: Path) -> Iterator[tuple[str, str]]:
     chain = _OtherChain(tmp_path / "chain")
     w3 = Web3(DevChainProvider(chain))
-    client, _ = SettlementClient.deploy(w3, Account.from_key(dev_private_key(0)), DEV_PARAMS)
+    client, _ = SettlementClient.deploy(w3, Account.from_key(dev_private_key(0)), DEV_PARAMS,
+                                       epoch_seconds=DEV_EPOCH_SECONDS)
     server = make_server(chain, "127.0.0.1", 0)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()
@@ -259,4 +261,5 @@ def test_deploy_parameters_above_uint256_are_one_line(
     w3 = Web3(Web3.HTTPProvider(other_chain[0]))
     too_long = SettlementParams(**{**vars(DEV_PARAMS), "unbonding_delay": 2**256})
     with pytest.raises(ChainError, match="deploy failed"):
-        SettlementClient.deploy(w3, Account.from_key(dev_private_key(0)), too_long)
+        SettlementClient.deploy(w3, Account.from_key(dev_private_key(0)), too_long,
+                                epoch_seconds=DEV_EPOCH_SECONDS)

@@ -16,10 +16,10 @@ from web3 import Web3
 from verinfer.chain.client import ChainRevert, ChainUnreachable, SettlementClient
 from verinfer.chain.devchain import JOURNAL_NAME, DevChain, DevChainProvider, make_server
 from verinfer.chain.devkeys import DEV_CHAIN_ID, dev_address, dev_private_key
+from verinfer.chain.settings import DEV_EPOCH_SECONDS, DEV_PARAMS
 from verinfer.errors import ChainError
-from verinfer.protocol.settlement import SettlementParams
 
-PARAMS = SettlementParams(1000, 100, 10, 9, 500, 1000, 5000, 5000)
+PARAMS = DEV_PARAMS
 
 
 def _client(chain: DevChain, key_index: int = 0) -> SettlementClient:
@@ -29,7 +29,9 @@ def _client(chain: DevChain, key_index: int = 0) -> SettlementClient:
 
 def _deploy(chain: DevChain) -> SettlementClient:
     w3 = Web3(DevChainProvider(chain))
-    client, _ = SettlementClient.deploy(w3, Account.from_key(dev_private_key(0)), PARAMS)
+    client, _ = SettlementClient.deploy(
+        w3, Account.from_key(dev_private_key(0)), PARAMS, epoch_seconds=DEV_EPOCH_SECONDS
+    )
     return client
 
 
@@ -65,12 +67,12 @@ def test_reverts_carry_their_reason_through_json_rpc(tmp_path: Path) -> None:
     client = _deploy(chain)
     with pytest.raises(ChainRevert) as info:
         client.withdraw(1)
-    assert info.value.reason == "insufficient balance"
-    assert str(info.value) == "withdraw reverted: insufficient balance"
+    assert info.value.reason == "withdrawal not due"
+    assert str(info.value) == "withdraw reverted: withdrawal not due"
     with pytest.raises(ChainRevert, match="caller is not the owner"):
-        SettlementClient(client.w3, client.address, Account.from_key(dev_private_key(4))).set_params(
-            PARAMS
-        )
+        SettlementClient(
+            client.w3, client.address, Account.from_key(dev_private_key(4))
+        ).propose_params(PARAMS)
     chain.close()
 
 
@@ -78,11 +80,14 @@ def test_calls_see_the_current_time_and_evm_increase_time(tmp_path: Path) -> Non
     chain = DevChain(tmp_path)
     owner = _deploy(chain)
     node = SettlementClient(owner.w3, owner.address, Account.from_key(dev_private_key(1)))
+    node.register("http://127.0.0.1:9001")
     node.stake(1000, value=1000)
     node.unstake(400)
-    with pytest.raises(ChainRevert, match="insufficient balance"):
+    with pytest.raises(ChainRevert, match="withdrawal not due"):
         node.withdraw(400)
-    owner.w3.provider.make_request("evm_increaseTime", [200])
+    # Block times can run a few seconds ahead of the wall clock (each block is a second after
+    # its parent): jump well past the release time.
+    owner.w3.provider.make_request("evm_increaseTime", [PARAMS.unbonding_delay + 60])
     node.withdraw(400)  # the estimate and the transaction both run at the moved clock
     assert node.unbonding_of(dev_address(1)).amount == 0
     chain.close()

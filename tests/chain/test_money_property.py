@@ -1,158 +1,259 @@
-"""Property: random deposits, stakes, unstakes, batches, slashes and withdrawals conserve money.
+"""Property: random operations of settlement v2 conserve money, and the contract equals the rules.
 
-Hypothesis drives the contract in titanoboa with random operation sequences (including ones
-that must revert). After every step: the contract holds exactly Σ balance + Σ stake +
-Σ unbonding + treasury; the ether of all parties plus the contract never changes (nothing is
-created, nothing is lost); and the contract's state and revert strings equal those of the
-protocol's pure functions run on the same operations.
+Hypothesis drives the contract in titanoboa through deposits, stakes, unstakes, withdrawal
+requests and withdrawals, committed and settled epochs (half of the receipts challenged by the
+beacon), passes on validators' verdicts, accusations, appeals, finalizations, pauses and waits,
+with real EIP-712 signatures, including operations that must revert. After every step: the
+contract holds exactly Σ balance + Σ stake + Σ unbonding + Σ escrow + treasury; the ether of
+all parties plus the contract never changes; and balances, stakes, unbonding, treasury,
+escrow, unpaid fees and reputation equal those of `verinfer.protocol.ledger` run on the same
+operations, with the same revert strings.
 """
 
 from __future__ import annotations
 
-from functools import cache
+import re
 from typing import Any
 
 import boa
-from boa_driver import apply_op, read_state
-from conftest import PARAMS, params_tuple
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from v2kit import ACCUSE, APPEAL, EPOCH, MAX_PAUSE, PASS, Net, deploy, with_params
 
-from verinfer.chain.artifact import SOURCE_PATH
-from verinfer.protocol import settlement as rules
-from verinfer.protocol.settlement import LedgerState
-from verinfer.protocol.settlement_codec import apply_operation
+from verinfer.protocol import ledger as rules
+from verinfer.protocol.challenge import is_challenged
+from verinfer.protocol.selection import ARBITRATOR_TAG, VALIDATOR_TAG, is_drawn
+from verinfer.protocol.settlement import Reputation, SettlementRevert, Unbonding
 
-USERS = [f"0x0a{'00' * 18}{i:02x}" for i in range(1, 4)]
-NODES = [f"0x0b{'00' * 18}{i:02x}" for i in range(1, 6)]
-PARTIES = USERS + NODES
-ROOT = "0x" + "33" * 32
+PARAMS = with_params(challenge_ppm=500_000)
 START_ETH = 10**12
-
-# Mostly positive amounts of a useful size; zero (which must revert) now and then.
 amounts = st.sampled_from([100 * k for k in range(1, 31)] + [1, 7, 999, 0])
 fees = st.integers(min_value=0, max_value=400)
 
 
-@cache
-def _deployer() -> Any:
-    return boa.load_partial(str(SOURCE_PATH))
-
-
-@st.composite
-def challenges(draw: st.DrawFn) -> dict[str, Any]:
-    asserter = draw(st.sampled_from(NODES))
-    others = [n for n in NODES if n != asserter]
-    # Mostly well-formed; sometimes the asserter validates itself or a validator repeats.
-    pool = draw(st.sampled_from([others, others, others, NODES, others + others[:1]]))
-    validators = draw(st.lists(st.sampled_from(pool), min_size=0, max_size=4))
-    if draw(st.integers(0, 9)) > 0:
-        validators = list(dict.fromkeys(validators)) or [others[0]]
-    outcome = draw(st.sampled_from(["PASSED", "ASSERTER_FAULT", "VALIDATOR_FAULT"]))
-    faulty: list[str] = []
-    if outcome == "VALIDATOR_FAULT" and validators:
-        faulty = draw(st.lists(st.sampled_from(validators), min_size=1, max_size=2, unique=True))
-    return {
-        "user": draw(st.sampled_from(USERS)),
-        "asserter": asserter,
-        "fee": draw(fees),
-        "validators": validators,
-        "outcome": outcome,
-        "faulty_validators": faulty,
-    }
-
-
-requests = st.fixed_dictionaries(
-    {"user": st.sampled_from(USERS), "asserter": st.sampled_from(NODES), "fee": fees}
-)
+def revert_reason(exc: boa.BoaError) -> str:
+    """The revert string of a failed call to the (ABI-loaded) contract."""
+    match = re.search(r"^\s*\[E\].*<(.+)>\s*$", str(exc), re.MULTILINE)
+    assert match, str(exc)
+    return match.group(1)
 
 
 class MoneyMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        boa.env.timestamp = 1
-        self.now = 1
-        self.contract = _deployer().deploy(params_tuple(PARAMS))
-        for party in [*PARTIES, boa.env.eoa]:
-            boa.env.set_balance(party, START_ETH)
-        self.model = LedgerState()
-        self.epochs: set[int] = set()
-        self.reverts = 0
+        boa.env.timestamp = 1_000_000
+        self.net: Net = deploy(None, PARAMS)
+        self.model = rules.Ledger()
+        self.paused_total = 0
+        self.paused_since = 0
+        self.pause_started = 0
+        self.settled: set[int] = set()
+        self.receipts: dict[bytes, Any] = {}
+        self.epochs: dict[bytes, int] = {}
+        self.stake_block: dict[str, int] = {}
+
+    # -------------------------------------------------------------- clock and plumbing
+
+    def now(self) -> int:
+        """The contract's clock: wall time less paused time (a pause lasts MAX_PAUSE at most)."""
+        wall = boa.env.timestamp
+        elapsed = 0
+        if self.paused_since:
+            elapsed = min(wall, self.paused_since + MAX_PAUSE) - self.paused_since
+        return wall - self.paused_total - elapsed
+
+    def is_paused(self) -> bool:
+        return bool(self.paused_since) and boa.env.timestamp < self.paused_since + MAX_PAUSE
+
+    def _run(self, chain_call: Any, model_call: Any) -> None:
+        try:
+            expected_revert, next_model = None, model_call()
+        except (SettlementRevert, rules.Refused) as exc:
+            expected_revert, next_model = str(exc), self.model
+        try:
+            chain_call()
+        except boa.BoaError as exc:
+            got = revert_reason(exc)
+            assert expected_revert is not None, f"reverted on chain ({got}), not in the rules"
+            assert got == expected_revert, f"chain says {got!r}, rules {expected_revert!r}"
+        else:
+            assert expected_revert is None, f"passed on chain, rules: {expected_revert}"
+        self.model = next_model
 
     @initialize()
     def open_network(self) -> None:
-        """A working network to start from, so that most batches can be paid and slashed."""
-        for user in USERS:
-            self._run({"op": "deposit", "address": user, "amount": 3000})
-        for node in NODES:
-            self._run({"op": "deposit", "address": node, "amount": 1500})
-            self._run({"op": "stake", "node": node, "amount": 1500})
-        self._run({"op": "fund_treasury", "amount": 2000})
+        net = self.net
+        for _ in range(6):
+            node = net.node(stake=1500)
+            self.model = rules.deposit(self.model, node.address, 1500)
+            self.model = rules.stake(self.model, node.address, 1500)
+        for _ in range(3):
+            user = net.user(deposit=3000, cap=1000)
+            self.model = rules.deposit(self.model, user.address, 3000)
+            self.model = rules.set_allowance(self.model, user.address, net.owner, 1000,
+                                             boa.env.timestamp + 10**6, net.nonce,
+                                             boa.env.timestamp)
+        net.c.fund_treasury(value=2000)
+        self.model = rules.fund_treasury(self.model, 2000)
+        self.parties = [p.address for p in net.nodes + net.users]
+        for who in self.parties:
+            boa.env.set_balance(who, START_ETH)
+        boa.env.set_balance(net.owner, START_ETH)
 
-    def _run(self, op: dict[str, Any]) -> None:
-        try:
-            expected_revert = None
-            next_model = apply_operation(self.model, PARAMS, op)
-        except rules.SettlementRevert as exc:
-            expected_revert, next_model = str(exc), self.model
-        try:
-            apply_op(self.contract, op, fund=False)
-        except boa.BoaError as exc:
-            got = str(exc.stack_trace.last_frame.pretty_vm_reason)
-            assert expected_revert is not None, f"{op} reverted on chain ({got}), not in rules"
-            assert got == expected_revert, f"{op}: chain says {got!r}, rules {expected_revert!r}"
-            self.reverts += 1
-        else:
-            assert expected_revert is None, f"{op} passed on chain, rules: {expected_revert}"
-        self.model = next_model
+    # -------------------------------------------------------------- funds and stake
 
-    @rule(who=st.sampled_from(PARTIES), amount=amounts)
-    def deposit(self, who: str, amount: int) -> None:
-        self._run({"op": "deposit", "address": who, "amount": amount})
+    @rule(who=st.integers(0, 8), amount=amounts)
+    def deposit(self, who: int, amount: int) -> None:
+        if self.is_paused():
+            return
+        a = self.parties[who]
+        if amount == 0:
+            return  # the contract's zero check; covered in the attack suite
+        self._run(lambda: self.net.c.deposit(a, value=amount, sender=a),
+                  lambda: rules.deposit(self.model, a, amount))
 
-    @rule(amount=amounts)
-    def fund_treasury(self, amount: int) -> None:
-        self._run({"op": "fund_treasury", "amount": amount})
+    @rule(node=st.integers(0, 5), amount=amounts)
+    def stake(self, node: int, amount: int) -> None:
+        if self.is_paused():
+            return
+        a = self.parties[node]
+        before = self.model
+        self._run(lambda: self.net.c.stake(amount, sender=a),
+                  lambda: rules.stake(self.model, a, amount))
+        if self.model is not before:
+            self.stake_block[a] = boa.env.evm.patch.block_number
+        boa.env.time_travel(blocks=1)
 
-    @rule(node=st.sampled_from(NODES), amount=amounts)
-    def stake(self, node: str, amount: int) -> None:
-        self._run({"op": "stake", "node": node, "amount": amount})
+    @rule(node=st.integers(0, 5), amount=amounts)
+    def unstake(self, node: int, amount: int) -> None:
+        a = self.parties[node]
+        self._run(lambda: self.net.c.unstake(amount, sender=a),
+                  lambda: rules.unstake(self.model, PARAMS, a, amount, self.now()))
 
-    @rule(node=st.sampled_from(NODES), amount=amounts)
-    def unstake(self, node: str, amount: int) -> None:
-        self._run({"op": "unstake", "node": node, "amount": amount, "time": self.now})
+    @rule(who=st.integers(0, 8), amount=amounts)
+    def request_withdrawal(self, who: int, amount: int) -> None:
+        a = self.parties[who]
+        self._run(lambda: self.net.c.request_withdrawal(amount, sender=a),
+                  lambda: rules.request_withdrawal(self.model, PARAMS, a, amount, self.now()))
 
-    @rule(who=st.sampled_from(PARTIES), amount=amounts)
-    def withdraw(self, who: str, amount: int) -> None:
-        self._run({"op": "withdraw", "address": who, "amount": amount, "time": self.now})
+    @rule(who=st.integers(0, 8), amount=amounts)
+    def withdraw(self, who: int, amount: int) -> None:
+        a = self.parties[who]
+        self._run(lambda: self.net.c.withdraw(amount, sender=a),
+                  lambda: rules.withdraw(self.model, a, amount, self.now()))
 
-    @rule(seconds=st.integers(min_value=0, max_value=150))
+    @rule(seconds=st.sampled_from([1, 20, 60, 150, 450, 600]))
     def wait(self, seconds: int) -> None:
-        self.now += seconds
+        boa.env.time_travel(seconds=seconds)
 
-    @rule(
-        epoch=st.integers(min_value=0, max_value=12),
-        reqs=st.lists(requests, max_size=4),
-        chals=st.lists(challenges(), max_size=3),
-    )
-    def settle(self, epoch: int, reqs: list[dict[str, Any]], chals: list[dict[str, Any]]) -> None:
-        self.epochs.add(epoch)
-        batch = {"epoch": epoch, "receipts_root": ROOT, "requests": reqs, "challenges": chals}
-        self._run({"op": "settle", "batch": batch})
+    @rule()
+    def pause_or_unpause(self) -> None:
+        wall = boa.env.timestamp
+        if self.is_paused():
+            self.net.c.unpause()
+            self.paused_total += wall - self.paused_since
+            self.paused_since = 0
+        elif not self.pause_started or wall >= self.pause_started + 2 * MAX_PAUSE:
+            self.net.c.pause()
+            if self.paused_since:
+                self.paused_total += MAX_PAUSE
+            self.paused_since = self.pause_started = wall
+
+    # -------------------------------------------------------------- epochs and evidence
+
+    @rule(entries=st.lists(st.tuples(st.integers(0, 5), st.integers(6, 8), fees),
+                           min_size=1, max_size=5))
+    def settle(self, entries: list[tuple[int, int, int]]) -> None:
+        net = self.net
+        if self.is_paused():
+            return
+        if net.epoch() in self.settled:
+            boa.env.time_travel(seconds=EPOCH)
+        epoch = net.epoch()
+        parties = net.nodes + net.users
+        receipts = net.ordered([net.receipt(parties[n], parties[u], fee=f) for n, u, f in entries])
+        net.commit(receipts, epoch)
+        net.c.settle_epoch(epoch, [r.args() for r in receipts])
+        self.settled.add(epoch)
+        beacon = bytes(net.c.commitments(net.owner, epoch)[3])
+        settled = []
+        for r in receipts:
+            rid = net.digest(r.message())
+            self.receipts[rid], self.epochs[rid] = r, epoch
+            settled.append(rules.SettledReceipt(rid, r.node, r.user, r.fee,
+                                                is_challenged(rid, beacon, PARAMS.challenge_ppm)))
+        start = int(net.c.GENESIS()) + epoch * EPOCH
+        self.model = rules.settle_epoch(self.model, PARAMS, net.owner, epoch, start, settled,
+                                        self.now())
+
+    def _case_ids(self) -> list[bytes]:
+        return sorted(self.model.cases)
+
+    @precondition(lambda self: bool(self.model.cases))
+    @rule(pick=st.integers(0, 10**6), kind=st.sampled_from([PASS, ACCUSE, APPEAL]))
+    def evidence(self, pick: int, kind: int) -> None:
+        if self.is_paused():
+            return
+        rid = self._case_ids()[pick % len(self.model.cases)]
+        r, epoch = self.receipts[rid], self.epochs[rid]
+        commitment = self.net.c.commitments(self.net.owner, epoch)
+        beacon, commit_block, total = bytes(commitment[3]), commitment[2], commitment[4]
+        tag = VALIDATOR_TAG if kind == PASS else ARBITRATOR_TAG
+        # Only members the rules draw: staked before the commit, ticket below their share.
+        judges = [p for p in self.net.nodes if p.address != r.node
+                  and self.stake_block.get(p.address, 0) < commit_block
+                  and is_drawn(tag, beacon, rid, p.address.lower(),
+                               self.model.stake.get(p.address, 0), total, 255)]
+        count = {PASS: 2, ACCUSE: 3, APPEAL: 4}[kind]
+        if len(judges) < count:
+            return
+        chosen = sorted(judges, key=lambda p: int(p.address, 16))[:count]
+        names = [p.address for p in chosen]
+        signer = next(p for p in self.net.nodes if p.address == r.node)
+        call = {PASS: rules.pass_challenge, ACCUSE: rules.accuse, APPEAL: rules.appeal}[kind]
+        self._run(
+            lambda: self.net.evidence(kind, epoch, r, chosen, signer=signer,
+                                      valid=kind != ACCUSE),
+            lambda: call(self.model, PARAMS, rid, names, self.now()),
+        )
+
+    @precondition(lambda self: bool(self.model.cases))
+    @rule(pick=st.integers(0, 10**6))
+    def finalize(self, pick: int) -> None:
+        if self.is_paused():
+            return
+        rid = self._case_ids()[pick % len(self.model.cases)]
+        self._run(lambda: self.net.c.finalize(self.epochs[rid], rid),
+                  lambda: rules.finalize(self.model, PARAMS, rid, self.now()))
+
+    # -------------------------------------------------------------- the property
 
     @invariant()
-    def money_is_conserved(self) -> None:
-        held = boa.env.get_balance(self.contract.address)
-        state = read_state(self.contract, PARTIES, self.epochs)
-        assert held == state.total_funds()
-        outside = sum(boa.env.get_balance(p) for p in [*PARTIES, boa.env.eoa])
-        assert outside + held == START_ETH * (len(PARTIES) + 1)
-        assert state == self.model
+    def money_is_conserved_and_the_contract_follows_the_rules(self) -> None:
+        c = self.net.c
+        held = boa.env.get_balance(c.address)
+        assert held == self.model.total_funds()
+        assert held == self.net.funds()
+        outside = sum(boa.env.get_balance(p) for p in [*self.parties, self.net.owner])
+        assert outside + held == START_ETH * (len(self.parties) + 1) + 6 * 1500 + 3 * 3000 + 2000
+        m = self.model
+        for a in self.parties:
+            assert c.balances(a) == m.balance.get(a, 0), a
+            assert c.stakes(a) == m.stake.get(a, 0), a
+            u = m.unbonding.get(a, Unbonding())
+            assert tuple(c.unbonding(a)) == (u.amount, u.release_time), a
+            assert c.unpaid(a) == m.unpaid.get(a, 0), a
+            r = m.reputation.get(a, Reputation())
+            assert tuple(c.reputation(a)) == (r.served, r.challenged, r.passed, r.failed), a
+        assert c.treasury() == m.treasury
+        assert c.escrow_total() == m.escrow()
+        for rid, case in m.cases.items():
+            assert c.case_of(self.epochs[rid], rid)[0] == case.status
 
 
 MoneyMachine.TestCase.settings = settings(
-    max_examples=30,
+    max_examples=25,
     stateful_step_count=30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],

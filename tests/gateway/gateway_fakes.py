@@ -44,16 +44,17 @@ def pos(p_ppm: int = 1_000_000, validators: int = 2, arbitrators: int = 3) -> Po
 
 def make_bundle(node: Identity, output: list[int], logits: bytes, nonce: int,
                 prompt: tuple[int, ...] = (1, 2, 3), price: int = 1,
-                user: Identity = USER) -> wire.ReceiptBundle:
+                user: Identity = USER, domain: wire.Domain = DOMAIN,
+                gateway: Identity = GATEWAY, deadline: int = 2**40) -> wire.ReceiptBundle:
     """A receipt bundle as an honest gateway and node would produce it."""
     request = wire.Request.build(b"\x11" * 32, prompt, max_tokens=16)
-    job = wire.Job(request.hash_struct(), GATEWAY.address, user.address, node.address, price,
-                   nonce, 2**40)
+    job = wire.Job(request.hash_struct(), gateway.address, user.address, node.address, price,
+                   nonce, deadline)
     receipt = wire.make_receipt(job, len(prompt), output, logits)
     return wire.ReceiptBundle(
-        DOMAIN, request, prompt, (),
-        wire.Signed(job, wire.sign(DOMAIN, job, GATEWAY.private_key)),
-        wire.Signed(receipt, wire.sign(DOMAIN, receipt, node.private_key)),
+        domain, request, prompt, (),
+        wire.Signed(job, wire.sign(domain, job, gateway.private_key)),
+        wire.Signed(receipt, wire.sign(domain, receipt, node.private_key)),
         tuple(output))
 
 
@@ -86,7 +87,7 @@ class FakeSettler(Settler):
     def spendable(self, user: str) -> int:
         return self.balances.get(user.lower(), 0)
 
-    def commit(self, epoch: int, receipts_root: bytes) -> str:
+    def commit(self, epoch: int, receipts_root: bytes, count: int) -> str:
         if self.commits.setdefault(epoch, receipts_root) != receipts_root:
             raise AssertionError("epoch committed twice with different roots")
         return f"commit:{epoch}"
@@ -115,15 +116,17 @@ class ScriptedValidators(ValidatorTransport):
     `liars` sign a wrong hash, `silent` never answer."""
 
     def __init__(self, truth: dict[bytes, bytes], keys: dict[str, Identity],
-                 liars: set[str] = frozenset(), silent: set[str] = frozenset()) -> None:
+                 liars: set[str] = frozenset(), silent: set[str] = frozenset(),
+                 domain: wire.Domain = DOMAIN, gateway: Identity = GATEWAY) -> None:
         self.truth, self.keys, self.liars, self.silent = truth, keys, set(liars), set(silent)
+        self.domain, self.gateway = domain, gateway
         self.asked: list[tuple[str, bytes]] = []
 
     async def verify(self, node: RegisteredNode, challenge: wire.Signed,
                      bundle: wire.ReceiptBundle) -> dict[str, Any]:
         message = challenge.message
         assert isinstance(message, wire.Challenge)
-        wire.check_signed_by(DOMAIN, message, challenge.signature, GATEWAY.address)
+        wire.check_signed_by(self.domain, message, challenge.signature, self.gateway.address)
         assert "logitsHash" not in str(message.to_json())  # blind: the asserter's hash is hidden
         self.asked.append((node.address, message.receipt))
         if node.address in self.silent:
@@ -134,4 +137,4 @@ class ScriptedValidators(ValidatorTransport):
         verdict = wire.Verdict(message.receipt, message.request, message.output_hash, logits,
                                True, 0, node.address, message.gateway)
         key = self.keys[node.address]
-        return wire.Signed(verdict, wire.sign(DOMAIN, verdict, key.private_key)).to_json()
+        return wire.Signed(verdict, wire.sign(self.domain, verdict, key.private_key)).to_json()

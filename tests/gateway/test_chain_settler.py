@@ -1,24 +1,32 @@
-"""The epoch pipeline against the real v1 contract on the embedded py-evm dev chain."""
+"""The epoch pipeline against the real settlement v2 contract on the embedded py-evm dev chain:
+commit, beacon, settle, evidence (pass and accuse with signed verdicts), appeal window, finalize."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 
 from eth_account import Account
-from gateway_fakes import DOMAIN, GATEWAY, PARAMS, USER, ScriptedValidators, make_bundle, pos
+from gateway_fakes import PARAMS, ScriptedValidators, make_bundle, pos
 from web3 import Web3
 
 from verinfer.chain.client import SettlementClient
 from verinfer.chain.devchain import DevChain, DevChainProvider
 from verinfer.chain.devkeys import dev_private_key
-from verinfer.gateway.chain_settler import ChainV1Settler
+from verinfer.gateway.chain_settler import ChainV2Settler
 from verinfer.gateway.epochs import EpochPipeline
 from verinfer.gateway.store import GatewayStore
 from verinfer.keyfile import Identity
 from verinfer.protocol import wire
-from verinfer.protocol.merkle import merkle_proof
+from verinfer.protocol.challenge import is_challenged
+from verinfer.protocol.merkle import merkle_root
+
+EPOCH = 10**6  # one long epoch: the test never crosses an epoch boundary
+COMMITTEES = (255, 2, 255, 3)  # every staked node is drawn
+CHAIN_PARAMS = replace(PARAMS, withdrawal_delay=4 * EPOCH, unbonding_delay=5 * EPOCH,
+                       challenge_ppm=1_000_000, challenge_window=600, appeal_window=50)
 
 
 def dev_identity(i: int) -> Identity:
@@ -29,19 +37,30 @@ def dev_identity(i: int) -> Identity:
 def test_an_epoch_commits_challenges_and_settles_on_the_dev_chain(tmp_path: Path) -> None:
     chain = DevChain(tmp_path / "chain")
     w3 = Web3(DevChainProvider(chain))
-    owner, _ = SettlementClient.deploy(w3, Account.from_key(dev_private_key(0)), PARAMS)
+    gateway = dev_identity(0)  # the deployer holds the settler role
+    owner, _ = SettlementClient.deploy(w3, Account.from_key(gateway.private_key), CHAIN_PARAMS,
+                                       epoch_seconds=EPOCH, committees=COMMITTEES)
     nodes = [dev_identity(i) for i in range(1, 6)]
     for i, node in enumerate(nodes):
         client = SettlementClient(w3, owner.address, Account.from_key(node.private_key))
-        client.register(hashlib.sha256(node.address.encode()).digest(),
-                        f"http://127.0.0.1:{9100 + i}")
+        client.register(f"http://127.0.0.1:{9100 + i}")
         client.stake(2000, value=2000)
-    owner.deposit(10**6, USER.address)
+    user = dev_identity(7)
+    user_client = SettlementClient(w3, owner.address, Account.from_key(user.private_key))
+    user_client.deposit(10**6)
     owner.fund_treasury(10**6)
-    settler = ChainV1Settler(owner)
+    settler = ChainV2Settler(owner, committees=COMMITTEES)
+    domain = settler.domain
+    assert settler.spendable(user.address) == 0  # no allowance yet
+    allowance = wire.Allowance(user.address, gateway.address, 5000, 2**40, 1)
+    owner.set_allowance({f.name: getattr(allowance, f.attr) for f in allowance.FIELDS},
+                        wire.sign(domain, allowance, user.private_key))
+    assert settler.spendable(user.address) == 5000  # the cap, below the deposit
     assert {n.address for n in settler.registry()} == {n.address for n in nodes}
-    assert settler.spendable(USER.address) == 10**6
 
+    genesis, length = settler.epoch_clock()
+    epoch = owner.current_epoch()
+    deadline = genesis + epoch * length + length // 2
     store = GatewayStore(tmp_path / "gateway.sqlite")
     truth: dict[bytes, bytes] = {}
     cheater = nodes[0]
@@ -51,27 +70,42 @@ def test_an_epoch_commits_challenges_and_settles_on_the_dev_chain(tmp_path: Path
         truth[wire.output_hash(output)] = hashlib.sha256(bytes(output)).digest()
         asserter = cheater if i == 0 else nodes[1 + i % 3]
         claimed = b"\x00" * 32 if asserter is cheater else truth[wire.output_hash(output)]
-        bundle = make_bundle(asserter, output, claimed, nonce=i, price=3)
+        bundle = make_bundle(asserter, output, claimed, nonce=i, price=3, user=user,
+                             domain=domain, gateway=gateway, deadline=deadline)
         receipt = bundle.receipt.message
         assert isinstance(receipt, wire.Receipt)
-        store.add_receipt(bundle.receipt_id, USER.address, receipt.node, receipt.fee,
-                          bundle.to_json())
+        store.add_receipt(bundle.receipt_id, user.address, receipt.node, receipt.fee,
+                          bundle.to_json(), epoch)
         ids.append(bundle.receipt_id)
-    validators = ScriptedValidators(truth, {n.address: n for n in nodes})
-    pipeline = EpochPipeline(store, settler, validators, GATEWAY, DOMAIN, pos(validators=1),
+    validators = ScriptedValidators(truth, {n.address: n for n in nodes}, domain=domain,
+                                    gateway=gateway)
+    pipeline = EpochPipeline(store, settler, validators, gateway, domain, pos(validators=1),
                              epoch_seconds=3600)
     asyncio.run(pipeline.step(force_close=True))
-    assert store.epoch(0).state == "settled"
-    root = wire.receipts_root(ids)
-    assert owner.epoch_root(0) == root
-    for i, rid in enumerate(ids):  # every receipt provably in the batch, checked by the contract
-        assert owner.verify_receipt(0, rid, merkle_proof(ids, i))
+    commitment = owner.commitment(gateway.address, epoch)
+    assert commitment is not None and commitment["settled"]
+    assert commitment["root"] == merkle_root(sorted(ids)) == store.epoch(epoch).root
+    assert all(is_challenged(rid, commitment["beacon"], 1_000_000) for rid in ids)
     outcome = store.outcome(ids[0])
     assert outcome is not None and outcome.outcome == "ASSERTER_FAULT"
-    assert owner.stake_of(cheater.address) == 2000 - PARAMS.slash
+    assert [owner.case(epoch, rid).state for rid in ids] == ["accused"] + ["passed"] * 3
+    assert store.epoch(epoch).state == "decided"  # the accusation waits out its appeal window
+    assert owner.stake_of(cheater.address) == 2000
+
+    asyncio.run(pipeline.step())  # still inside the appeal window: nothing changes
+    assert owner.case(epoch, ids[0]).state == "accused"
+    # Blocks mined in a burst are stamped a second apart, ahead of the wall clock: move well past.
+    w3.provider.make_request("evm_increaseTime", [CHAIN_PARAMS.appeal_window + 120])  # type: ignore[arg-type]
+    w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+    asyncio.run(pipeline.step())
+    assert owner.case(epoch, ids[0]).state == "slashed"
+    assert store.epoch(epoch).state == "settled"
+    assert settler.settled_root(epoch) == merkle_root(sorted(ids))
+    assert owner.stake_of(cheater.address) == 2000 - CHAIN_PARAMS.slash
     assert owner.reputation_of(cheater.address).failed == 1
-    fees = sum(3 * (3 + 2) for _ in ids)
-    assert owner.balance_of(USER.address) < 10**6 - fees + PARAMS.slash  # paid, then refunded
     assert all(owner.stake_of(n.address) == 2000 for n in nodes[1:])
+    assert [s.node for s in owner.slashes()] == [cheater.address]
+    held = owner.ledger_state([n.address for n in nodes] + [user.address, gateway.address])
+    assert owner.contract_funds() == held.total_funds() + owner.escrow_total()
     chain.close()
     store.close()

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -24,17 +25,21 @@ from web3 import Web3
 
 from verinfer.chain.client import SettlementClient
 from verinfer.chain.devchain import DevChain, DevChainProvider, make_server
-from verinfer.chain.devkeys import dev_address, dev_private_key
-from verinfer.chain.local import ensure_deployed
-from verinfer.chain.settings import ChainSettings
+from verinfer.chain.devkeys import DEV_CHAIN_ID, dev_address, dev_private_key
+from verinfer.chain.settings import (
+    DEV_EPOCH_SECONDS,
+    DEV_PARAMS,
+    ChainSettings,
+    record_deployment,
+)
 from verinfer.engine.testing import tiny_config, write_random_checkpoint
-from verinfer.gateway.chain_settler import ChainV1Settler
+from verinfer.gateway.chain_settler import ChainV2Settler
 from verinfer.gateway.epochs import EpochPipeline
 from verinfer.gateway.router import Router
 from verinfer.gateway.server import HttpValidators, create_app, refresh
 from verinfer.gateway.service import GatewayService, ModelSpec
 from verinfer.gateway.store import GatewayStore
-from verinfer.keyfile import Identity
+from verinfer.keyfile import Identity, load_or_create_key
 from verinfer.node.client import NodeClient
 from verinfer.protocol import wire
 from verinfer.protocol.params import PosParams
@@ -52,9 +57,19 @@ KEY = "vi-e2e-key"
 def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str, DevChain,
                                                                         str, Path]]:
     root = tmp_path_factory.mktemp("network")
-    settings = ChainSettings(data_dir=root)
-    dev = DevChain(settings.devchain_dir)
-    address = ensure_deployed(dev, settings)
+    dev = DevChain(root / "devchain")
+    w3 = Web3(DevChainProvider(dev))
+    # p = 1: every receipt is challenged; the deployer (dev account 0) is the gateway.
+    owner, _ = SettlementClient.deploy(w3, Account.from_key(dev_private_key(0)),
+                                       replace(DEV_PARAMS, challenge_ppm=1_000_000),
+                                       epoch_seconds=DEV_EPOCH_SECONDS)
+    address = owner.address
+    record_deployment(ChainSettings(data_dir=root), DEV_CHAIN_ID, {"address": address})  # nodes
+    user = Identity(bytes(dev_private_key(7)), USER)
+    domain = wire.Domain(w3.eth.chain_id, address)
+    allowance = wire.Allowance(USER, dev_address(0), 10**18, 2**40, 1)
+    owner.set_allowance({f.name: getattr(allowance, f.attr) for f in allowance.FIELDS},
+                        wire.sign(domain, allowance, user.private_key))
     server = make_server(dev, "127.0.0.1", 0)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                               daemon=True)
@@ -67,13 +82,14 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, st
     dev.close()
 
 
-def start_nodes(root: Path, rpc: str, model: Path, count: int) -> list[subprocess.Popen[str]]:
+def start_nodes(root: Path, rpc: str, model: Path, count: int,
+                name: str = "node") -> list[subprocess.Popen[str]]:
     env = {**os.environ, "PYTHONPATH": str(SRC), "VERINFER_DATA_DIR": str(root),
            "VERINFER_CHAIN_RPC": rpc}
     procs = []
     for i in range(count):
         cmd = [sys.executable, "-m", "verinfer.cli", "node", "--model", str(model), "--port",
-               "0", "--data-dir", str(root / f"node{i}"), "--threads", "1", "--dev-register",
+               "0", "--data-dir", str(root / f"{name}{i}"), "--threads", "1", "--dev-register",
                "--dev-funder", str(i + 1)]
         procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       text=True, env=env))
@@ -96,7 +112,7 @@ def test_openai_client_through_the_gateway_to_real_nodes_then_challenged_and_set
         owner = SettlementClient(w3, contract, Account.from_key(key))
         owner.deposit(10**17, USER)
         owner.fund_treasury(10**18)
-        settler = ChainV1Settler(owner)
+        settler = ChainV2Settler(owner)
         store = GatewayStore(tmp_path / "gateway.sqlite")
         store.add_api_key(KEY, USER)
         params = owner.params()
@@ -116,17 +132,20 @@ def test_openai_client_through_the_gateway_to_real_nodes_then_challenged_and_set
         pos = PosParams(1_000_000, 1, 1, params)
         pipeline = EpochPipeline(store, settler, HttpValidators(), gateway, settler.domain, pos,
                                  epoch_seconds=3600)
-        asyncio.run(pipeline.step(force_close=True))
-        assert store.epoch(0).state == "settled"
-        outcomes = [o.outcome for o in store.outcomes_of_epoch(0)]
-        assert outcomes == ["PASSED"] * 3  # honest nodes replayed and agreed
         ids = [wire.ReceiptBundle.from_json(d).receipt_id for d in receipts]
+        epochs = sorted({stored.epoch for rid in ids if (stored := store.receipt(rid))})
+        asyncio.run(pipeline.step(force_close=True))
+        assert [store.epoch(e).state for e in epochs] == ["settled"] * len(epochs)
+        outcomes = [o.outcome for e in epochs for o in store.outcomes_of_epoch(e)]
+        assert outcomes == ["PASSED"] * 3  # honest nodes replayed and agreed
+        assert all(owner.case(e, rid).state == "passed" for e in epochs for rid in ids
+                   if store.receipt(rid).epoch == e)  # type: ignore[union-attr]
         record = service.receipt_record(ids[0])
         assert record is not None
         inclusion = inclusion_of(record)
         assert inclusion is not None
         check_inclusion(ids[0], inclusion)
-        assert owner.epoch_root(0) == inclusion.receipts_root
+        assert settler.settled_root(inclusion.epoch) == inclusion.receipts_root
         store.close()
     finally:
         for proc in procs:
@@ -164,15 +183,23 @@ async def _traffic(app: object, model: str) -> list[dict[str, object]]:
 def test_verinfer_gateway_process_serves_survives_kill_9_and_keeps_receipts(
         network: tuple[Path, str, DevChain, str, Path], tmp_path: Path) -> None:
     root, rpc, dev, contract, model = network
-    procs = start_nodes(root, rpc, model, 1)
+    # A node of its own: settlement v2 keeps the endpoint a node registered with, and the
+    # nodes of the test before listened on other ports.
+    procs = start_nodes(root, rpc, model, 1, name="kill9-node")
     env = {**os.environ, "PYTHONPATH": str(SRC), "VERINFER_DATA_DIR": str(root),
            "VERINFER_CHAIN_RPC": rpc}
     state = tmp_path / "gw"
     owner = SettlementClient(Web3(DevChainProvider(dev)), contract,
                              Account.from_key(dev_private_key(0)))
-    owner.deposit(10**16, USER)
+    user = Identity(bytes(dev_private_key(8)), dev_address(8))
+    owner.deposit(10**16, user.address)
+    gateway, _ = load_or_create_key(state / "gateway" / "key")  # the gateway process's key
+    allowance = wire.Allowance(user.address, gateway.address, 10**16, 2**40, 1)
+    owner.set_allowance({f.name: getattr(allowance, f.attr) for f in allowance.FIELDS},
+                        wire.sign(wire.Domain(owner.w3.eth.chain_id, contract), allowance,
+                                  user.private_key))
     added = subprocess.run([sys.executable, "-m", "verinfer.cli", "gateway", "keys", "add",
-                            "--user", USER, "--data-dir", str(state)], capture_output=True,
+                            "--user", user.address, "--data-dir", str(state)], capture_output=True,
                            text=True, env=env, timeout=120, check=True)
     key = added.stdout.strip()
     with socket.socket() as s:
@@ -224,9 +251,15 @@ def test_verinfer_gateway_process_serves_survives_kill_9_and_keeps_receipts(
 
 def test_the_gateway_refuses_to_start_with_parameters_under_which_cheating_pays(
         network: tuple[Path, str, DevChain, str, Path], tmp_path: Path) -> None:
-    root, rpc, _, contract, model = network
+    root, rpc, dev, _, model = network
     env = {**os.environ, "PYTHONPATH": str(SRC), "VERINFER_DATA_DIR": str(root),
            "VERINFER_CHAIN_RPC": rpc}
+    # Settlement v2 fixes p in the contract: one that challenges 1 receipt in a million.
+    w3 = Web3(DevChainProvider(dev))
+    rare, _ = SettlementClient.deploy(w3, Account.from_key(dev_private_key(0)),
+                                      replace(DEV_PARAMS, challenge_ppm=1),
+                                      epoch_seconds=DEV_EPOCH_SECONDS)
+    contract = rare.address
     done = subprocess.run([sys.executable, "-m", "verinfer.cli", "gateway", "--model", str(model),
                            "--data-dir", str(tmp_path), "--contract", contract, "--p", "1",
                            "--validators", "1"],

@@ -19,6 +19,7 @@ from gateway_fakes import (
     pos,
 )
 
+from verinfer.chain.client import ChainRevert
 from verinfer.gateway.epochs import SKIPPED, EpochPipeline, committee_seed
 from verinfer.gateway.router import RegisteredNode
 from verinfer.gateway.store import GatewayStore
@@ -65,7 +66,7 @@ def test_agreeing_validators_pass_and_the_epoch_settles(tmp_path: Path) -> None:
     ids = [serve(store, truth, i % 3, nonce=i) for i in range(5)]
     asyncio.run(pipeline.step(force_close=True))
     assert store.epoch(0).state == "settled"
-    assert settler.commits[0] == wire.receipts_root(ids)
+    assert settler.commits[0] == wire.receipts_root(sorted(ids))  # the committed order: ascending ids
     outcomes = [store.outcome(r) for r in ids]
     assert [o.outcome for o in outcomes if o] == ["PASSED"] * 5
     # each challenge went to n = 2 validators, never the asserter, drawn by the protocol's rule
@@ -168,3 +169,46 @@ def test_a_restart_after_the_commit_resumes_without_recommitting_differently(
     asyncio.run(again.step())
     assert reopened.epoch(0).state == "settled"
     assert [o.receipt_id for o in reopened.outcomes_of_epoch(0)] == ids
+
+
+class ClockedSettler(FakeSettler):
+    """A chain that numbers epochs (100 s from t = 0), runs `skew` seconds ahead, and refuses
+    commits of epochs listed in `too_late`."""
+
+    skew: float = 0.0
+    too_late: frozenset[int] = frozenset()
+
+    def epoch_clock(self) -> tuple[int, int]:
+        return 0, 100
+
+    def clock_skew(self) -> float:
+        return self.skew
+
+    def commit(self, epoch: int, receipts_root: bytes, count: int) -> str:
+        if epoch in self.too_late:
+            raise ChainRevert("commit window closed", "commit epoch")
+        return super().commit(epoch, receipts_root, count)
+
+
+def test_chain_clocked_epochs_close_on_the_chains_time_and_a_missed_commit_is_recorded(
+        tmp_path: Path) -> None:
+    store = GatewayStore(tmp_path / "gw.sqlite")
+    settler = ClockedSettler(registry())
+    settler.too_late = frozenset({3})
+    truth: dict[bytes, bytes] = {}
+    now = [510.0]  # epoch 5 ends at 600; it closes a quarter epoch later, at 625
+    pipeline = EpochPipeline(store, settler, ScriptedValidators(truth, {n.address: n
+                                                                        for n in NODES}),
+                             GATEWAY, DOMAIN, pos(0), epoch_seconds=3600, clock=lambda: now[0])
+    for epoch, nonce in ((3, 1), (5, 2)):
+        output = [5, 6, nonce]
+        truth[wire.output_hash(output)] = hashlib.sha256(bytes(output)).digest()
+        bundle = make_bundle(NODES[0], output, truth[wire.output_hash(output)], nonce)
+        store.add_receipt(bundle.receipt_id, USER.address, NODES[0].address, 1,
+                          bundle.to_json(), epoch)
+    asyncio.run(pipeline.step())
+    assert store.epoch(3).state == "missed" and store.epoch(5).state == "open"
+    settler.skew = 120.0  # the chain's time is 630: past epoch 5's closing time
+    asyncio.run(pipeline.step())
+    assert store.epoch(5).state == "settled" and 5 in settler.commits
+    assert 3 not in settler.commits

@@ -350,3 +350,26 @@ def test_health_and_metrics(tmp_path: Path) -> None:
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
     bad = asyncio.run(_get(net, "/v1/receipts/zz"))
     assert bad.status_code == 400
+
+
+class ClockedSettler(FakeSettler):
+    """A chain that numbers epochs: 100 s long from t = 1000."""
+
+    def epoch_clock(self) -> tuple[int, int]:
+        return 1000, 100
+
+
+@pytest.mark.parametrize(("now", "deadline"), [
+    (1010.0, 1099),  # the end of its epoch is nearer than JOB_TTL_S
+    (1098.5, 1099),  # one last second still fits in the epoch
+    (1099.2, 1199),  # too late for this epoch: the next one, inside it
+])
+def test_a_job_deadline_falls_inside_the_chains_epoch(tmp_path: Path, now: float,
+                                                      deadline: int) -> None:
+    store = GatewayStore(tmp_path / "g.sqlite")
+    service = GatewayService(store, ClockedSettler([]), Router(1), {}, GATEWAY, DOMAIN, 1,
+                             lambda node: NodeClient(node.endpoint), clock=lambda: now)
+    assert service.job_deadline() == deadline
+    epoch = (deadline - 1000) // 100
+    assert 1000 + epoch * 100 <= deadline < 1000 + (epoch + 1) * 100
+    store.close()

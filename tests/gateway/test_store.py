@@ -90,6 +90,24 @@ def test_epochs_only_move_forward_and_receipts_are_recorded_once(tmp_path: Path)
     assert store.unsettled_fees("0xu") == 0
 
 
+def test_chain_numbered_epochs_take_receipts_until_closed_in_ascending_id_order(
+        tmp_path: Path) -> None:
+    """With the chain's clock a receipt names its epoch: opened on first use, committed over
+    ascending receipt ids (not arrival order), refused once closed."""
+    store = GatewayStore(tmp_path / "g.sqlite")
+    store.add_receipt(b"\x09" * 32, "0xu", "0xn", 5, {}, epoch=41)
+    store.add_receipt(b"\x02" * 32, "0xu", "0xn", 5, {}, epoch=41)
+    store.add_receipt(b"\x05" * 32, "0xu", "0xn", 5, {}, epoch=42)
+    assert [e.epoch for e in store.epochs_in("open")] == [0, 41, 42]
+    assert [r.receipt_id for r in store.receipts_of_epoch(41)] == [b"\x02" * 32, b"\x09" * 32]
+    closed = store.close_epoch(wire.receipts_root, 41)
+    assert closed.root == wire.receipts_root([b"\x02" * 32, b"\x09" * 32])
+    assert store.epoch(42).state == "open"  # already open: kept with its receipt
+    assert [r.epoch for r in store.receipts_of_epoch(42)] == [42]
+    with pytest.raises(StoreError, match="epoch 41 is already closed"):
+        store.add_receipt(b"\x07" * 32, "0xu", "0xn", 5, {}, epoch=41)
+
+
 def test_api_keys_are_stored_hashed(tmp_path: Path) -> None:
     store = GatewayStore(tmp_path / "g.sqlite")
     store.add_api_key("vi-secret-key", "0x" + "33" * 20, "alice")

@@ -53,6 +53,10 @@ def parse_amount(text: str) -> int:
     return wei
 
 
+def _utc(seconds: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
+
+
 def format_wei(wei: int) -> str:
     """Wei as ETH, exact to the last wei however large."""
     whole, fraction = divmod(wei, 10**18)
@@ -159,12 +163,17 @@ def chain_deploy(
     protocol_fee_bps: Annotated[int | None, typer.Option(help="treasury's fee cut")] = None,
     discount_bps: Annotated[int | None, typer.Option(help="user discount on a pass")] = None,
     challenger_share_bps: Annotated[int | None, typer.Option(help="challengers' slash share")] = None,
+    withdrawal_delay: Annotated[int | None, typer.Option(help="deposit withdrawal delay, s")] = None,
+    challenge_ppm: Annotated[int | None, typer.Option(help="challenge rate, ppm")] = None,
+    challenge_window: Annotated[int | None, typer.Option(help="time for evidence, s")] = None,
+    appeal_window: Annotated[int | None, typer.Option(help="appeal window, s")] = None,
 ) -> None:
     """Deploy a new settlement contract and record it as this chain's contract."""
-    from verinfer.chain.client import SettlementClient
+    from verinfer.chain.client import EPOCH_SECONDS, SettlementClient
     from verinfer.chain.devkeys import DEV_CHAIN_ID
     from verinfer.chain.settings import (
         DEFAULT_PARAMS,
+        DEV_EPOCH_SECONDS,
         DEV_PARAMS,
         record_deployment,
         resolve_account,
@@ -174,7 +183,8 @@ def chain_deploy(
 
     settings = _settings(rpc_url, None, data_dir, key_file, dev_account)
     w3, chain_id = web3_for(settings)
-    base = DEV_PARAMS if chain_id == DEV_CHAIN_ID else DEFAULT_PARAMS
+    dev = chain_id == DEV_CHAIN_ID
+    base = DEV_PARAMS if dev else DEFAULT_PARAMS
     given = {
         "min_stake": min_stake and parse_amount(min_stake),
         "unbonding_delay": unbonding_delay,
@@ -184,6 +194,10 @@ def chain_deploy(
         "protocol_fee_bps": protocol_fee_bps,
         "discount_bps": discount_bps,
         "challenger_share_bps": challenger_share_bps,
+        "withdrawal_delay": withdrawal_delay,
+        "challenge_ppm": challenge_ppm,
+        "challenge_window": challenge_window,
+        "appeal_window": appeal_window,
     }
     for name, value in given.items():
         if isinstance(value, int) and value > MAX_WEI:
@@ -198,7 +212,10 @@ def chain_deploy(
     account = resolve_account(settings, chain_id)
     if account is None:
         raise ChainError("deploying needs a key: pass --key-file or set VERINFER_CHAIN_KEY_FILE")
-    client, receipt = SettlementClient.deploy(w3, account, params, rpc_url=settings.rpc_url)
+    client, receipt = SettlementClient.deploy(
+        w3, account, params, rpc_url=settings.rpc_url,
+        epoch_seconds=DEV_EPOCH_SECONDS if dev else EPOCH_SECONDS,
+    )
     record_deployment(
         settings,
         chain_id,
@@ -214,10 +231,10 @@ def chain_deploy(
 
 def stake(
     amount: Annotated[str, typer.Argument(help="amount to bond, e.g. 1.5 (ETH) or 20gwei")],
-    pubkey: Annotated[
-        str | None, typer.Option(help="Ed25519 public key (64 hex chars): registers the node")
+    endpoint: Annotated[
+        str | None,
+        typer.Option(help="node endpoint URL: registers this account as a node first (once)"),
     ] = None,
-    endpoint: Annotated[str, typer.Option(help="node endpoint URL, with --pubkey")] = "",
     from_balance: Annotated[
         bool, typer.Option("--from-balance", help="bond from the contract balance, send nothing")
     ] = False,
@@ -227,16 +244,15 @@ def stake(
     key_file: KeyFileOpt = None,
     dev_account: DevAccountOpt = None,
 ) -> None:
-    """Bond stake (sending the amount, or from the balance); with --pubkey, register first."""
+    """Bond stake (sending the amount, or from the balance); with --endpoint, register first.
+
+    The node's key is this account's key: it signs the node's receipts and its transactions.
+    """
     wei = parse_amount(amount)
     client = _client(_settings(rpc_url, contract, data_dir, key_file, dev_account))
     me = client.signer.address
-    if pubkey is not None:
-        try:
-            key = bytes.fromhex(pubkey.removeprefix("0x"))
-        except ValueError as exc:
-            raise ChainError(f"--pubkey is not hex: {pubkey!r}") from exc
-        client.register(key, endpoint)
+    if endpoint is not None:
+        client.register(endpoint)
         typer.echo(f"registered node {me} (endpoint {endpoint or '-'})")
     client.stake(wei, value=0 if from_balance else wei)
     total, params = client.stake_of(me), client.params()
@@ -294,11 +310,24 @@ def withdraw(
     key_file: KeyFileOpt = None,
     dev_account: DevAccountOpt = None,
 ) -> None:
-    """Withdraw from the balance (matured unbonding stake is added to it first)."""
+    """Withdraw: pays at once what matured unbonding and a due withdrawal request cover;
+    otherwise asks for the withdrawal, payable after the withdrawal delay (run it again then)."""
+    from verinfer.chain.client import ChainRevert
+
     wei = parse_amount(amount)
     client = _client(_settings(rpc_url, contract, data_dir, key_file, dev_account))
-    client.withdraw(wei)
-    left = client.balance_of(client.signer.address)
+    me = client.signer.address
+    try:
+        client.withdraw(wei)
+    except ChainRevert as exc:
+        if exc.reason != "withdrawal not due":
+            raise
+        client.request_withdrawal(wei)
+        release = client.withdrawal_of(me)[1]
+        typer.echo(f"withdrawal of {format_wei(wei)} requested: run `verinfer withdraw` again "
+                   f"after {_utc(release)} (paused time added)")
+        return
+    left = client.balance_of(me)
     typer.echo(f"withdrew {format_wei(wei)}: balance left {format_wei(left)}")
 
 
@@ -334,12 +363,13 @@ def balance(
 
 
 def ledger(
-    limit: Annotated[int, typer.Option(help="how many recent batches and slashes")] = 10,
+    limit: Annotated[int, typer.Option(help="how many recent epochs and slashes")] = 10,
     rpc_url: RpcOpt = None,
     contract: ContractOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
-    """Nodes, stakes, reputation, recent batches and slashes of the settlement contract."""
+    """Nodes, stakes, reputation, settled epochs, open challenges and appeals with their
+    deadlines, and slashes of the settlement contract."""
     from rich.console import Console
     from rich.table import Table
 
@@ -356,36 +386,52 @@ def ledger(
     console.print(
         f"[bold]settlement contract[/] {client.address} at {settings.rpc_url}\n"
         f"funds held {format_wei(client.contract_funds())}, treasury {format_wei(client.treasury())}"
-        f"{', PAUSED' if client.paused() else ''}\n"
+        f"{', PAUSED' if client.paused() else ''}, epoch {client.current_epoch()}\n"
         f"min stake {format_wei(p.min_stake)}, slash {format_wei(p.slash)}, "
         f"R_A {format_wei(p.reward_asserter)}, R_V {format_wei(p.reward_validators)}, "
         f"unbonding {p.unbonding_delay} s, fee cut {p.protocol_fee_bps} bps, "
-        f"discount {p.discount_bps} bps, challenger share {p.challenger_share_bps} bps"
+        f"discount {p.discount_bps} bps, challenger share {p.challenger_share_bps} bps, "
+        f"challenge rate {p.challenge_ppm} ppm, challenge window {p.challenge_window} s, "
+        f"appeal window {p.appeal_window} s, withdrawal delay {p.withdrawal_delay} s"
     )
     nodes = Table(title="nodes")
-    for col in ("address", "pubkey", "endpoint", "stake", "unbonding", "active",
+    for col in ("address", "endpoint", "stake", "unbonding", "active",
                 "served/chal/pass/fail", "score"):
-        nodes.add_column(col, no_wrap=col in ("address", "pubkey"))
-    for n in client.nodes():
+        nodes.add_column(col, no_wrap=col == "address")
+    for n in client.nodes(from_block):
         r = n.reputation
         nodes.add_row(
-            n.address, n.pubkey.hex()[:12] + "…", n.endpoint or "-", format_wei(n.stake),
+            n.address, n.endpoint or "-", format_wei(n.stake),
             format_wei(n.unbonding.amount), "yes" if n.active else "no",
             f"{r.served}/{r.challenged}/{r.passed}/{r.failed}", f"{r.rep_ppm / 1e4:.1f}%",
         )
     console.print(nodes)
-    batches = Table(title=f"recent batches (last {limit})")
-    for col in ("epoch", "receipts root", "requests", "challenges", "fees", "block"):
-        batches.add_column(col)
-    for b in client.batches(from_block)[-limit:]:
-        batches.add_row(str(b.epoch), "0x" + b.receipts_root.hex()[:16] + "…", str(b.requests),
-                        str(b.challenges), format_wei(b.fees), str(b.block))
-    console.print(batches)
+    epochs = Table(title=f"recent settled epochs (last {limit})")
+    for col in ("epoch", "settler", "receipts root", "requests", "challenged", "fees", "block"):
+        epochs.add_column(col)
+    for b in client.epochs(from_block)[-limit:]:
+        epochs.add_row(str(b.epoch), b.settler, "0x" + b.receipts_root.hex()[:16] + "…",
+                       str(b.requests), str(b.challenged), format_wei(b.fees), str(b.block))
+    console.print(epochs)
+    cases = Table(title="open challenges and appeals (deadlines on the contract's clock, "
+                        "which stops while paused)")
+    for col in ("epoch", "receipt", "node", "state", "fee escrowed", "next step", "deadline"):
+        cases.add_column(col, no_wrap=col == "node")
+    for c in client.cases(from_block):
+        if c.state == "open":
+            step, due = "evidence (pass or accuse), else it lapses", c.deadline
+        else:
+            step, due = "appeal, else the slash is executed", c.appeal_deadline
+        cases.add_row(str(c.epoch), "0x" + c.receipt.hex()[:16] + "…", c.node, c.state,
+                      format_wei(c.escrow), step, _utc(due))
+    console.print(cases)
     slashes = Table(title=f"recent slashes (last {limit})")
-    for col in ("node", "epoch", "amount", "to challengers", "to user", "to treasury", "block"):
+    for col in ("node", "receipt", "amount", "shortfall", "to challengers", "to user",
+                "to treasury", "block"):
         slashes.add_column(col)
     for s in client.slashes(from_block)[-limit:]:
-        slashes.add_row(s.node, str(s.epoch), format_wei(s.amount), format_wei(s.to_challengers),
+        slashes.add_row(s.node, "0x" + s.receipt.hex()[:16] + "…", format_wei(s.amount),
+                        format_wei(s.shortfall), format_wei(s.to_challengers),
                         format_wei(s.to_user), format_wei(s.to_treasury), str(s.block))
     console.print(slashes)
 

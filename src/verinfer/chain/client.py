@@ -3,10 +3,17 @@
 It talks to any EVM JSON-RPC endpoint (the embedded dev chain, an L2) the same way, signs
 locally with the configured key, and translates web3's errors and the contract's reverts into
 `ChainError`s that carry the revert reason (`ChainRevert`) or say how to reach the chain
-(`ChainUnreachable`). Batches and parameters are the protocol's own types
-(`verinfer.protocol.settlement`), so what the gateway settles is what the rules were run on.
+(`ChainUnreachable`). Parameters are the protocol's own type (`SettlementParams`); receipts,
+verdicts and allowances are the EIP-712 messages of docs/protocol-v2.md as mappings with the
+doc's field names (what `verinfer.protocol.wire` messages hold), signatures as 65 bytes.
 Addresses given by people are checked, never silently "corrected" (`parse_address`), and the
 code at the contract's address must be the committed artifact's (`check_contract`).
+
+The gateway's cycle (settlement rules v2): `commit_epoch` the receipts root of an epoch,
+wait one block, read `beacon` and decide with `verinfer.protocol.challenge.is_challenged`
+which receipts are challenged, `settle_epoch` with the full list in digest order, then for
+each challenged receipt `pass_challenge` (validators' verdicts) or `accuse` (the node's signed
+receipt and arbitrators' verdicts) before its deadline, and `finalize` after it.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from __future__ import annotations
 import enum
 import json
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -32,12 +39,9 @@ from web3.exceptions import (
 )
 
 from verinfer.chain.artifact import ARTIFACT_PATH, load_artifact
-from verinfer.errors import ChainError
+from verinfer.errors import ChainError, ProtocolError
 from verinfer.protocol.settlement import (
-    Batch,
-    ChallengeEntry,
     LedgerState,
-    Outcome,
     Reputation,
     SettlementParams,
     Unbonding,
@@ -45,8 +49,23 @@ from verinfer.protocol.settlement import (
 
 T = TypeVar("T")
 
-# The contract's numbering of challenge outcomes.
-OUTCOME_CODES = {Outcome.PASSED: 0, Outcome.ASSERTER_FAULT: 1, Outcome.VALIDATOR_FAULT: 2}
+# Kinds of `submit_evidence` and states of a challenged receipt, as the contract numbers them.
+EVIDENCE_PASS, EVIDENCE_ACCUSE, EVIDENCE_APPEAL = 0, 1, 2
+CASE_STATES = {0: "none", 1: "open", 2: "passed", 3: "accused", 4: "slashed", 5: "cleared",
+               6: "lapsed"}
+RECEIPT_FIELDS = ("request", "job", "outputHash", "logitsHash", "outputLength", "node",
+                  "gateway", "user", "fee", "nonce", "deadline")
+VERDICT_FIELDS = ("receipt", "request", "outputHash", "logitsHash", "valid",
+                  "firstInvalidStep", "validator", "gateway")
+ALLOWANCE_FIELDS = ("user", "settler", "capPerEpoch", "expiry", "nonce")
+ADDRESS_FIELDS = {"node", "gateway", "user", "validator", "settler"}
+# Deployment constants (`verinfer chain deploy` uses these): epoch length, delay of a parameter
+# change, longest pause, committees (expected validators, validators a pass needs, expected
+# arbitrators, arbitrators an accusation needs).
+EPOCH_SECONDS = 600
+PARAMS_DELAY_S = 2 * 24 * 3600
+MAX_PAUSE_S = 3 * 24 * 3600
+COMMITTEES = (6, 2, 10, 3)
 GAS_MARGIN = 1.2  # over eth_estimateGas, for state that moves between estimate and inclusion
 RECEIPT_TIMEOUT_S = 120.0
 _HEX_ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
@@ -120,14 +139,12 @@ def translated_errors(action: str, rpc_url: str) -> Iterator[None]:
 
 class Role(enum.IntFlag):
     SETTLER = 1
-    ARBITER = 2
-    PAUSER = 4
+    PAUSER = 2
 
 
 @dataclass(frozen=True)
 class NodeInfo:
     address: str
-    pubkey: bytes
     endpoint: str
     registered_at: int
     stake: int
@@ -137,21 +154,38 @@ class NodeInfo:
 
 
 @dataclass(frozen=True)
-class BatchRecord:
+class EpochRecord:
+    settler: str
     epoch: int
     receipts_root: bytes
     requests: int
-    challenges: int
+    challenged: int
     fees: int
     block: int
     tx_hash: str
 
 
 @dataclass(frozen=True)
+class CaseRecord:
+    """A challenged receipt: its state and the deadline of what can happen next."""
+
+    epoch: int
+    receipt: bytes
+    state: str
+    node: str
+    user: str
+    fee: int
+    escrow: int
+    deadline: int
+    appeal_deadline: int
+
+
+@dataclass(frozen=True)
 class SlashRecord:
     node: str
-    epoch: int
+    receipt: bytes
     amount: int
+    shortfall: int
     to_challengers: int
     to_user: int
     to_treasury: int
@@ -163,48 +197,45 @@ def _is_loopback(url: str) -> bool:
 
 
 def params_args(params: SettlementParams) -> tuple[int, ...]:
+    """The contract's `Params` tuple, in its field order."""
     p = params.validate()
     return (
         p.min_stake,
         p.unbonding_delay,
+        p.withdrawal_delay,
         p.reward_asserter,
         p.reward_validators,
         p.slash,
         p.protocol_fee_bps,
         p.discount_bps,
         p.challenger_share_bps,
+        p.challenge_ppm,
+        p.challenge_window,
+        p.appeal_window,
     )
 
 
-def _challenge_args(c: ChallengeEntry) -> tuple[Any, ...]:
-    return (
-        Web3.to_checksum_address(c.user),
-        Web3.to_checksum_address(c.asserter),
-        c.fee,
-        [Web3.to_checksum_address(v) for v in c.validators],
-        OUTCOME_CODES[c.outcome],
-        [Web3.to_checksum_address(v) for v in c.faulty_validators],
+def params_from_args(values: Sequence[int]) -> SettlementParams:
+    (min_stake, unbonding_delay, withdrawal_delay, reward_asserter, reward_validators, slash,
+     protocol_fee_bps, discount_bps, challenger_share_bps, challenge_ppm, challenge_window,
+     appeal_window) = values
+    return SettlementParams(
+        min_stake=min_stake, unbonding_delay=unbonding_delay, reward_asserter=reward_asserter,
+        reward_validators=reward_validators, slash=slash, protocol_fee_bps=protocol_fee_bps,
+        discount_bps=discount_bps, challenger_share_bps=challenger_share_bps,
+        withdrawal_delay=withdrawal_delay, challenge_ppm=challenge_ppm,
+        challenge_window=challenge_window, appeal_window=appeal_window,
     )
 
 
-def batch_args(batch: Batch) -> tuple[Any, ...]:
-    """`settle_batch`'s arguments for a protocol batch."""
-    requests = [
-        (Web3.to_checksum_address(r.user), Web3.to_checksum_address(r.asserter), r.fee)
-        for r in batch.requests
-    ]
-    return (
-        batch.epoch,
-        batch.receipts_root,
-        requests,
-        [_challenge_args(c) for c in batch.challenges],
+def message_args(message: Mapping[str, Any], names: Sequence[str]) -> tuple[Any, ...]:
+    """An EIP-712 message (the doc's field names) as the contract's struct tuple."""
+    missing = [n for n in names if n not in message]
+    if missing:
+        raise ChainError(f"message lacks the fields {missing}")
+    return tuple(
+        Web3.to_checksum_address(message[n]) if n in ADDRESS_FIELDS else message[n] for n in names
     )
-
-
-def proof_args(proof: Sequence[tuple[bool, bytes]]) -> tuple[list[bytes], int]:
-    """A `verinfer.protocol.merkle` proof as the contract takes it: siblings and a left-bitmask."""
-    bits = sum(1 << i for i, (sibling_is_left, _) in enumerate(proof) if sibling_is_left)
-    return [sibling for _, sibling in proof], bits
 
 
 class SettlementClient:
@@ -275,23 +306,34 @@ class SettlementClient:
         account: LocalAccount,
         params: SettlementParams,
         rpc_url: str = "(in-process provider)",
+        epoch_seconds: int = EPOCH_SECONDS,
+        params_delay: int = PARAMS_DELAY_S,
+        max_pause: int = MAX_PAUSE_S,
+        committees: tuple[int, int, int, int] = COMMITTEES,
     ) -> tuple[SettlementClient, Any]:
         """Deploy a new settlement contract; the deployer becomes owner with every role."""
+        try:
+            params.validate().check_delays(epoch_seconds)
+        except ProtocolError as exc:
+            raise ChainError(f"bad parameters: {exc}") from exc
         artifact = load_artifact()
         factory = w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
         probe = cls.__new__(cls)
         probe.rpc_url, probe.account, probe.w3 = rpc_url, account, w3
         with probe._translated("deploy"):  # web3 encodes the arguments right here
-            constructor = factory.constructor(params_args(params))
+            constructor = factory.constructor(
+                params_args(params), epoch_seconds, params_delay, max_pause, list(committees)
+            )
         receipt = probe._send("deploy", constructor)
         return cls(w3, receipt["contractAddress"], account, rpc_url), receipt
 
     # ------------------------------------------------------------------ transactions
 
     def deposit(self, amount: int, beneficiary: str | None = None) -> Any:
+        """Prepay fees for `beneficiary` (default: this account)."""
         fn = self.contract.functions
         if beneficiary is None:
-            return self._send("deposit", fn.deposit(), value=amount)
+            return self._send("deposit", fn.deposit(self.signer.address), value=amount)
         call = fn.deposit(parse_address(beneficiary, "beneficiary"))
         return self._send("deposit", call, value=amount)
 
@@ -305,23 +347,76 @@ class SettlementClient:
     def unstake(self, amount: int) -> Any:
         return self._send("unstake", self.contract.functions.unstake(amount))
 
+    def request_withdrawal(self, amount: int) -> Any:
+        """Ask to withdraw `amount` of the balance after the withdrawal delay."""
+        return self._send("request withdrawal",
+                          self.contract.functions.request_withdrawal(amount))
+
     def withdraw(self, amount: int) -> Any:
+        """Pay out from a matured withdrawal request and matured unbonding stake."""
         return self._send("withdraw", self.contract.functions.withdraw(amount))
 
-    def register(self, pubkey: bytes, endpoint: str) -> Any:
-        if len(pubkey) != 32:
-            raise ChainError(f"an Ed25519 public key is 32 bytes, got {len(pubkey)}")
-        return self._send("register", self.contract.functions.register(pubkey, endpoint))
+    def register(self, endpoint: str) -> Any:
+        """Register this account as a node (its key is the node's key), once."""
+        return self._send("register", self.contract.functions.register(endpoint))
 
-    def set_endpoint(self, endpoint: str) -> Any:
-        return self._send("set endpoint", self.contract.functions.set_endpoint(endpoint))
+    def set_allowance(self, allowance: Mapping[str, Any], signature: bytes) -> Any:
+        """Record a user's signed `Allowance` (anyone may send it)."""
+        call = self.contract.functions.set_allowance(
+            message_args(allowance, ALLOWANCE_FIELDS), signature
+        )
+        return self._send("set allowance", call)
 
-    def settle_batch(self, batch: Batch) -> Any:
-        return self._send("settle batch", self.contract.functions.settle_batch(*batch_args(batch)))
+    def commit_epoch(self, epoch: int, receipts_root: bytes, count: int) -> Any:
+        """Settler: commit the root over the epoch's receipt digests (sorted ascending)."""
+        call = self.contract.functions.commit_epoch(epoch, receipts_root, count)
+        return self._send("commit epoch", call)
 
-    def settle_dispute(self, dispute_id: bytes, epoch: int, challenge: ChallengeEntry) -> Any:
-        call = self.contract.functions.settle_dispute(dispute_id, epoch, _challenge_args(challenge))
-        return self._send("settle dispute", call)
+    def settle_epoch(self, epoch: int, receipts: Sequence[Mapping[str, Any]]) -> Any:
+        """Settler: settle a committed epoch with all its receipts, in digest order."""
+        args = [message_args(r, RECEIPT_FIELDS) for r in receipts]
+        return self._send("settle epoch", self.contract.functions.settle_epoch(epoch, args))
+
+    def _evidence(
+        self,
+        kind: int,
+        epoch: int,
+        receipt: Mapping[str, Any],
+        verdicts: Sequence[tuple[Mapping[str, Any], bytes]],
+        receipt_signature: bytes = b"",
+    ) -> Any:
+        # The contract wants verdicts in increasing validator address order.
+        ordered = sorted(verdicts, key=lambda vs: int(str(vs[0]["validator"]), 16))
+        call = self.contract.functions.submit_evidence(
+            kind, epoch, message_args(receipt, RECEIPT_FIELDS), receipt_signature,
+            [message_args(v, VERDICT_FIELDS) for v, _ in ordered], [sig for _, sig in ordered],
+        )
+        return self._send(("pass challenge", "accuse", "appeal")[kind], call)
+
+    def pass_challenge(
+        self, epoch: int, receipt: Mapping[str, Any],
+        verdicts: Sequence[tuple[Mapping[str, Any], bytes]],
+    ) -> Any:
+        """Close a challenge as passed with drawn validators' agreeing (verdict, signature)s."""
+        return self._evidence(EVIDENCE_PASS, epoch, receipt, verdicts)
+
+    def accuse(
+        self, epoch: int, receipt: Mapping[str, Any], receipt_signature: bytes,
+        verdicts: Sequence[tuple[Mapping[str, Any], bytes]],
+    ) -> Any:
+        """Accuse an asserter: its signed receipt and drawn arbitrators' conflicting verdicts."""
+        return self._evidence(EVIDENCE_ACCUSE, epoch, receipt, verdicts, receipt_signature)
+
+    def appeal(
+        self, epoch: int, receipt: Mapping[str, Any],
+        verdicts: Sequence[tuple[Mapping[str, Any], bytes]],
+    ) -> Any:
+        """Overturn an accusation: more drawn arbitrators agreeing than accused."""
+        return self._evidence(EVIDENCE_APPEAL, epoch, receipt, verdicts)
+
+    def finalize(self, epoch: int, receipt_id: bytes) -> Any:
+        """Lapse an unanswered challenge or execute an accusation whose appeal window closed."""
+        return self._send("finalize", self.contract.functions.finalize(epoch, receipt_id))
 
     def grant_role(self, account: str, role: Role) -> Any:
         call = self.contract.functions.grant_role(parse_address(account, "account"), int(role))
@@ -331,8 +426,11 @@ class SettlementClient:
         call = self.contract.functions.revoke_role(parse_address(account, "account"), int(role))
         return self._send("revoke role", call)
 
-    def set_params(self, params: SettlementParams) -> Any:
-        return self._send("set params", self.contract.functions.set_params(params_args(params)))
+    def propose_params(self, params: SettlementParams) -> Any:
+        """Owner: parameters that apply after the contract's params delay (not to epochs
+        committed before)."""
+        call = self.contract.functions.propose_params(params_args(params))
+        return self._send("propose params", call)
 
     def pause(self) -> Any:
         return self._send("pause", self.contract.functions.pause())
@@ -341,13 +439,17 @@ class SettlementClient:
         return self._send("unpause", self.contract.functions.unpause())
 
     def transfer_ownership(self, new_owner: str) -> Any:
+        """Owner: propose `new_owner`, who takes over (with the roles) by `accept_ownership`."""
         call = self.contract.functions.transfer_ownership(parse_address(new_owner, "new owner"))
         return self._send("transfer ownership", call)
+
+    def accept_ownership(self) -> Any:
+        return self._send("accept ownership", self.contract.functions.accept_ownership())
 
     # ------------------------------------------------------------------ reads
 
     def params(self) -> SettlementParams:
-        return SettlementParams(*self._read("read params", self.contract.functions.params().call))
+        return params_from_args(self._read("read params", self.contract.functions.params().call))
 
     def balance_of(self, address: str) -> int:
         a = Web3.to_checksum_address(address)
@@ -365,6 +467,21 @@ class SettlementClient:
         a = Web3.to_checksum_address(address)
         return Reputation(*self._read("read reputation", self.contract.functions.reputation(a).call))
 
+    def withdrawal_of(self, address: str) -> tuple[int, int]:
+        """(amount, release time on the contract's clock) of the pending withdrawal request."""
+        a = Web3.to_checksum_address(address)
+        amount, release = self._read("read withdrawal", self.contract.functions.withdrawals(a).call)
+        return amount, release
+
+    def unpaid_of(self, user: str) -> int:
+        """Fees a user was served but could not pay (beyond its balance or allowance)."""
+        a = Web3.to_checksum_address(user)
+        return self._read("read unpaid", self.contract.functions.unpaid(a).call)
+
+    def escrow_total(self) -> int:
+        """Fees held for challenged receipts until their challenge closes."""
+        return self._read("read escrow", self.contract.functions.escrow_total().call)
+
     def treasury(self) -> int:
         return self._read("read treasury", self.contract.functions.treasury().call)
 
@@ -378,12 +495,46 @@ class SettlementClient:
     def paused(self) -> bool:
         return self._read("read paused", self.contract.functions.paused().call)
 
-    def epoch_root(self, epoch: int) -> bytes | None:
-        """The receipts root of a settled epoch, None if the epoch is not settled."""
+    def current_epoch(self) -> int:
+        return self._read("read epoch", self.contract.functions.current_epoch().call)
+
+    def epoch_bounds(self, epoch: int) -> tuple[int, int]:
+        """[start, end) of `epoch` in unix seconds: a receipt's deadline must fall inside."""
         fns = self.contract.functions
-        if not self._read("read epoch", fns.epoch_settled(epoch).call):
+        genesis = self._read("read genesis", fns.GENESIS().call)
+        length = self._read("read epoch length", fns.EPOCH_SECONDS().call)
+        return genesis + epoch * length, genesis + (epoch + 1) * length
+
+    def commitment(self, settler: str, epoch: int) -> dict[str, Any] | None:
+        """What `settler` committed for `epoch` (root, count, block, beacon, total stake,
+        params version, settled), None if nothing."""
+        call = self.contract.functions.commitments(Web3.to_checksum_address(settler), epoch).call
+        root, count, block, beacon, total_stake, version, settled = self._read("read commit", call)
+        if block == 0:
             return None
-        return bytes(self._read("read epoch root", fns.batch_roots(epoch).call))
+        return {"root": bytes(root), "count": count, "block": block, "beacon": bytes(beacon),
+                "total_stake": total_stake, "version": version, "settled": settled}
+
+    def beacon(self, settler: str, epoch: int) -> bytes | None:
+        """The challenge beacon of a committed epoch: the hash of the block after the commit
+        (None until that block exists). `verinfer.protocol.challenge.is_challenged(receipt id,
+        beacon, challenge_ppm)` then says which receipts are challenged."""
+        c = self.commitment(settler, epoch)
+        if c is None:
+            return None
+        if c["beacon"] != bytes(32):
+            return bytes(c["beacon"])
+        if self._read("read block number", lambda: self.w3.eth.block_number) <= c["block"]:
+            return None
+        block = self._read("read block", lambda: self.w3.eth.get_block(c["block"] + 1))
+        return bytes(block["hash"])
+
+    def case(self, epoch: int, receipt_id: bytes) -> CaseRecord:
+        status, node, user, fee, escrow, deadline, appeal = self._read(
+            "read challenge", self.contract.functions.case_of(epoch, receipt_id).call
+        )
+        return CaseRecord(epoch, receipt_id, CASE_STATES[status], node, user, fee, escrow,
+                          deadline, appeal)
 
     def is_active(self, address: str) -> bool:
         """Registered with at least `min_stake` bonded: eligible for work."""
@@ -417,23 +568,23 @@ class SettlementClient:
         """Wei held by the contract (equals the ledger's total_funds() by the money invariant)."""
         return self._read("read contract balance", lambda: self.w3.eth.get_balance(self.address))
 
-    def verify_receipt(self, epoch: int, leaf: bytes, proof: Sequence[tuple[bool, bytes]]) -> bool:
-        siblings, bits = proof_args(proof)
-        call = self.contract.functions.verify_receipt(epoch, leaf, siblings, bits)
-        return self._read("verify receipt", call.call)
+    def _logs(self, action: str, event: str, from_block: int) -> list[Any]:
+        getter = getattr(self.contract.events, event)()
+        return list(self._read(action, lambda: getter.get_logs(from_block=from_block)))
 
-    def nodes(self) -> list[NodeInfo]:
+    def nodes(self, from_block: int = 0) -> list[NodeInfo]:
         fns = self.contract.functions
+        endpoints = {log["args"]["node"]: log["args"]["endpoint"]
+                     for log in self._logs("read nodes", "NodeRegistered", from_block)}
         count = self._read("read node count", fns.node_count().call)
         out = []
         for i in range(count):
             address = self._read("read node", fns.node_at(i).call)
-            pubkey, endpoint, registered_at = self._read("read node", fns.nodes(address).call)
+            registered_at, _ = self._read("read node", fns.nodes(address).call)
             out.append(
                 NodeInfo(
                     address=address,
-                    pubkey=bytes(pubkey),
-                    endpoint=endpoint,
+                    endpoint=endpoints.get(address, ""),
                     registered_at=registered_at,
                     stake=self.stake_of(address),
                     unbonding=self.unbonding_of(address),
@@ -443,8 +594,8 @@ class SettlementClient:
             )
         return out
 
-    def ledger_state(self, addresses: Sequence[str], epochs: Sequence[int] = ()) -> LedgerState:
-        """The contract's ledger restricted to `addresses` and `epochs`, as the protocol's type."""
+    def ledger_state(self, addresses: Sequence[str]) -> LedgerState:
+        """The contract's balances, stakes, unbonding, treasury and reputation for `addresses`."""
         balance, stake, unbonding, reputation = {}, {}, {}, {}
         for a in sorted({x.lower() for x in addresses}):
             if b := self.balance_of(a):
@@ -455,42 +606,46 @@ class SettlementClient:
                 unbonding[a] = u
             if (r := self.reputation_of(a)) != Reputation():
                 reputation[a] = r
-        roots = {e: root for e in epochs if (root := self.epoch_root(e)) is not None}
-        return LedgerState(balance, stake, unbonding, self.treasury(), reputation, roots)
+        return LedgerState(balance, stake, unbonding, self.treasury(), reputation)
 
-    def batches(self, from_block: int = 0) -> list[BatchRecord]:
-        logs = self._read(
-            "read batches",
-            lambda: self.contract.events.BatchSettled().get_logs(from_block=from_block),
-        )
+    def epochs(self, from_block: int = 0) -> list[EpochRecord]:
+        """Settled epochs, oldest first."""
         return [
-            BatchRecord(
+            EpochRecord(
+                settler=log["args"]["settler"],
                 epoch=log["args"]["epoch"],
                 receipts_root=bytes(log["args"]["receipts_root"]),
                 requests=log["args"]["requests"],
-                challenges=log["args"]["challenges"],
+                challenged=log["args"]["challenged"],
                 fees=log["args"]["fees"],
                 block=log["blockNumber"],
                 tx_hash="0x" + bytes(log["transactionHash"]).hex(),
             )
-            for log in logs
+            for log in self._logs("read epochs", "EpochSettled", from_block)
         ]
 
+    def cases(self, from_block: int = 0, unresolved_only: bool = True) -> list[CaseRecord]:
+        """Challenged receipts (by default only those open or accused), oldest first."""
+        out = []
+        for log in self._logs("read challenges", "ChallengeOpened", from_block):
+            record = self.case(log["args"]["epoch"], bytes(log["args"]["receipt"]))
+            if not unresolved_only or record.state in ("open", "accused"):
+                out.append(record)
+        return out
+
     def slashes(self, from_block: int = 0) -> list[SlashRecord]:
-        logs = self._read(
-            "read slashes", lambda: self.contract.events.Slashed().get_logs(from_block=from_block)
-        )
         return [
             SlashRecord(
                 node=log["args"]["node"],
-                epoch=log["args"]["epoch"],
+                receipt=bytes(log["args"]["receipt"]),
                 amount=log["args"]["amount"],
+                shortfall=log["args"]["shortfall"],
                 to_challengers=log["args"]["to_challengers"],
                 to_user=log["args"]["to_user"],
                 to_treasury=log["args"]["to_treasury"],
                 block=log["blockNumber"],
             )
-            for log in logs
+            for log in self._logs("read slashes", "Slashed", from_block)
         ]
 
 

@@ -20,6 +20,7 @@ from verinfer.chain.client import SettlementClient
 from verinfer.chain.devchain import DevChain, DevChainProvider, make_server
 from verinfer.chain.devkeys import DEV_ACCOUNT_COUNT, DEV_CHAIN_ID, dev_address, dev_private_key
 from verinfer.chain.settings import (
+    DEV_EPOCH_SECONDS,
     DEV_PARAMS,
     ChainSettings,
     read_deployments,
@@ -37,7 +38,9 @@ def ensure_deployed(chain: DevChain, settings: ChainSettings) -> str:
     if entry is not None and SettlementClient(w3, entry["address"]).is_this_contract():
         return str(entry["address"])
     deployer = Account.from_key(dev_private_key(0))
-    client, receipt = SettlementClient.deploy(w3, deployer, DEV_PARAMS)
+    client, receipt = SettlementClient.deploy(
+        w3, deployer, DEV_PARAMS, epoch_seconds=DEV_EPOCH_SECONDS
+    )
     record_deployment(
         settings,
         DEV_CHAIN_ID,

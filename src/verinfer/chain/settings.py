@@ -46,9 +46,18 @@ DEFAULT_PARAMS = SettlementParams(
     protocol_fee_bps=1000,
     discount_bps=5000,
     challenger_share_bps=5000,
+    withdrawal_delay=24 * 3600,
+    challenge_ppm=10_000,
+    challenge_window=3600,
+    appeal_window=24 * 3600,
 )
-# The dev chain deploys with a short unbonding delay so the whole cycle can be tried by hand.
-DEV_PARAMS = SettlementParams(**{**vars(DEFAULT_PARAMS), "unbonding_delay": 600})
+# The dev chain deploys with one-minute epochs and short delays so that the whole cycle
+# (serve, commit, settle, challenge, withdraw) can be tried by hand.
+DEV_EPOCH_SECONDS = 60
+DEV_PARAMS = SettlementParams(**{
+    **vars(DEFAULT_PARAMS), "unbonding_delay": 600, "withdrawal_delay": 420,
+    "challenge_window": 120, "appeal_window": 120,
+})
 
 
 class ChainSettings(BaseModel):

@@ -1,31 +1,75 @@
-"""A `Settler` over today's settlement contract (v1), until settlement v2's client lands.
+"""A `Settler` over the settlement v2 contract: commit, beacon, settle, evidence, finalize.
 
-What v1 gives: the registry (endpoint, stake, reputation), deposits, and `settle_batch` with a
-receipts root. What it lacks, and this adapter stands in for off chain: v1 has no commit step,
-so "commit" records the block the epoch was closed at, and the beacon is the hash of the next
-block (on the dev chain, which mines only on demand, the adapter mines it). The root is still
-published with the batch and the challenged set can be recomputed from the beacon by anyone;
-but a v1 settler could wait for a favourable block before settling, which settlement v2's
-on-chain commit removes. v1 keeps no allowances: what a user may spend is its deposit.
+The contract keeps the clock: epoch `e` is [GENESIS + e·L, GENESIS + (e+1)·L) and a receipt
+belongs to the epoch its deadline falls in, so the gateway numbers its epochs the same way
+(`epoch_clock`). The cycle of one epoch: `commit_epoch` its root over the receipt ids sorted
+ascending; the beacon is the hash of the block after the commit; the challenged receipts are
+`verinfer.protocol.challenge.is_challenged(id, beacon, the contract's challenge_ppm)`; committees
+are drawn as the contract checks them (`verinfer.protocol.selection.is_drawn`: stake bonded
+before the commit, total stake at the commit); `settle` sends `settle_epoch` with every receipt,
+then per challenged receipt the validators' agreeing verdicts (`pass_challenge`) or the node's
+signed receipt with the arbitrators' conflicting verdicts (`accuse`), and finally `finalize`s
+what is due (an accusation after its appeal window, an unanswered challenge after its
+deadline). Every step reads the chain first, so calling `settle` again after a crash or before
+a window closed does only what is left; it returns None until the epoch is final.
 """
 
 from __future__ import annotations
 
-from verinfer.chain.client import SettlementClient
+import logging
+import time
+from typing import Any
+
+from verinfer.chain.client import COMMITTEES, ChainRevert, SettlementClient
 from verinfer.chain.devkeys import DEV_CHAIN_ID
+from verinfer.errors import ChainError
 from verinfer.gateway.router import RegisteredNode
-from verinfer.gateway.settler import EpochSettlement, Settler
+from verinfer.gateway.settler import ChallengeEvidence, EpochSettlement, Settler
 from verinfer.protocol import wire
+from verinfer.protocol.challenge import is_challenged
+from verinfer.protocol.selection import ARBITRATOR_TAG, VALIDATOR_TAG, is_drawn
+from verinfer.protocol.settlement import Outcome
+
+log = logging.getLogger("verinfer.gateway.chain_settler")
+
+DEADLINE_MARGIN_S = 5  # evidence is sent only this long before the contract's deadline at least
+ROLE_TAGS = {"validator": (VALIDATOR_TAG, 0), "arbitrator": (ARBITRATOR_TAG, 2)}
 
 
-class ChainV1Settler(Settler):
-    def __init__(self, client: SettlementClient) -> None:
+def message_fields(message: wire.Message) -> dict[str, Any]:
+    """An EIP-712 message as the client takes it: the doc's field names, raw values."""
+    return {f.name: getattr(message, f.attr) for f in message.FIELDS}
+
+
+class ChainV2Settler(Settler):
+    def __init__(self, client: SettlementClient,
+                 committees: tuple[int, int, int, int] = COMMITTEES) -> None:
         self.client = client
+        self.me = client.signer.address
         self.chain_id = client._read("read chain id", lambda: client.w3.eth.chain_id)
+        # The contract keeps its committee sizes private: they are the deployment's constants.
+        self.committees = committees
+        fns = client.contract.functions
+        self._clock = (int(client._read("read genesis", fns.GENESIS().call)),
+                       int(client._read("read epoch length", fns.EPOCH_SECONDS().call)))
+        self._skew = 0.0
+        self.sync_clock()
 
     @property
     def domain(self) -> wire.Domain:
         return wire.Domain(self.chain_id, self.client.address)
+
+    def epoch_clock(self) -> tuple[int, int]:
+        return self._clock
+
+    def clock_skew(self) -> float:
+        return self._skew
+
+    def sync_clock(self) -> None:
+        # The dev chain stamps each block at least a second after its parent: a burst of
+        # transactions moves its clock ahead of the wall clock for a while.
+        latest = self.client._read("read block", lambda: self.client.w3.eth.get_block("latest"))
+        self._skew = max(0.0, float(latest["timestamp"]) - time.time())
 
     def registry(self) -> list[RegisteredNode]:
         return [RegisteredNode(wire.check_address(n.address), n.endpoint, n.stake, n.reputation)
@@ -35,29 +79,131 @@ class ChainV1Settler(Settler):
         return self.client.params().min_stake
 
     def spendable(self, user: str) -> int:
-        return self.client.balance_of(user)
+        """The deposit, within what this gateway's allowance leaves of the current epoch."""
+        fns = self.client.contract.functions
+        address = wire.check_address(user)
+        settler, cap, expiry, spent_epoch, spent = self.client._read(
+            "read allowance", fns.allowance_of(address).call)
+        epoch = self.client.current_epoch()
+        start = self._clock[0] + epoch * self._clock[1]
+        if settler.lower() != self.me.lower() or start >= expiry:
+            return 0
+        left = cap - (spent if spent_epoch == epoch else 0)
+        return max(0, min(left, self.client.balance_of(address)))
 
-    def _block(self) -> int:
-        return int(self.client._read("read block number", lambda: self.client.w3.eth.block_number))
-
-    def commit(self, epoch: int, receipts_root: bytes) -> str:
-        return f"block:{self._block()}"
-
-    def beacon(self, epoch: int, commit_ref: str) -> bytes | None:
-        after = int(commit_ref.removeprefix("block:")) + 1
-        if self._block() < after and self.chain_id == DEV_CHAIN_ID:
-            self.client._read("mine a block", lambda: self.client.w3.provider.make_request(
-                "evm_mine", []))  # type: ignore[arg-type]
-        if self._block() < after:
-            return None
-        block = self.client._read("read block", lambda: self.client.w3.eth.get_block(after))
-        return bytes(block["hash"])
-
-    def settle(self, settlement: EpochSettlement) -> str:
-        if self.client.epoch_root(settlement.epoch) is not None:
-            return f"epoch {settlement.epoch} already settled"
-        receipt = self.client.settle_batch(settlement.batch())
+    def commit(self, epoch: int, receipts_root: bytes, count: int) -> str:
+        if self.client.commitment(self.me, epoch) is not None:
+            return f"epoch {epoch} committed"
+        receipt = self.client.commit_epoch(epoch, receipts_root, count)
         return "0x" + bytes(receipt["transactionHash"]).hex()
 
+    def beacon(self, epoch: int, commit_ref: str) -> bytes | None:
+        beacon = self.client.beacon(self.me, epoch)
+        if beacon is None and self.chain_id == DEV_CHAIN_ID:
+            # The dev chain mines only on demand: the block after the commit is mined here.
+            self.client._read("mine a block", lambda: self.client.w3.provider.make_request(
+                "evm_mine", []))  # type: ignore[arg-type]
+            beacon = self.client.beacon(self.me, epoch)
+        return beacon
+
+    def open_challenges(self, epoch: int, bundles: tuple[tuple[bytes, dict[str, Any]], ...]
+                        ) -> None:
+        """`settle_epoch` with every receipt in digest order (once): fees of unchallenged
+        receipts are paid, challenged ones escrowed until their evidence or deadline."""
+        commitment = self.client.commitment(self.me, epoch)
+        if commitment is None:
+            raise ChainError(f"epoch {epoch} is not committed")
+        if not commitment["settled"]:
+            receipts = [message_fields(_receipt(b)) for _, b in sorted(bundles)]
+            self.client.settle_epoch(epoch, receipts)
+
+    def committee(self, epoch: int, receipt_id: bytes, asserter: str,
+                  role: str) -> tuple[tuple[str, ...], int] | None:
+        """The members the contract would accept for `role` (sorted), and the quorum."""
+        commitment = self.client.commitment(self.me, epoch)
+        beacon = self.client.beacon(self.me, epoch)
+        if commitment is None or beacon is None:
+            return None
+        tag, at = ROLE_TAGS[role]
+        expected, quorum = self.committees[at], self.committees[at + 1]
+        fns = self.client.contract.functions
+        members = []
+        for node in self.client.nodes():
+            if node.address.lower() == asserter.lower() or not node.endpoint:
+                continue
+            _, stake_block = self.client._read("read node", fns.nodes(node.address).call)
+            if stake_block >= commitment["block"]:
+                continue
+            if is_drawn(tag, beacon, receipt_id, node.address.lower(), node.stake,
+                        commitment["total_stake"], expected):
+                members.append(node.address.lower())
+        return tuple(sorted(members, key=lambda a: int(a, 16))), quorum
+
+    def challenge_ppm(self) -> int:
+        return self.client.params().challenge_ppm
+
+    def settle(self, settlement: EpochSettlement) -> str | None:
+        self.open_challenges(settlement.epoch, settlement.bundles)
+        bundles = dict(settlement.bundles)
+        beacon = self.client.beacon(self.me, settlement.epoch)
+        assert beacon is not None
+        ppm = self.challenge_ppm()
+        evidence = {e.receipt_id: e for e in settlement.evidence}
+        final = True
+        latest = self.client._read("read block", lambda: self.client.w3.eth.get_block("latest"))
+        now = max(int(time.time()), int(latest["timestamp"]))
+        for rid in sorted(bundles):
+            if not is_challenged(rid, beacon, ppm):
+                continue
+            case = self.client.case(settlement.epoch, rid)
+            if case.state == "open" and rid in evidence and now + DEADLINE_MARGIN_S <= case.deadline:
+                try:
+                    self._submit(settlement.epoch, evidence[rid], bundles[rid])
+                except ChainRevert as exc:  # the case lapses at its deadline: the node is paid
+                    log.warning("receipt %s: evidence refused (%s)", rid.hex(), exc)
+                case = self.client.case(settlement.epoch, rid)
+            lapsed = case.state == "open" and now > case.deadline
+            if lapsed or (case.state == "accused" and now > case.appeal_deadline):
+                self.client.finalize(settlement.epoch, rid)
+            elif case.state in ("open", "accused"):
+                final = False
+        return f"epoch {settlement.epoch} final" if final else None
+
+    def _submit(self, epoch: int, e: ChallengeEvidence, bundle: dict[str, Any]) -> None:
+        """PASSED and VALIDATOR_FAULT: the drawn validators' verdicts that agree with the
+        receipt; ASSERTER_FAULT: the node's signed receipt and the drawn arbitrators' verdicts
+        against it. Too few of them for the contract's quorum: nothing is sent (it lapses)."""
+        signed = wire.ReceiptBundle.from_json(bundle).receipt
+        receipt = signed.message
+        assert isinstance(receipt, wire.Receipt)
+        accuse = e.outcome == Outcome.ASSERTER_FAULT.value
+        verdicts = _signed_verdicts(e.arbitration if accuse else e.verdicts)
+        chosen = [(message_fields(_verdict(v)), s) for v, s in verdicts
+                  if wire.verdict_agrees(_verdict(v), receipt, e.receipt_id) != accuse]
+        quorum = self.committees[3 if accuse else 1]
+        if len(chosen) < quorum:
+            log.warning("receipt %s: %d verdicts for %s, the contract needs %d; it will lapse",
+                        e.receipt_id.hex(), len(chosen), e.outcome, quorum)
+            return
+        if accuse:
+            self.client.accuse(epoch, message_fields(receipt), signed.signature, chosen)
+        else:
+            self.client.pass_challenge(epoch, message_fields(receipt), chosen)
+
     def settled_root(self, epoch: int) -> bytes | None:
-        return self.client.epoch_root(epoch)
+        c = self.client.commitment(self.me, epoch)
+        return None if c is None or not c["settled"] else bytes(c["root"])
+
+
+def _receipt(bundle: dict[str, Any]) -> wire.Receipt:
+    message = wire.ReceiptBundle.from_json(bundle).receipt.message
+    assert isinstance(message, wire.Receipt)
+    return message
+
+
+def _verdict(data: dict[str, Any]) -> wire.Verdict:
+    return wire.Verdict.from_json(data)
+
+
+def _signed_verdicts(answers: tuple[dict[str, Any], ...]) -> list[tuple[dict[str, Any], bytes]]:
+    return [(a, wire.signature_from_json(a["signature"])) for a in answers if "error" not in a]

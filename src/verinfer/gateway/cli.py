@@ -115,7 +115,7 @@ def serve(port: int, host: str, state: Path, models: list[Path], p_ppm: int, val
 
     from verinfer.chain.settings import ChainSettings, connect
     from verinfer.econ.check import econ_params_for, enforce
-    from verinfer.gateway.chain_settler import ChainV1Settler
+    from verinfer.gateway.chain_settler import ChainV2Settler
     from verinfer.gateway.epochs import EpochPipeline
     from verinfer.gateway.router import Router
     from verinfer.gateway.server import HttpValidators, create_app
@@ -133,8 +133,12 @@ def serve(port: int, host: str, state: Path, models: list[Path], p_ppm: int, val
     settings = ChainSettings.load(rpc_url=rpc_url, contract=contract, data_dir=data_dir)
     client = connect(settings, with_key=False)
     client.account = Account.from_key(identity.private_key)
-    settler = ChainV1Settler(client)
+    settler = ChainV2Settler(client)
     params = client.params()
+    if p_ppm != params.challenge_ppm:
+        typer.echo(f"the contract challenges p = {params.challenge_ppm} ppm of the receipts; "
+                   f"that is used, not --p {p_ppm}")
+        p_ppm = params.challenge_ppm
     pos = PosParams(p_ppm, validators, arbitrators, params).validate()
     cost = cost if cost is not None else max(params.reward_validators // validators, 1)
     verdict = enforce(econ_params_for(pos, cost=float(cost)), pos.challenge_probability,

@@ -24,7 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from verinfer.errors import VerinferError
+from verinfer.chain.client import ChainRevert
+from verinfer.errors import ChainError, VerinferError
 from verinfer.gateway.router import RegisteredNode
 from verinfer.gateway.settler import ChallengeEvidence, EpochSettlement, Settler
 from verinfer.gateway.store import GatewayStore, StoredReceipt
@@ -40,6 +41,7 @@ log = logging.getLogger("verinfer.gateway.epochs")
 CHALLENGE_TTL_S = 600  # a validator has this long to answer a challenge
 MAX_DRAWS = 3  # redraws when drawn validators do not answer, before retrying next tick
 SKIPPED = "SKIPPED"  # challenged, but too few other nodes to draw a committee from
+CLOSE_GRACE = 0.25  # of an epoch: how long after its end a chain-clocked epoch stays open
 _SEED_DOMAIN = b"verinfer/committee/v1"
 _INVALID_DOMAIN = b"verinfer/invalid-claim/v1"
 
@@ -95,23 +97,91 @@ class EpochPipeline:
         self.clock = clock
 
     async def step(self, force_close: bool = False) -> None:
-        """Close the open epoch when due, then advance every unsettled one."""
-        open_epoch = self.store.open_epoch()
-        due = self.clock() - open_epoch.opened_at >= self.epoch_seconds
-        if (due or force_close) and self.store.receipts_of_epoch(open_epoch.epoch):
-            closed = self.store.close_epoch(wire.receipts_root)
-            log.info("epoch %d closed", closed.epoch)
-        for epoch in self.store.epochs_in("closed"):
-            assert epoch.root is not None
-            ref = await asyncio.to_thread(self.settler.commit, epoch.epoch, epoch.root)
-            self.store.mark_committed(epoch.epoch, ref)
+        """Close and commit the epochs that are due, then advance every unsettled one."""
+        await self.close_and_commit(force_close)
         for epoch in self.store.epochs_in("committed"):
             if await self.decide(epoch.epoch):
                 self.store.mark_decided(epoch.epoch)
+                await self.settle(epoch.epoch)  # evidence has a deadline: send it at once
         for epoch in self.store.epochs_in("decided"):
-            ref = await asyncio.to_thread(self.settler.settle, self.settlement(epoch.epoch))
-            self.store.mark_settled(epoch.epoch, ref)
-            log.info("epoch %d settled (%s)", epoch.epoch, ref)
+            await self.settle(epoch.epoch)
+
+    async def settle(self, epoch: int) -> None:
+        try:
+            settled = await asyncio.to_thread(self.settler.settle, self.settlement(epoch))
+        except ChainError as exc:  # one epoch's failure does not hold up the others
+            log.warning("epoch %d not settled: %s", epoch, exc)
+            return
+        if settled is not None:
+            self.store.mark_settled(epoch, settled)
+            log.info("epoch %d settled (%s)", epoch, settled)
+
+    async def close_and_commit(self, force_close: bool = False) -> None:
+        """Close the epochs that are due and commit their roots. Also run between challenges:
+        a chain-clocked epoch must be committed before the end of the next one."""
+        clock = self.settler.epoch_clock()
+        if clock is None:
+            open_epoch = self.store.open_epoch()
+            due = self.clock() - open_epoch.opened_at >= self.epoch_seconds
+            if (due or force_close) and self.store.receipts_of_epoch(open_epoch.epoch):
+                closed = self.store.close_epoch(wire.receipts_root)
+                log.info("epoch %d closed", closed.epoch)
+        else:
+            genesis, length = clock
+            await asyncio.to_thread(self.settler.sync_clock)
+            now = self.clock() + self.settler.clock_skew()
+            for epoch in self.store.epochs_in("open"):
+                # Receipts of jobs accepted just before the epoch's end still arrive for a
+                # while; the contract takes the commit until the end of the next epoch.
+                end = genesis + (epoch.epoch + 1) * length
+                due = now >= end + length * CLOSE_GRACE
+                if (due or force_close) and self.store.receipts_of_epoch(epoch.epoch):
+                    self.store.close_epoch(wire.receipts_root, epoch.epoch)
+                    log.info("epoch %d closed", epoch.epoch)
+        for epoch in self.store.epochs_in("closed"):
+            assert epoch.root is not None
+            count = len(self.store.receipts_of_epoch(epoch.epoch))
+            try:
+                ref = await asyncio.to_thread(self.settler.commit, epoch.epoch, epoch.root,
+                                              count)
+            except ChainRevert as exc:
+                if exc.reason != "commit window closed":
+                    raise
+                # Its receipts can never be settled: recorded as such, not retried forever.
+                log.error("epoch %d missed its commit window: its %d receipts stay unpaid",
+                          epoch.epoch, count)
+                self.store.mark_missed(epoch.epoch)
+                continue
+            except ChainError as exc:
+                log.warning("epoch %d not committed: %s", epoch.epoch, exc)
+                continue
+            self.store.mark_committed(epoch.epoch, ref)
+        for epoch in self.store.epochs_in("committed"):
+            if epoch.beacon is None:
+                await self.fix_beacon(epoch.epoch)
+
+    async def fix_beacon(self, epoch: int) -> bytes | None:
+        """The epoch's beacon, recorded once it exists; then the chain settles the fees and
+        opens the challenges (at once: its settlement window is two epochs)."""
+        record = self.store.epoch(epoch)
+        if record.beacon is not None:
+            return record.beacon
+        assert record.commit_ref is not None
+        beacon = await asyncio.to_thread(self.settler.beacon, epoch, record.commit_ref)
+        if beacon is None:
+            return None
+        self.store.set_beacon(epoch, beacon)
+        await self.open_challenges(epoch)
+        return beacon
+
+    async def open_challenges(self, epoch: int) -> bool:
+        bundles = tuple((r.receipt_id, r.bundle) for r in self.store.receipts_of_epoch(epoch))
+        try:
+            await asyncio.to_thread(self.settler.open_challenges, epoch, bundles)
+        except ChainError as exc:
+            log.warning("epoch %d: challenges not opened on chain: %s", epoch, exc)
+            return False
+        return True
 
     # ---------------------------------------------------------------- challenges
 
@@ -120,20 +190,18 @@ class EpochPipeline:
         beacon = self.store.epoch(epoch).beacon
         if beacon is None:
             return []
+        ppm = self.settler.challenge_ppm()
+        ppm = self.pos.challenge_ppm if ppm is None else ppm
         return [r for r in self.store.receipts_of_epoch(epoch)
-                if is_challenged(r.receipt_id, beacon, self.pos.challenge_ppm)]
+                if is_challenged(r.receipt_id, beacon, ppm)]
 
     async def decide(self, epoch: int) -> bool:
         """Challenge the selected receipts; True once every one has an outcome."""
-        record = self.store.epoch(epoch)
-        if record.beacon is None:
-            assert record.commit_ref is not None
-            beacon = await asyncio.to_thread(self.settler.beacon, epoch, record.commit_ref)
-            if beacon is None:
-                return False
-            self.store.set_beacon(epoch, beacon)
+        if await self.fix_beacon(epoch) is None or not await self.open_challenges(epoch):
+            return False
         done = True
         for receipt in self.challenged(epoch):
+            await self.close_and_commit()
             if self.store.outcome(receipt.receipt_id) is None:
                 done = await self.challenge(receipt) and done
         return done
@@ -152,11 +220,17 @@ class EpochPipeline:
         assert beacon is not None
         asserter = receipt.node.lower()
         candidates, nodes = await asyncio.to_thread(self._candidates)
+        chain_validators = await asyncio.to_thread(
+            self.settler.committee, stored.epoch, stored.receipt_id, asserter, "validator")
         try:
-            validators = await self._committee(
-                stored, bundle, candidates, nodes, "validator",
-                committee_seed(beacon, stored.receipt_id, "validators"),
-                self.pos.validators, {asserter})
+            if chain_validators is not None:
+                validators = await self._chain_committee(stored, bundle, nodes, "validator",
+                                                         *chain_validators)
+            else:
+                validators = await self._committee(
+                    stored, bundle, candidates, nodes, "validator",
+                    committee_seed(beacon, stored.receipt_id, "validators"),
+                    self.pos.validators, {asserter})
         except NotEnoughNodes as exc:
             self.store.add_outcome(stored.receipt_id, stored.epoch, SKIPPED, {"reason": str(exc)})
             return True
@@ -165,10 +239,17 @@ class EpochPipeline:
         arbitrators: Committee | None = None
         if any(c != receipt.logits_hash for c in validators.claims):
             try:
-                arbitrators = await self._committee(
-                    stored, bundle, candidates, nodes, "arbitrator",
-                    committee_seed(beacon, stored.receipt_id, "arbitrators"),
-                    self.pos.arbitrators, {asserter, *validators.members})
+                chain_arbitrators = await asyncio.to_thread(
+                    self.settler.committee, stored.epoch, stored.receipt_id, asserter,
+                    "arbitrator")
+                if chain_arbitrators is not None:
+                    arbitrators = await self._chain_committee(stored, bundle, nodes,
+                                                              "arbitrator", *chain_arbitrators)
+                else:
+                    arbitrators = await self._committee(
+                        stored, bundle, candidates, nodes, "arbitrator",
+                        committee_seed(beacon, stored.receipt_id, "arbitrators"),
+                        self.pos.arbitrators, {asserter, *validators.members})
             except NotEnoughNodes as exc:
                 log.warning("receipt %s: validators disagree but no arbitration committee can "
                             "be drawn (%s); retrying later", stored.receipt_id.hex(), exc)
@@ -223,6 +304,28 @@ class EpochPipeline:
             silent |= newly_silent
         return None
 
+    async def _chain_committee(
+        self, stored: StoredReceipt, bundle: wire.ReceiptBundle,
+        nodes: dict[str, RegisteredNode], role: str, members: tuple[str, ...], quorum: int,
+    ) -> Committee | None:
+        """The chain's drawn members for `role`: every one is asked (once, across restarts);
+        the committee is those that answered, if they are at least the chain's quorum."""
+        if len(members) < quorum:
+            raise NotEnoughNodes(f"{len(members)} {role}s drawn, the chain needs {quorum}")
+        receipt = bundle.receipt.message
+        assert isinstance(receipt, wire.Receipt)
+        answered = {v.validator.lower(): v.verdict for v in self.store.verdicts(stored.receipt_id)
+                    if v.role == role}
+        for member in members:
+            if member not in answered and member in nodes:
+                answered[member] = await self._ask(stored, bundle, nodes[member], role)
+        present = tuple(m for m in members if m in answered and "error" not in answered[m])
+        if len(present) < quorum:
+            return None
+        verdicts = tuple(answered[m] for m in present)
+        claims = tuple(verdict_claim(_verdict(v), receipt, stored.receipt_id) for v in verdicts)
+        return Committee(present, verdicts, claims)
+
     async def _ask(self, stored: StoredReceipt, bundle: wire.ReceiptBundle,
                    node: RegisteredNode, role: str) -> dict[str, Any]:
         """Send one challenge; the answer (or why none came) is recorded before it is used."""
@@ -272,7 +375,8 @@ class EpochPipeline:
                 Outcome(outcome.outcome), tuple(f.lower() for f in e.faulty)))
             evidence.append(e)
         return EpochSettlement(epoch, record.root, tuple(r.receipt_id for r in receipts),
-                               requests, tuple(challenges), tuple(evidence))
+                               requests, tuple(challenges), tuple(evidence),
+                               tuple((r.receipt_id, r.bundle) for r in receipts))
 
 
 def _verdict(data: dict[str, Any]) -> wire.Verdict:

@@ -275,8 +275,27 @@ class GatewayService:
         job = wire.Job(
             request=prepared.request.hash_struct(), gateway=self.identity.address,
             user=prepared.account, node=node.address, price_per_token=self.price_per_token,
-            nonce=secrets.randbits(128), deadline=int(self.clock()) + JOB_TTL_S)
+            nonce=secrets.randbits(128), deadline=self.job_deadline())
         return wire.Signed(job, wire.sign(self.domain, job, self.identity.private_key))
+
+    def job_deadline(self) -> int:
+        """JOB_TTL_S from now; when the chain numbers epochs, inside the current epoch (the
+        receipt repeats the deadline and the contract takes it only in its own epoch), or
+        within the next one when the current ends within a second."""
+        clock = self.settler.epoch_clock()
+        if clock is None:
+            return int(self.clock()) + JOB_TTL_S
+        now = int(self.clock() + self.settler.clock_skew())
+        genesis, length = clock
+        end = genesis + ((now - genesis) // length + 1) * length
+        if end - 1 <= now:
+            return end + min(JOB_TTL_S, length - 1)
+        return min(now + JOB_TTL_S, end - 1)
+
+    def epoch_of(self, receipt: wire.Receipt) -> int | None:
+        """The chain's epoch of a receipt (that of its deadline), None without a chain clock."""
+        clock = self.settler.epoch_clock()
+        return None if clock is None else (receipt.deadline - clock[0]) // clock[1]
 
     def check_receipt(self, prepared: Prepared, job: wire.Signed, transport: Any,
                       streamed: list[int] | None) -> wire.ReceiptBundle:
@@ -381,7 +400,7 @@ class GatewayService:
                     assert isinstance(receipt, wire.Receipt)
                     stored = bundle.to_json()
                     self.store.add_receipt(bundle.receipt_id, prepared.account, receipt.node,
-                                           receipt.fee, stored)
+                                           receipt.fee, stored, self.epoch_of(receipt))
                     self.stats.receipts += 1
                     usage = chunk.usage.model_dump() if chunk.usage else {}
                     yield Done(stored, usage, node.address, 0)

@@ -44,6 +44,8 @@ class EpochSettlement:
     requests: tuple[RequestEntry, ...]
     challenges: tuple[ChallengeEntry, ...]
     evidence: tuple[ChallengeEvidence, ...]
+    # Every receipt of the epoch as (receipt id, receipt bundle JSON): settlement v2 takes them all.
+    bundles: tuple[tuple[bytes, dict[str, Any]], ...] = ()
 
     def batch(self) -> Batch:
         return Batch(self.epoch, self.receipts_root, self.requests, self.challenges)
@@ -64,17 +66,46 @@ class Settler(ABC):
     def spendable(self, user: str) -> int:
         """What `user` may still be debited by this gateway (deposit within its allowance)."""
 
+    def epoch_clock(self) -> tuple[int, int] | None:
+        """(genesis, epoch length) in unix seconds when the chain numbers the epochs (a
+        receipt then belongs to the epoch its deadline falls in); None: the gateway's own."""
+        return None
+
+    def clock_skew(self) -> float:
+        """Seconds the chain's clock runs ahead of this machine's (as last seen by
+        `sync_clock`): epochs are the chain's, so deadlines and closing follow its time."""
+        return 0.0
+
+    def sync_clock(self) -> None:
+        """Read the chain's time again (a chain that mines in bursts runs ahead)."""
+
+    def committee(self, epoch: int, receipt_id: bytes, asserter: str,
+                  role: str) -> tuple[tuple[str, ...], int] | None:
+        """The members the chain accepts in `role` ("validator" or "arbitrator") for a
+        receipt, and how many verdicts it needs; None: the gateway draws its own committee."""
+        return None
+
+    def challenge_ppm(self) -> int | None:
+        """The chain's challenge probability, when the chain fixes it."""
+        return None
+
     @abstractmethod
-    def commit(self, epoch: int, receipts_root: bytes) -> str:
-        """Commit an epoch's receipts root; returns a reference to the commitment."""
+    def commit(self, epoch: int, receipts_root: bytes, count: int) -> str:
+        """Commit an epoch's receipts root over `count` receipts; returns a reference."""
 
     @abstractmethod
     def beacon(self, epoch: int, commit_ref: str) -> bytes | None:
         """The 32-byte value fixed after the commitment (None until it exists)."""
 
+    def open_challenges(self, epoch: int, bundles: tuple[tuple[bytes, dict[str, Any]], ...]
+                        ) -> None:
+        """Once the beacon is known, before any challenge is decided: a chain whose challenges
+        run against a deadline (settlement v2) settles the fees and opens them here."""
+
     @abstractmethod
-    def settle(self, settlement: EpochSettlement) -> str:
-        """Settle a committed epoch with its entries and evidence; returns a reference."""
+    def settle(self, settlement: EpochSettlement) -> str | None:
+        """Settle a committed epoch with its entries and evidence; returns a reference once
+        the epoch is final, None while something is still to wait for (call it again)."""
 
     @abstractmethod
     def settled_root(self, epoch: int) -> bytes | None:

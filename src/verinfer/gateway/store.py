@@ -173,10 +173,19 @@ class GatewayStore:
     # ---------------------------------------------------------------- receipts
 
     def add_receipt(self, receipt_id: bytes, user: str, node: str, fee: int,
-                    bundle: dict[str, Any]) -> StoredReceipt:
-        """Record a checked receipt in the open epoch; a receipt is recorded once."""
+                    bundle: dict[str, Any], epoch: int | None = None) -> StoredReceipt:
+        """Record a checked receipt in the open epoch, or in `epoch` when the chain numbers
+        epochs (opened if new, refused once closed); a receipt is recorded once."""
         with self._tx() as db:
-            epoch = self._open_epoch(db)
+            if epoch is None:
+                epoch = self._open_epoch(db)
+            else:
+                row = db.execute("SELECT state FROM epochs WHERE epoch = ?", (epoch,)).fetchone()
+                if row is None:
+                    db.execute("INSERT INTO epochs (epoch, state, opened_at) VALUES (?, 'open', ?)",
+                               (epoch, self._now()))
+                elif row[0] != "open":
+                    raise StoreError(f"epoch {epoch} is already closed")
             try:
                 cur = db.execute(
                     "INSERT INTO receipts (receipt_id, epoch, user, node, fee, bundle, created_at)"
@@ -197,11 +206,11 @@ class GatewayStore:
         return None if row is None else _receipt_row(row)
 
     def receipts_of_epoch(self, epoch: int) -> list[StoredReceipt]:
-        """The epoch's receipts in the order they were recorded (the committed order)."""
+        """The epoch's receipts by ascending receipt id (the committed order)."""
         with self._lock:
             rows = self._db.execute(
                 "SELECT seq, receipt_id, epoch, user, node, fee, bundle FROM receipts "
-                "WHERE epoch = ? ORDER BY seq", (epoch,)).fetchall()
+                "WHERE epoch = ? ORDER BY receipt_id", (epoch,)).fetchall()
         return [_receipt_row(r) for r in rows]
 
     def count_receipts(self) -> int:
@@ -245,22 +254,28 @@ class GatewayStore:
             ).fetchall()
         return [self.epoch(r[0]) for r in rows]
 
-    def close_epoch(self, root_of: Any) -> Epoch:
-        """Close the open epoch with the root `root_of(receipt ids in order)` and open the next,
-        in one transaction: a receipt recorded after it lands in the next epoch."""
+    def close_epoch(self, root_of: Any, epoch: int | None = None) -> Epoch:
+        """Close the open epoch (or open `epoch`) with the root `root_of(receipt ids,
+        ascending)` and open the next if new, in one transaction: a receipt recorded after it
+        lands in the next epoch."""
         with self._tx() as db:
-            epoch = self._open_epoch(db)
+            if epoch is None:
+                epoch = self._open_epoch(db)
             ids = [bytes.fromhex(r[0][2:]) for r in db.execute(
-                "SELECT receipt_id FROM receipts WHERE epoch = ? ORDER BY seq", (epoch,))]
+                "SELECT receipt_id FROM receipts WHERE epoch = ? ORDER BY receipt_id", (epoch,))]
             root: bytes = root_of(ids)
             db.execute("UPDATE epochs SET state = 'closed', root = ? WHERE epoch = ?",
                        (_hex(root), epoch))
-            db.execute("INSERT INTO epochs (epoch, state, opened_at) VALUES (?, 'open', ?)",
-                       (epoch + 1, self._now()))
+            db.execute("INSERT OR IGNORE INTO epochs (epoch, state, opened_at) "
+                       "VALUES (?, 'open', ?)", (epoch + 1, self._now()))
         return self.epoch(epoch)
 
     def mark_committed(self, epoch: int, commit_ref: str) -> None:
         self._advance(epoch, "closed", "committed", commit_ref=commit_ref)
+
+    def mark_missed(self, epoch: int) -> None:
+        """The chain refused the epoch's commit for good (its window closed)."""
+        self._advance(epoch, "closed", "missed")
 
     def set_beacon(self, epoch: int, beacon: bytes) -> None:
         with self._tx() as db:

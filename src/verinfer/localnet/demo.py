@@ -146,12 +146,15 @@ def gather(store: Any, wanted: set[str]) -> dict[str, Any]:
     served: dict[str, int] = {}
     challenged: dict[str, int] = {}
     mismatches: dict[str, int] = {}
-    unsettled = 0
-    for epoch in store.epochs_in(*("open", "closed", "committed", "decided", "settled")):
+    unsettled = missed = 0
+    for epoch in store.epochs_in(*("open", "closed", "committed", "decided", "settled",
+                                   "missed")):
         state = store.epoch(epoch.epoch).state
         receipts = [r for r in store.receipts_of_epoch(epoch.epoch)
                     if "0x" + r.receipt_id.hex() in wanted]
-        if state != "settled":
+        if state == "missed":
+            missed += len(receipts)
+        elif state != "settled":
             unsettled += len(receipts)
         outcomes = {o.receipt_id: o for o in store.outcomes_of_epoch(epoch.epoch)}
         for r in receipts:
@@ -163,7 +166,7 @@ def gather(store: Any, wanted: set[str]) -> dict[str, Any]:
                 if outcome.outcome.upper() != "PASSED":
                     mismatches[node] = mismatches.get(node, 0) + 1
     return {"served": served, "challenged": challenged, "mismatches": mismatches,
-            "unsettled": unsettled}
+            "unsettled": unsettled, "missed": missed}
 
 
 def eth(wei: int) -> str:
@@ -209,9 +212,16 @@ def run_demo(network: Network, model: str, count: int, options: UpOptions,
     receipt_ids = send_traffic(network, model, count, console)
     if not receipt_ids:
         raise DemoError("no request succeeded: see the logs in " + str(network.layout.log_dir))
-    facts = wait_for_settlement(network, receipt_ids, 6 * options.epoch_seconds + 180, console)
+    # Settlement v2 waits out the challenge window (unanswered challenges lapse after it) and
+    # the appeal window (an accusation is executed after it).
+    params = client.params()
+    timeout = 6 * options.epoch_seconds + 180 + params.challenge_window + params.appeal_window
+    facts = wait_for_settlement(network, receipt_ids, timeout, console)
     if facts["unsettled"]:
         console.print(f"[yellow]{facts['unsettled']} receipts are still in unsettled epochs")
+    if facts["missed"]:
+        console.print(f"[red]{facts['missed']} receipts are in epochs that missed their commit "
+                      "window on chain (see the gateway's log)")
     slashes: dict[str, int] = {}
     for record in client.slashes(from_block=start_block):
         key = str(record.node).lower()

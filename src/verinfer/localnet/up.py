@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from verinfer.errors import LocalError
 from verinfer.gateway.cli import new_api_key
@@ -38,6 +39,7 @@ PARTY_GAS_WEI = 10**18
 USER_DEPOSIT_WEI = 10 * 10**18
 TREASURY_WEI = 10 * 10**18
 NODE_STAKE_WEI = 5 * 10**18
+ALLOWANCE_S = 365 * 24 * 3600
 
 
 class UpError(LocalError):
@@ -108,7 +110,7 @@ def chain_spec(layout: Layout, ports: Ports) -> ServiceSpec:
     return ServiceSpec(
         "chain",
         verinfer_command("chain", "serve", "--port", str(ports.chain),
-                         "--data-dir", str(layout.data_dir)),
+                         "--data-dir", str(layout.data_dir), "--no-deploy"),
         ready_line=r"listening on (http://\S+)",
         timeout_s=CHAIN_START_S,
     )
@@ -189,7 +191,7 @@ def start_network(
     try:
         chain = supervisor.start(chain_spec(layout, ports), status)
         rpc_url = chain.match
-        contract = deployed_contract(layout)
+        contract = deploy_contract(layout, rpc_url, options)
         say(f"dev chain at {rpc_url}, settlement contract {contract}")
         user, api_key = provision_parties(layout, rpc_url, contract, options, say)
         specs = [node_spec(layout, ports, r, options, rpc_url, contract) for r in roles]
@@ -205,19 +207,54 @@ def start_network(
         raise
 
 
-def deployed_contract(layout: Layout) -> str:
-    from verinfer.chain.devkeys import DEV_CHAIN_ID
-    from verinfer.chain.settings import ChainSettings, read_deployments
+def network_params(options: UpOptions) -> tuple[Any, int]:
+    """The dev parameters with this network's p and epoch length, and windows short enough for
+    a demo: validators answer within a few epochs, an accusation can be appealed for two."""
+    from dataclasses import replace
 
-    entry = read_deployments(ChainSettings(data_dir=layout.data_dir)).get(str(DEV_CHAIN_ID))
-    if entry is None:
-        raise UpError(f"the dev chain in {layout.data_dir} has no settlement contract recorded")
-    return str(entry["address"])
+    from verinfer.chain.settings import DEV_PARAMS
+
+    epoch = max(int(options.epoch_seconds), 1)
+    challenge_window = max(DEV_PARAMS.challenge_window, 6 * epoch)
+    appeal_window = 2 * epoch
+    settle_span = 3 * epoch + challenge_window
+    params = replace(
+        DEV_PARAMS, challenge_ppm=options.challenge_ppm, challenge_window=challenge_window,
+        appeal_window=appeal_window,
+        withdrawal_delay=max(DEV_PARAMS.withdrawal_delay, settle_span + epoch),
+        unbonding_delay=max(DEV_PARAMS.unbonding_delay, settle_span + appeal_window + epoch))
+    return params, epoch
+
+
+def deploy_contract(layout: Layout, rpc_url: str, options: UpOptions) -> str:
+    """The network's settlement contract: the recorded one if the chain has it, otherwise a new
+    one with `network_params` (a reused data directory keeps its first parameters)."""
+    from eth_account import Account
+    from web3 import Web3
+
+    from verinfer.chain.client import SettlementClient
+    from verinfer.chain.devkeys import DEV_CHAIN_ID, dev_private_key
+    from verinfer.chain.settings import ChainSettings, read_deployments, record_deployment
+
+    settings = ChainSettings(data_dir=layout.data_dir)
+    w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 30}))
+    entry = read_deployments(settings).get(str(DEV_CHAIN_ID))
+    if entry is not None and SettlementClient(w3, entry["address"]).is_this_contract():
+        return str(entry["address"])
+    params, epoch = network_params(options)
+    deployer = Account.from_key(dev_private_key(0))
+    client, receipt = SettlementClient.deploy(w3, deployer, params, rpc_url=rpc_url,
+                                              epoch_seconds=epoch)
+    record_deployment(settings, DEV_CHAIN_ID, {
+        "address": client.address, "block": receipt["blockNumber"],
+        "deployer": deployer.address, "tx": "0x" + bytes(receipt["transactionHash"]).hex()})
+    return client.address
 
 
 def provision_parties(layout: Layout, rpc_url: str, contract: str, options: UpOptions,
                       say: Callable[[str], object]) -> tuple[Identity, str]:
-    """The gateway's key with gas and the settler role; the demo user's key, deposit and API key."""
+    """The gateway's key with gas and the settler role; the demo user's key, deposit, signed
+    allowance for the gateway (any party may submit it: the gateway's owner does) and API key."""
     from eth_account import Account
     from web3 import Web3
 
@@ -243,6 +280,8 @@ def provision_parties(layout: Layout, rpc_url: str, contract: str, options: UpOp
     if missing > 0:
         client.deposit(missing)
         say(f"demo user {user.address} deposited {missing / 1e18:g} ETH for fees")
+    if allow_gateway(owner, user, gateway.address):
+        say(f"demo user allows the gateway up to {USER_DEPOSIT_WEI / 1e18:g} ETH per epoch")
     key_file = layout.data_dir / "user" / "api_key"
     store = GatewayStore(layout.gateway_dir / "gateway.sqlite")
     try:
@@ -256,6 +295,28 @@ def provision_parties(layout: Layout, rpc_url: str, contract: str, options: UpOp
     finally:
         store.close()
     return user, api_key
+
+
+def allow_gateway(submitter: Any, user: Identity, gateway: str) -> bool:
+    """The user's signed `Allowance` for `gateway` (the settler), unless one is in force;
+    True when a new one was submitted."""
+    from verinfer.protocol import wire
+
+    fns = submitter.contract.functions
+    settler, cap, expiry, _, _ = submitter._read("read allowance",
+                                                 fns.allowance_of(user.address).call)
+    now = int(time.time())
+    if settler.lower() == gateway.lower() and cap >= USER_DEPOSIT_WEI \
+            and expiry > now + ALLOWANCE_S // 2:
+        return False
+    nonce = submitter._read("read allowance nonce", fns.allowance_nonce(user.address).call) + 1
+    allowance = wire.Allowance(user=user.address, settler=wire.check_address(gateway),
+                               cap_per_epoch=USER_DEPOSIT_WEI, expiry=now + ALLOWANCE_S,
+                               nonce=nonce)
+    domain = wire.Domain(submitter.w3.eth.chain_id, submitter.address)
+    submitter.set_allowance({f.name: getattr(allowance, f.attr) for f in allowance.FIELDS},
+                            wire.sign(domain, allowance, user.private_key))
+    return True
 
 
 def instructions(network: Network, model_name: str) -> str:

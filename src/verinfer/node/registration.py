@@ -2,9 +2,9 @@
 
 `check_registration` reads the contract and raises `NotOnChain` with what to do; on the dev
 chain `dev_register` funds the node from a dev account, registers it and bonds the minimum
-stake from its own account (the account that signs its receipts). The contract's `register`
-takes a 32-byte public-key field: the node puts keccak256 of its 64-byte secp256k1 public key
-there (its identity is the sending account itself).
+stake from its own account. Settlement v2 registers the sending account itself (the key that
+signs the node's receipts) with an endpoint published in its `NodeRegistered` event, once: the
+chain keeps no later endpoint changes.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from eth_keys import keys
-from eth_utils import keccak
 from web3 import Web3
 from web3.types import Wei
 
@@ -29,15 +27,17 @@ class NotOnChain(ChainError):
     """The node is not registered, or not staked, on the settlement contract."""
 
 
-def public_key_commitment(identity: Identity) -> bytes:
-    return keccak(keys.PrivateKey(identity.private_key).public_key.to_bytes())
-
-
 def registered_endpoint(client: SettlementClient, address: str) -> str | None:
     """The endpoint the node registered, None if it never registered."""
-    call = client.contract.functions.nodes(Web3.to_checksum_address(address)).call
-    _pubkey, endpoint, registered_at = client._read("read node", call)
-    return str(endpoint) if registered_at else None
+    checksummed = Web3.to_checksum_address(address)
+    call = client.contract.functions.nodes(checksummed).call
+    registered_at, _stake_block = client._read("read node", call)
+    if not registered_at:
+        return None
+    events = client.contract.events.NodeRegistered()
+    logs = client._read("read registrations", lambda: events.get_logs(
+        from_block=0, argument_filters={"node": checksummed}))
+    return str(logs[-1]["args"]["endpoint"]) if logs else ""
 
 
 def check_registration(client: SettlementClient, address: str, endpoint: str) -> None:
@@ -65,7 +65,7 @@ def dev_register(
     stake: int | None = None,
 ) -> None:
     """On the dev chain: fund, register and stake the node as needed (up to `stake`, at least
-    the minimum); update its endpoint."""
+    the minimum)."""
     w3 = client.w3
     if w3.eth.chain_id != DEV_CHAIN_ID:
         raise ChainError("--dev-register works on the dev chain only: register and stake by hand")
@@ -79,11 +79,8 @@ def dev_register(
         say(f"funded {address} with {needed} wei from dev account {funder}")
     current = registered_endpoint(client, address)
     if current is None:
-        client.register(public_key_commitment(identity), endpoint)
+        client.register(endpoint)
         say(f"registered {address} at {endpoint}")
-    elif current != endpoint:
-        client.set_endpoint(endpoint)
-        say(f"endpoint of {address} updated to {endpoint}")
     if missing_stake:
         client.stake(missing_stake, value=missing_stake)
         say(f"staked {missing_stake} wei for {address}")

@@ -116,3 +116,32 @@ def select_validators(
 ) -> tuple[str, ...]:
     """The `count` validators of a challenge: a committee that excludes the asserter."""
     return select_committee(candidates, min_stake, randomness, count, exclude=(asserter,))
+
+
+SORTITION_BITS = 64
+VALIDATOR_TAG = b"verinfer/sortition/v2/validator"
+ARBITRATOR_TAG = b"verinfer/sortition/v2/arbitrator"
+
+
+def sortition_ticket(tag: bytes, beacon: bytes, receipt_id: bytes, member: str) -> int:
+    """A member's 64-bit ticket for one receipt's committee: the top bits of
+    SHA-256(tag || beacon || receipt id || member's 20 address bytes)."""
+    check_address(member)
+    if len(beacon) != 32 or len(receipt_id) != 32:
+        raise ProtocolError("beacon and receipt id must be 32 bytes each")
+    block = tag + beacon + receipt_id + bytes.fromhex(member[2:])
+    return int.from_bytes(hashlib.sha256(block).digest(), "big") >> (256 - SORTITION_BITS)
+
+
+def is_drawn(
+    tag: bytes, beacon: bytes, receipt_id: bytes, member: str, stake: int, total_stake: int,
+    expected: int,
+) -> bool:
+    """Stake-weighted sortition checkable one member at a time (as in Algorand): drawn iff
+    ticket / 2^64 < expected * stake / total_stake, so a committee has `expected` members on
+    average and a member's chance grows with its stake. Settlement v2 counts only stake bonded
+    before the epoch's commit and `total_stake` as it was at the commit."""
+    if total_stake <= 0:
+        return False
+    ticket = sortition_ticket(tag, beacon, receipt_id, member)
+    return ticket * total_stake < (stake * expected) << SORTITION_BITS

@@ -114,6 +114,11 @@ class SettlementParams:
     protocol_fee_bps: int
     discount_bps: int
     challenger_share_bps: int
+    # Version 2 (the contract's commit-then-challenge settlement); defaults suit the dev chain.
+    withdrawal_delay: int = 3600
+    challenge_ppm: int = 10_000
+    challenge_window: int = 600
+    appeal_window: int = 600
 
     def validate(self) -> SettlementParams:
         for name, value in vars(self).items():
@@ -128,6 +133,22 @@ class SettlementParams:
         for name in ("protocol_fee_bps", "discount_bps", "challenger_share_bps"):
             if getattr(self, name) > BPS:
                 raise InvalidParams(f"{name} must be <= {BPS}, got {getattr(self, name)}")
+        if self.challenge_ppm > PPM:
+            raise InvalidParams(f"challenge_ppm must be <= {PPM}, got {self.challenge_ppm}")
+        return self
+
+    def check_delays(self, epoch_seconds: int) -> SettlementParams:
+        """Version 2: no deposit or stake leaves before every epoch that could touch it settled."""
+        settle_span = 3 * epoch_seconds + self.challenge_window
+        if self.withdrawal_delay <= settle_span:
+            raise InvalidParams(
+                f"withdrawal_delay must exceed 3 epochs + challenge_window ({settle_span} s)"
+            )
+        if self.unbonding_delay <= settle_span + self.appeal_window:
+            raise InvalidParams(
+                "unbonding_delay must exceed 3 epochs + challenge_window + appeal_window "
+                f"({settle_span + self.appeal_window} s)"
+            )
         return self
 
 

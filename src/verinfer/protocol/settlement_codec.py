@@ -9,7 +9,7 @@ a contract test replays them as transactions: a reverted operation changes nothi
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from typing import Any
 
 from verinfer.protocol import settlement as st
@@ -28,14 +28,19 @@ OPERATIONS = ("deposit", "fund_treasury", "stake", "unstake", "withdraw", "settl
 
 
 def params_to_json(params: SettlementParams) -> dict[str, int]:
-    return {f.name: getattr(params, f.name) for f in fields(params)}
+    """The version 1 keys only: the v1 vectors' accounting does not read the v2 ones."""
+    return {f.name: getattr(params, f.name) for f in fields(params) if f.default is MISSING}
 
 
 def params_from_json(data: Mapping[str, Any]) -> SettlementParams:
+    """Params from JSON; the version 2 keys (which have defaults) may be left out."""
     names = {f.name for f in fields(SettlementParams)}
-    if set(data) != names:
-        raise st.InvalidInput(f"settlement params need exactly the keys {sorted(names)}")
-    return SettlementParams(**{name: data[name] for name in names})
+    required = {f.name for f in fields(SettlementParams) if f.default is MISSING}
+    if not required <= set(data) <= names:
+        raise st.InvalidInput(
+            f"settlement params need the keys {sorted(required)} (and may have {sorted(names)})"
+        )
+    return SettlementParams(**{name: data[name] for name in data})
 
 
 def state_to_json(state: LedgerState) -> dict[str, Any]:

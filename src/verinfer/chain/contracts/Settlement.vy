@@ -1,54 +1,113 @@
 # pragma version 0.4.3
+# pragma optimize codesize
 """
-@title verinfer settlement
-@notice Stakes, user deposits, per-epoch settlement batches, slashing and reputation of the
-        verinfer network. Implements docs/settlement-rules.md (protocol version 1) exactly;
-        the same rules exist as pure functions in verinfer.protocol.settlement and both are
-        checked against tests/vectors/protocol/settlement-v1.json.
-@dev Money invariant: self.balance == sum(balances) + sum(stakes) + sum(unbonding.amount)
-     + treasury. Value enters only through deposit, stake (its msg.value is a deposit) and
-     fund_treasury; it leaves only through withdraw, which pays the caller at most its own
-     balance (pull pattern: state updated before the transfer, under a reentrancy lock).
-     Nobody, the owner included, can move a balance, a stake or the treasury except by the
-     settlement rules. Slash rule: of each slash S of a faulty asserter, the wronged user is
-     refunded min(fee, S), challenger_share_bps of the rest is split equally between the
-     validators who challenged it (floor) and the remainder goes to the treasury; of each slash
-     of a faulty validator, challenger_share_bps goes to the asserter it wrongly challenged and
-     the remainder to the treasury. Nothing is burnt.
+@title verinfer settlement (rules version 2)
+@notice Stakes, user deposits and allowances, committed epochs, challenges settled on signed
+        evidence, appeals, slashing and reputation of the verinfer network. Implements
+        docs/settlement-rules.md (version 2); the pure mirror is verinfer.protocol.settlement.
+@dev No role holder is trusted with money. A settler debits a user only within the Allowance
+     the user signed (EIP-712, checked with ecrecover), and only for receipts whose ordered
+     list hashes to the root it committed before the challenge beacon (a later block's hash)
+     was known. Which receipts are challenged follows from that beacon. A challenge passes on
+     validators' signed verdicts, a slash needs the accused's own signed receipt and conflicting
+     signed verdicts from arbitrators whose eligibility (stake-weighted sortition on the beacon)
+     the contract checks one by one, and a slash waits out an appeal window. Money invariant:
+     self.balance == sum(balances) + sum(stakes) + sum(unbonding.amount) + sum(escrow)
+     + treasury.
 """
 
 BPS: constant(uint256) = 10_000
-MAX_VALIDATORS: constant(uint256) = 16
-# ABI bound of the validator lists: above MAX_VALIDATORS so that an oversized list reverts with
-# the rule's own string ("bad validator count") instead of an ABI decoding failure.
-MAX_VALIDATOR_LIST: constant(uint256) = 32
-MAX_REQUESTS: constant(uint256) = 1024
-MAX_CHALLENGES: constant(uint256) = 32
-MAX_PROOF_DEPTH: constant(uint256) = 64
-MAX_LEAF_BYTES: constant(uint256) = 4096
+PPM: constant(uint256) = 1_000_000
+MAX_RECEIPTS: constant(uint256) = 512
+MAX_VERDICTS: constant(uint256) = 16
 MAX_ENDPOINT_BYTES: constant(uint256) = 256
+MERKLE_STACK: constant(uint256) = 16
+SORTITION_BITS: constant(uint256) = 64
+BEACON_LOOKBACK: constant(uint256) = 256
+CAP_BITS: constant(uint256) = 96
+CAP_MASK: constant(uint256) = (1 << 96) - 1
+U64_MASK: constant(uint256) = (1 << 64) - 1
+SECP256K1N_HALF: constant(uint256) = 57896044618658097711785492504343953926418782139537452191302581570759080747168
 
-# Challenge outcomes, as numbered in verinfer.protocol.settlement.
-PASSED: constant(uint8) = 0
-ASSERTER_FAULT: constant(uint8) = 1
-VALIDATOR_FAULT: constant(uint8) = 2
+DOMAIN_TYPEHASH: constant(bytes32) = keccak256(
+    "EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
+)
+RECEIPT_TYPEHASH: constant(bytes32) = keccak256(
+    "Receipt(bytes32 request,bytes32 job,bytes32 outputHash,bytes32 logitsHash,uint32 outputLength,address node,address gateway,address user,uint256 fee,uint256 nonce,uint64 deadline)"
+)
+VERDICT_TYPEHASH: constant(bytes32) = keccak256(
+    "Verdict(bytes32 receipt,bytes32 request,bytes32 outputHash,bytes32 logitsHash,bool valid,uint32 firstInvalidStep,address validator,address gateway)"
+)
+ALLOWANCE_TYPEHASH: constant(bytes32) = keccak256(
+    "Allowance(address user,address settler,uint256 capPerEpoch,uint64 expiry,uint256 nonce)"
+)
+
+# Case status of a challenged receipt.
+OPEN: constant(uint8) = 1
+PASSED: constant(uint8) = 2
+ACCUSED: constant(uint8) = 3
+SLASHED: constant(uint8) = 4
+CLEARED: constant(uint8) = 5
+LAPSED: constant(uint8) = 6
+
+# Kinds of evidence on a challenged receipt.
+EVIDENCE_PASS: constant(uint8) = 0
+EVIDENCE_ACCUSE: constant(uint8) = 1
+EVIDENCE_APPEAL: constant(uint8) = 2
 
 flag Role:
     SETTLER
-    ARBITER
     PAUSER
 
 struct Params:
     min_stake: uint256
     unbonding_delay: uint256
+    withdrawal_delay: uint256
     reward_asserter: uint256
     reward_validators: uint256
     slash: uint256
     protocol_fee_bps: uint256
     discount_bps: uint256
     challenger_share_bps: uint256
+    challenge_ppm: uint256
+    challenge_window: uint256
+    appeal_window: uint256
+
+struct Receipt:
+    request: bytes32
+    job: bytes32
+    outputHash: bytes32
+    logitsHash: bytes32
+    outputLength: uint32
+    node: address
+    gateway: address
+    user: address
+    fee: uint256
+    nonce: uint256
+    deadline: uint64
+
+struct Verdict:
+    receipt: bytes32
+    request: bytes32
+    outputHash: bytes32
+    logitsHash: bytes32
+    valid: bool
+    firstInvalidStep: uint32
+    validator: address
+    gateway: address
+
+struct Allowance:
+    user: address
+    settler: address
+    capPerEpoch: uint256
+    expiry: uint64
+    nonce: uint256
 
 struct Unbonding:
+    amount: uint256
+    release_time: uint256
+
+struct Withdrawal:
     amount: uint256
     release_time: uint256
 
@@ -59,22 +118,31 @@ struct Reputation:
     failed: uint256
 
 struct Node:
-    pubkey: bytes32
-    endpoint: String[MAX_ENDPOINT_BYTES]
     registered_at: uint256
+    stake_block: uint256
 
-struct RequestEntry:
-    user: address
-    asserter: address
-    fee: uint256
+struct Commitment:
+    root: bytes32
+    count: uint256
+    block: uint256
+    beacon: bytes32
+    total_stake: uint256
+    version: uint256
+    settled: bool
 
-struct ChallengeEntry:
+struct Case:
+    settler: address
+    node: address
     user: address
-    asserter: address
     fee: uint256
-    validators: DynArray[address, MAX_VALIDATOR_LIST]
-    outcome: uint8
-    faulty_validators: DynArray[address, MAX_VALIDATOR_LIST]
+    escrow: uint256
+    status: uint8
+    deadline: uint256
+    appeal_deadline: uint256
+
+event OwnershipTransferStarted:
+    owner: indexed(address)
+    pending_owner: indexed(address)
 
 event OwnershipTransferred:
     previous_owner: indexed(address)
@@ -83,33 +151,31 @@ event OwnershipTransferred:
 event RoleGranted:
     account: indexed(address)
     role: Role
-    sender: indexed(address)
 
 event RoleRevoked:
     account: indexed(address)
     role: Role
-    sender: indexed(address)
 
 event Paused:
     account: indexed(address)
+    until: uint256
 
 event Unpaused:
     account: indexed(address)
 
-event ParamsSet:
-    min_stake: uint256
-    unbonding_delay: uint256
-    reward_asserter: uint256
-    reward_validators: uint256
-    slash: uint256
-    protocol_fee_bps: uint256
-    discount_bps: uint256
-    challenger_share_bps: uint256
+event ParamsProposed:
+    version: uint256
+    ready_at: uint256
 
 event Deposited:
     sender: indexed(address)
     beneficiary: indexed(address)
     amount: uint256
+
+event WithdrawalRequested:
+    account: indexed(address)
+    amount: uint256
+    release_time: uint256
 
 event Withdrawn:
     account: indexed(address)
@@ -119,12 +185,14 @@ event TreasuryFunded:
     sender: indexed(address)
     amount: uint256
 
-event NodeRegistered:
-    node: indexed(address)
-    pubkey: bytes32
-    endpoint: String[MAX_ENDPOINT_BYTES]
+event AllowanceSet:
+    user: indexed(address)
+    settler: indexed(address)
+    cap_per_epoch: uint256
+    expiry: uint64
+    nonce: uint256
 
-event EndpointUpdated:
+event NodeRegistered:
     node: indexed(address)
     endpoint: String[MAX_ENDPOINT_BYTES]
 
@@ -132,8 +200,6 @@ event Staked:
     node: indexed(address)
     amount: uint256
     total: uint256
-
-
 
 event UnstakeRequested:
     node: indexed(address)
@@ -144,68 +210,194 @@ event UnbondingReleased:
     node: indexed(address)
     amount: uint256
 
-event BatchSettled:
+event EpochCommitted:
+    settler: indexed(address)
+    epoch: indexed(uint256)
+    receipts_root: bytes32
+    count: uint256
+
+event EpochSettled:
+    settler: indexed(address)
     epoch: indexed(uint256)
     receipts_root: bytes32
     requests: uint256
-    challenges: uint256
+    challenged: uint256
     fees: uint256
 
-event ChallengeSettled:
-    epoch: indexed(uint256)
-    asserter: indexed(address)
+event Shortfall:
     user: indexed(address)
-    outcome: uint8
-    fee: uint256
+    node: indexed(address)
+    receipt: indexed(bytes32)
+    owed: uint256
+    paid: uint256
 
-event DisputeSettled:
-    dispute_id: indexed(bytes32)
-    asserter: indexed(address)
-    outcome: uint8
+event ChallengeOpened:
+    epoch: indexed(uint256)
+    receipt: indexed(bytes32)
+    node: indexed(address)
+    deadline: uint256
+
+event ChallengePassed:
+    epoch: indexed(uint256)
+    receipt: indexed(bytes32)
+    validators: uint256
+    rewards_unpaid: uint256
+
+event Accused:
+    epoch: indexed(uint256)
+    receipt: indexed(bytes32)
+    node: indexed(address)
+    appeal_deadline: uint256
+
+event AppealUpheld:
+    epoch: indexed(uint256)
+    receipt: indexed(bytes32)
+    node: indexed(address)
+
+event ChallengeLapsed:
+    epoch: indexed(uint256)
+    receipt: indexed(bytes32)
 
 event Slashed:
     node: indexed(address)
-    epoch: indexed(uint256)
+    receipt: indexed(bytes32)
     amount: uint256
-    to_challengers: uint256
+    shortfall: uint256
     to_user: uint256
+    to_challengers: uint256
     to_treasury: uint256
 
 owner: public(address)
+pending_owner: public(address)
 roles: public(HashMap[address, Role])
-paused: public(bool)
-params: public(Params)
+
+paused_since: uint256
+paused_total: uint256
+pause_started_at: uint256
+max_pause: uint256
+params_delay: uint256
+EPOCH_SECONDS: public(immutable(uint256))
+GENESIS: public(immutable(uint256))
+DOMAIN_SEPARATOR: public(immutable(bytes32))
+# Fixed at deployment: the params delay, the longest pause, and the committees (expected sizes of
+# the two sortitions and the verdicts a pass or an accusation needs).
+validators_expected: uint256
+validators_quorum: uint256
+arbitrators_expected: uint256
+arbitrators_quorum: uint256
+
+last_version: uint256
+params_at: HashMap[uint256, Params]
+next_params_ready_at: uint256
 
 balances: public(HashMap[address, uint256])
+withdrawals: public(HashMap[address, Withdrawal])
 stakes: public(HashMap[address, uint256])
+total_stake: public(uint256)
 unbonding: public(HashMap[address, Unbonding])
 treasury: public(uint256)
+escrow_total: public(uint256)
 reputation: public(HashMap[address, Reputation])
+unpaid: public(HashMap[address, uint256])
+open_cases: public(HashMap[address, uint256])
+
+# Allowance of a user: settler (160 bits) | expiry (64 bits) in one slot, nonce in another; the
+# cap (96 bits), the epoch of the last debit (64 bits) and what that epoch spent (96 bits) share
+# a third, so a debit reads three slots and writes one.
+allowance_head: HashMap[address, uint256]
+allowance_nonce: public(HashMap[address, uint256])
+allowance_spend: HashMap[address, uint256]
 
 nodes: public(HashMap[address, Node])
 node_count: public(uint256)
 node_at: public(HashMap[uint256, address])
 
-# One storage slot per settled epoch (its receipts root) keeps the per-request cost small;
-# counts and totals of a batch are in its BatchSettled event. A root of zero is legal in the
-# rules, so that rare case also marks the epoch in `zero_root_settled`.
-batch_roots: public(HashMap[uint256, bytes32])
-zero_root_settled: HashMap[uint256, bool]
-last_epoch: public(uint256)
-disputes_settled: public(HashMap[bytes32, bool])
+commitments: public(HashMap[address, HashMap[uint256, Commitment]])
+cases: HashMap[uint256, HashMap[bytes32, Case]]
+# The arbitrators whose verdicts carried an accusation: paid from its slash, or slashed on appeal.
+accusers: HashMap[uint256, HashMap[bytes32, DynArray[address, MAX_VERDICTS]]]
 
 
 @deploy
-def __init__(params: Params):
+def __init__(params: Params, epoch_seconds: uint256, params_delay: uint256, max_pause: uint256, committees: uint256[4]):
+    assert epoch_seconds > 0, "epoch must be positive"
+    assert max_pause > 0, "max pause must be positive"
+    assert committees[0] <= 255 and committees[2] <= 255, "committee above 255"
+    assert committees[1] >= 1 and committees[1] <= MAX_VERDICTS, "bad validator quorum"
+    assert committees[3] >= 1 and committees[3] <= MAX_VERDICTS, "bad arbitrator quorum"
+    self.validators_expected = committees[0]
+    self.validators_quorum = committees[1]
+    self.arbitrators_expected = committees[2]
+    self.arbitrators_quorum = committees[3]
+    EPOCH_SECONDS = epoch_seconds
+    GENESIS = block.timestamp
+    self.params_delay = params_delay
+    self.max_pause = max_pause
+    DOMAIN_SEPARATOR = keccak256(
+        abi_encode(
+            DOMAIN_TYPEHASH, keccak256("verinfer"), keccak256("2"), chain.id, self
+        )
+    )
     self.owner = msg.sender
     log OwnershipTransferred(previous_owner=empty(address), new_owner=msg.sender)
-    self._set_params(params)
-    initial: Role = Role.SETTLER | Role.ARBITER | Role.PAUSER
+    self._check_params(params)
+    self._check_delays(params)
+    self.params_at[0] = params
+    log ParamsProposed(version=0, ready_at=block.timestamp)
+    initial: Role = Role.SETTLER | Role.PAUSER
     self.roles[msg.sender] = initial
-    log RoleGranted(account=msg.sender, role=initial, sender=msg.sender)
+    log RoleGranted(account=msg.sender, role=initial)
 
 
-# ---------------------------------------------------------------- roles and parameters
+# ---------------------------------------------------------------- time, pause, epochs
+
+@internal
+@view
+def _pause_elapsed() -> uint256:
+    if self.paused_since == 0:
+        return 0
+    return min(block.timestamp, self.paused_since + self.max_pause) - self.paused_since
+
+
+@internal
+@view
+def _paused() -> bool:
+    return self.paused_since != 0 and block.timestamp < self.paused_since + self.max_pause
+
+
+@internal
+@view
+def _now() -> uint256:
+    # Clock of every delay and window: wall time less the time spent paused, so a pause
+    # neither lets a delay run out nor makes a deadline pass.
+    return block.timestamp - self.paused_total - self._pause_elapsed()
+
+
+@external
+@view
+def paused() -> bool:
+    return self._paused()
+
+
+@internal
+@view
+def _current_epoch() -> uint256:
+    return (block.timestamp - GENESIS) // EPOCH_SECONDS
+
+
+@external
+@view
+def current_epoch() -> uint256:
+    return self._current_epoch()
+
+
+@internal
+@view
+def _not_paused():
+    assert not self._paused(), "paused"
+
+
+# ---------------------------------------------------------------- owner, roles, parameters
 
 @internal
 @view
@@ -214,96 +406,187 @@ def _only_owner():
 
 
 @internal
-@view
-def _only_role(role: Role, message: String[40]):
-    assert role in self.roles[msg.sender], message
-
-
-@internal
-@view
-def _not_paused():
-    assert not self.paused, "paused"
-
-
-@internal
-def _set_params(p: Params):
+@pure
+def _check_params(p: Params):
     assert p.unbonding_delay > 0, "unbonding delay must be positive"
     assert p.slash <= p.min_stake, "slash exceeds min stake"
     assert p.protocol_fee_bps <= BPS, "protocol fee above 10000 bps"
     assert p.discount_bps <= BPS, "discount above 10000 bps"
     assert p.challenger_share_bps <= BPS, "challenger share above 10000 bps"
-    self.params = p
-    log ParamsSet(
-        min_stake=p.min_stake,
-        unbonding_delay=p.unbonding_delay,
-        reward_asserter=p.reward_asserter,
-        reward_validators=p.reward_validators,
-        slash=p.slash,
-        protocol_fee_bps=p.protocol_fee_bps,
-        discount_bps=p.discount_bps,
-        challenger_share_bps=p.challenger_share_bps,
-    )
+    assert p.challenge_ppm <= PPM, "challenge ppm above 1000000"
+
+
+@internal
+@view
+def _check_delays(p: Params):
+    # A user's deposit can leave only after every epoch that could still debit it has been
+    # settled (commit window + settlement window + challenge window); a node's stake only after
+    # a slash of such an epoch could also have gone through its appeal window.
+    settle_span: uint256 = 3 * EPOCH_SECONDS + p.challenge_window
+    assert p.withdrawal_delay > settle_span, "withdrawal delay too short"
+    assert p.unbonding_delay > settle_span + p.appeal_window, "unbonding delay too short"
+
+
+@internal
+@view
+def _version() -> uint256:
+    # Proposed parameters become current once their delay is over, without a transaction.
+    ready: uint256 = self.next_params_ready_at
+    if ready != 0 and block.timestamp >= ready:
+        return self.last_version + 1
+    return self.last_version
 
 
 @external
-def set_params(params: Params):
+def propose_params(params: Params):
+    """
+    @notice Propose parameters that become current `params_delay` seconds from now (a later proposal
+            before then replaces this one). Epochs committed before keep the parameters they
+            were committed under.
+    """
     self._only_owner()
-    self._set_params(params)
+    self._check_params(params)
+    self._check_delays(params)
+    current: uint256 = self._version()
+    self.last_version = current
+    self.params_at[current + 1] = params
+    ready: uint256 = block.timestamp + self.params_delay
+    self.next_params_ready_at = ready
+    log ParamsProposed(version=current + 1, ready_at=ready)
+
+
+@external
+@view
+def params() -> Params:
+    return self.params_at[self._version()]
 
 
 @external
 def transfer_ownership(new_owner: address):
     self._only_owner()
     assert new_owner != empty(address), "new owner is the zero address"
-    log OwnershipTransferred(previous_owner=self.owner, new_owner=new_owner)
+    self.pending_owner = new_owner
+    log OwnershipTransferStarted(owner=msg.sender, pending_owner=new_owner)
+
+
+@external
+def accept_ownership():
+    """
+    @notice The proposed owner takes over, with every role the previous owner held.
+    """
+    new_owner: address = self.pending_owner
+    assert msg.sender == new_owner, "not the pending owner"
+    previous: address = self.owner
+    handed: Role = self.roles[previous]
+    self.roles[previous] = empty(Role)
+    self.roles[new_owner] |= handed
     self.owner = new_owner
+    self.pending_owner = empty(address)
+    log OwnershipTransferred(previous_owner=previous, new_owner=new_owner)
 
 
 @external
 def grant_role(account: address, role: Role):
     self._only_owner()
+    assert account != empty(address), "account is the zero address"
     self.roles[account] |= role
-    log RoleGranted(account=account, role=role, sender=msg.sender)
+    log RoleGranted(account=account, role=role)
 
 
 @external
 def revoke_role(account: address, role: Role):
     self._only_owner()
     self.roles[account] &= ~role
-    log RoleRevoked(account=account, role=role, sender=msg.sender)
+    log RoleRevoked(account=account, role=role)
 
 
 @external
 def pause():
-    self._only_role(Role.PAUSER, "caller is not a pauser")
-    assert not self.paused, "paused"
-    self.paused = True
-    log Paused(account=msg.sender)
+    """
+    @notice Stop inflows, commits and settlement for at most `max_pause` seconds; clocks stop meanwhile.
+            A pause may start only 2 * `max_pause` after the previous one started, so pauses
+            hold at most half of any long stretch of time.
+    """
+    assert Role.PAUSER in self.roles[msg.sender], "caller is not a pauser"
+    assert not self._paused(), "paused"
+    last: uint256 = self.pause_started_at
+    assert last == 0 or block.timestamp >= last + 2 * self.max_pause, "pause cooldown"
+    if self.paused_since != 0:
+        # The previous pause ran out on its own: count it whole.
+        self.paused_total += self.max_pause
+    self.paused_since = block.timestamp
+    self.pause_started_at = block.timestamp
+    log Paused(account=msg.sender, until=block.timestamp + self.max_pause)
 
 
 @external
 def unpause():
-    self._only_role(Role.PAUSER, "caller is not a pauser")
-    assert self.paused, "not paused"
-    self.paused = False
+    assert Role.PAUSER in self.roles[msg.sender], "caller is not a pauser"
+    assert self._paused(), "not paused"
+    self.paused_total += block.timestamp - self.paused_since
+    self.paused_since = 0
     log Unpaused(account=msg.sender)
+
+
+# ---------------------------------------------------------------- signatures
+
+@internal
+@view
+def _typed_digest(struct_hash: bytes32) -> bytes32:
+    return keccak256(concat(b"\x19\x01", DOMAIN_SEPARATOR, struct_hash))
+
+
+@internal
+@pure
+def _signer(digest: bytes32, signature: Bytes[65]) -> address:
+    # 65 bytes r || s || v, v in {27, 28}, low s (EIP-2): one signature per message.
+    assert len(signature) == 65, "bad signature length"
+    r: uint256 = convert(extract32(signature, 0), uint256)
+    s: uint256 = convert(extract32(signature, 32), uint256)
+    v: uint256 = convert(slice(signature, 64, 1), uint256)
+    assert v == 27 or v == 28, "bad signature v"
+    assert s <= SECP256K1N_HALF, "signature s not low"
+    signer: address = ecrecover(digest, v, r, s)
+    assert signer != empty(address), "bad signature"
+    return signer
+
+
+@internal
+@view
+def _receipt_digest(r: Receipt) -> bytes32:
+    return self._typed_digest(
+        keccak256(
+            abi_encode(
+                RECEIPT_TYPEHASH, r.request, r.job, r.outputHash, r.logitsHash, r.outputLength,
+                r.node, r.gateway, r.user, r.fee, r.nonce, r.deadline
+            )
+        )
+    )
+
+
+@internal
+@view
+def _verdict_digest(v: Verdict) -> bytes32:
+    return self._typed_digest(
+        keccak256(
+            abi_encode(
+                VERDICT_TYPEHASH, v.receipt, v.request, v.outputHash, v.logitsHash, v.valid,
+                v.firstInvalidStep, v.validator, v.gateway
+            )
+        )
+    )
 
 
 # ---------------------------------------------------------------- funds in and out
 
-@internal
-def _credit_deposit(beneficiary: address, amount: uint256):
-    assert beneficiary != empty(address), "beneficiary is the zero address"
-    self.balances[beneficiary] += amount
-    log Deposited(sender=msg.sender, beneficiary=beneficiary, amount=amount)
-
-
 @external
 @payable
-def deposit(beneficiary: address = msg.sender):
+def deposit(beneficiary: address):
     self._not_paused()
     assert msg.value > 0, "zero amount"
-    self._credit_deposit(beneficiary, msg.value)
+    assert beneficiary != empty(address), "zero beneficiary"
+    self.balances[beneficiary] += msg.value
+    log Deposited(sender=msg.sender, beneficiary=beneficiary, amount=msg.value)
 
 
 @external
@@ -316,260 +599,550 @@ def fund_treasury():
 
 
 @external
-@payable
-def stake(amount: uint256):
+def request_withdrawal(amount: uint256):
     """
-    @notice Bond `amount` of the caller's balance as stake; any value sent is deposited first.
+    @notice Ask to withdraw `amount` of the balance after `withdrawal_delay`; until then it can
+            still pay for what the caller was served. A new request replaces the previous one.
     """
-    self._not_paused()
-    if msg.value > 0:
-        self._credit_deposit(msg.sender, msg.value)
     assert amount > 0, "zero amount"
     assert self.balances[msg.sender] >= amount, "insufficient balance"
-    self.balances[msg.sender] -= amount
-    self.stakes[msg.sender] += amount
-    log Staked(node=msg.sender, amount=amount, total=self.stakes[msg.sender])
-
-
-@external
-def unstake(amount: uint256):
-    # Unbonding stake stays slashable until released; a new request restarts the delay for
-    # the whole unbonding amount, so nothing leaves earlier than `unbonding_delay`.
-    self._not_paused()
-    assert amount > 0, "zero amount"
-    assert self.stakes[msg.sender] >= amount, "insufficient stake"
-    self.stakes[msg.sender] -= amount
-    release: uint256 = block.timestamp + self.params.unbonding_delay
-    self.unbonding[msg.sender] = Unbonding(
-        amount=self.unbonding[msg.sender].amount + amount, release_time=release
-    )
-    log UnstakeRequested(node=msg.sender, amount=amount, release_time=release)
+    release: uint256 = self._now() + self.params_at[self._version()].withdrawal_delay
+    self.withdrawals[msg.sender] = Withdrawal(amount=amount, release_time=release)
+    log WithdrawalRequested(account=msg.sender, amount=amount, release_time=release)
 
 
 @external
 @nonreentrant
 def withdraw(amount: uint256):
     """
-    @notice Pay `amount` of the caller's balance to the caller, after moving its matured
-            unbonding stake (if any) into that balance.
-    @dev Allowed while paused: a pause must never lock anyone out of what they are owed.
+    @notice Pay `amount` to the caller from matured unbonding stake (released into the balance
+            first, unless a challenge against the caller is open) and a matured withdrawal
+            request. Allowed while paused.
     """
     assert amount > 0, "zero amount"
+    now: uint256 = self._now()
+    released: uint256 = 0
     u: Unbonding = self.unbonding[msg.sender]
-    if u.amount > 0 and block.timestamp >= u.release_time:
-        self.balances[msg.sender] += u.amount
+    if u.amount > 0 and now >= u.release_time and self.open_cases[msg.sender] == 0:
+        released = u.amount
+        self.balances[msg.sender] += released
         self.unbonding[msg.sender] = empty(Unbonding)
-        log UnbondingReleased(node=msg.sender, amount=u.amount)
+        log UnbondingReleased(node=msg.sender, amount=released)
+    w: Withdrawal = self.withdrawals[msg.sender]
+    requested: uint256 = 0
+    if w.amount > 0 and now >= w.release_time:
+        requested = w.amount
+    assert amount <= released + requested, "withdrawal not due"
     assert self.balances[msg.sender] >= amount, "insufficient balance"
     self.balances[msg.sender] -= amount
+    from_request: uint256 = amount - min(amount, released)
+    if from_request > 0:
+        self.withdrawals[msg.sender].amount = w.amount - from_request
     log Withdrawn(account=msg.sender, amount=amount)
     raw_call(msg.sender, b"", value=amount)
 
 
-# ---------------------------------------------------------------- node registry
+# ---------------------------------------------------------------- allowances
 
 @external
-def register(pubkey: bytes32, endpoint: String[MAX_ENDPOINT_BYTES]):
+def set_allowance(a: Allowance, signature: Bytes[65]):
     """
-    @notice Record the caller's Ed25519 public key and endpoint. Identity only: stake is bonded
-            with `stake`, and a node is active when registered with at least `min_stake`.
+    @notice Record an allowance the user signed (anyone may submit it). It replaces the current
+            one only with a higher nonce, and before the current one expires only to extend it
+            (same settler, cap and expiry not lower): no user escapes a debit it authorized.
+    """
+    digest: bytes32 = self._typed_digest(
+        keccak256(abi_encode(ALLOWANCE_TYPEHASH, a.user, a.settler, a.capPerEpoch, a.expiry, a.nonce))
+    )
+    assert a.user != empty(address), "user is the zero address"
+    assert self._signer(digest, signature) == a.user, "bad allowance signature"
+    assert a.nonce > self.allowance_nonce[a.user], "allowance nonce too low"
+    head: uint256 = self.allowance_head[a.user]
+    old_settler: address = convert(convert(head >> 96, uint160), address)
+    old_expiry: uint256 = head & U64_MASK
+    spend: uint256 = self.allowance_spend[a.user]
+    old_cap: uint256 = spend >> 160
+    cap: uint256 = min(a.capPerEpoch, CAP_MASK)
+    if old_settler != empty(address) and block.timestamp < old_expiry:
+        assert a.settler == old_settler and cap >= old_cap and convert(a.expiry, uint256) >= old_expiry, "allowance can only grow until it expires"
+    self.allowance_nonce[a.user] = a.nonce
+    self.allowance_head[a.user] = (convert(convert(a.settler, uint160), uint256) << 96) | convert(a.expiry, uint256)
+    self.allowance_spend[a.user] = (cap << 160) | (spend & ((1 << 160) - 1))
+    log AllowanceSet(user=a.user, settler=a.settler, cap_per_epoch=cap, expiry=a.expiry, nonce=a.nonce)
+
+
+@external
+@view
+def allowance_of(user: address) -> (address, uint256, uint256, uint256, uint256):
+    """
+    @notice (settler, cap per epoch, expiry, epoch of the last debit, spent in that epoch).
+    """
+    head: uint256 = self.allowance_head[user]
+    spend: uint256 = self.allowance_spend[user]
+    return (
+        convert(convert(head >> 96, uint160), address),
+        spend >> 160,
+        head & U64_MASK,
+        (spend >> 96) & U64_MASK,
+        spend & CAP_MASK,
+    )
+
+
+@internal
+def _charge(user: address, settler: address, epoch: uint256, fee: uint256) -> uint256:
+    # What can be taken: within the allowance for this epoch, then within the balance.
+    head: uint256 = self.allowance_head[user]
+    if convert(convert(head >> 96, uint160), address) != settler:
+        return 0
+    if GENESIS + epoch * EPOCH_SECONDS >= head & U64_MASK:
+        return 0
+    spend: uint256 = self.allowance_spend[user]
+    cap: uint256 = spend >> 160
+    spent: uint256 = spend & CAP_MASK
+    if (spend >> 96) & U64_MASK != epoch:
+        spent = 0
+    take: uint256 = min(min(fee, cap - min(cap, spent)), self.balances[user])
+    if take > 0:
+        self.balances[user] -= take
+    self.allowance_spend[user] = (cap << 160) | (epoch << 96) | (spent + take)
+    return take
+
+
+# ---------------------------------------------------------------- nodes and stake
+
+@external
+def register(endpoint: String[MAX_ENDPOINT_BYTES]):
+    """
+    @notice Register the caller's account as a node: its key is the account's key (the
+            transaction proves it is held), once per key. The endpoint is published in the
+            event only (later changes travel in the DHT's signed announcements).
     """
     self._not_paused()
     assert self.nodes[msg.sender].registered_at == 0, "already registered"
-    assert pubkey != empty(bytes32), "empty public key"
-    self.nodes[msg.sender] = Node(pubkey=pubkey, endpoint=endpoint, registered_at=block.timestamp)
+    self.nodes[msg.sender] = Node(registered_at=block.timestamp, stake_block=0)
     self.node_at[self.node_count] = msg.sender
     self.node_count += 1
-    log NodeRegistered(node=msg.sender, pubkey=pubkey, endpoint=endpoint)
-
-
-@external
-def set_endpoint(endpoint: String[MAX_ENDPOINT_BYTES]):
-    self._not_paused()
-    assert self.nodes[msg.sender].registered_at != 0, "not registered"
-    self.nodes[msg.sender].endpoint = endpoint
-    log EndpointUpdated(node=msg.sender, endpoint=endpoint)
+    log NodeRegistered(node=msg.sender, endpoint=endpoint)
 
 
 @external
 @view
 def is_active(node: address) -> bool:
-    return self.nodes[node].registered_at != 0 and self.stakes[node] >= self.params.min_stake
+    pv: uint256 = self._version()
+    return self.nodes[node].registered_at != 0 and self.stakes[node] >= self.params_at[pv].min_stake
 
 
-# ---------------------------------------------------------------- settlement
+@external
+@payable
+def stake(amount: uint256):
+    """
+    @notice Bond `amount` of the caller's balance; value sent is deposited first. Stake added
+            after an epoch's commit does not count in that epoch's sortition.
+    """
+    self._not_paused()
+    if msg.value > 0:
+        self.balances[msg.sender] += msg.value
+        log Deposited(sender=msg.sender, beneficiary=msg.sender, amount=msg.value)
+    assert amount > 0, "zero amount"
+    assert self.nodes[msg.sender].registered_at != 0, "not registered"
+    assert self.balances[msg.sender] >= amount, "insufficient balance"
+    self.balances[msg.sender] -= amount
+    self.stakes[msg.sender] += amount
+    self.total_stake += amount
+    self.nodes[msg.sender].stake_block = block.number
+    log Staked(node=msg.sender, amount=amount, total=self.stakes[msg.sender])
+
+
+@external
+def unstake(amount: uint256):
+    # Unbonding stake stays slashable; a node with an open challenge cannot start leaving.
+    assert amount > 0, "zero amount"
+    assert self.open_cases[msg.sender] == 0, "open challenge"
+    assert self.stakes[msg.sender] >= amount, "insufficient stake"
+    self.stakes[msg.sender] -= amount
+    self.total_stake -= amount
+    release: uint256 = self._now() + self.params_at[self._version()].unbonding_delay
+    self.unbonding[msg.sender] = Unbonding(
+        amount=self.unbonding[msg.sender].amount + amount, release_time=release
+    )
+    log UnstakeRequested(node=msg.sender, amount=amount, release_time=release)
+
 
 @internal
-def _slash(node: address, amount: uint256):
-    # Stake first, then the unbonding amount: unstaking does not escape a pending slash.
-    stake_now: uint256 = self.stakes[node]
-    assert stake_now + self.unbonding[node].amount >= amount, "slash exceeds stake"
-    from_stake: uint256 = min(amount, stake_now)
-    self.stakes[node] = stake_now - from_stake
-    self.unbonding[node].amount -= amount - from_stake
+def _slash(node: address, amount: uint256) -> uint256:
+    # Stake first, then unbonding; a slash larger than both takes what is there.
+    bonded: uint256 = self.stakes[node]
+    from_stake: uint256 = min(amount, bonded)
+    from_unbonding: uint256 = min(amount - from_stake, self.unbonding[node].amount)
+    self.stakes[node] = bonded - from_stake
+    self.total_stake -= from_stake
+    self.unbonding[node].amount -= from_unbonding
+    return from_stake + from_unbonding
+
+
+# ---------------------------------------------------------------- commit, beacon, settle
+
+@external
+def commit_epoch(epoch: uint256, receipts_root: bytes32, count: uint256):
+    """
+    @notice Commit the receipts of `epoch` (this epoch or the one before) before the beacon that
+            decides their challenges exists: the root over their digests in strictly increasing
+            order, and their number. Once per settler and epoch.
+    """
+    assert Role.SETTLER in self.roles[msg.sender], "caller is not a settler"
+    self._not_paused()
+    current: uint256 = self._current_epoch()
+    assert epoch <= current, "epoch in the future"
+    assert epoch + 1 >= current, "commit window closed"
+    assert count <= MAX_RECEIPTS, "too many receipts"
+    assert self.commitments[msg.sender][epoch].block == 0, "epoch already committed"
+    self.commitments[msg.sender][epoch] = Commitment(
+        root=receipts_root,
+        count=count,
+        block=block.number,
+        beacon=empty(bytes32),
+        total_stake=self.total_stake,
+        version=self._version(),
+        settled=False,
+    )
+    log EpochCommitted(settler=msg.sender, epoch=epoch, receipts_root=receipts_root, count=count)
 
 
 @internal
-def _apply_request(r: RequestEntry):
-    assert self.balances[r.user] >= r.fee, "insufficient balance"
-    cut: uint256 = r.fee * self.params.protocol_fee_bps // BPS
-    self.balances[r.user] -= r.fee
-    self.balances[r.asserter] += r.fee - cut
-    self.treasury += cut
-    self.reputation[r.asserter].served += 1
+def _beacon(settler: address, epoch: uint256) -> bytes32:
+    c: Commitment = self.commitments[settler][epoch]
+    assert c.block != 0, "epoch not committed"
+    if c.beacon != empty(bytes32):
+        return c.beacon
+    source: uint256 = c.block + 1
+    assert block.number > source, "beacon not yet available"
+    assert block.number - source <= BEACON_LOOKBACK, "beacon lapsed"
+    beacon: bytes32 = blockhash(source)
+    self.commitments[settler][epoch].beacon = beacon
+    return beacon
+
+
+@external
+def fix_beacon(settler: address, epoch: uint256) -> bytes32:
+    """
+    @notice Record the beacon of a committed epoch: the hash of the block after the commit.
+            Anyone may call it, within 256 blocks of that block.
+    """
+    return self._beacon(settler, epoch)
 
 
 @internal
 @pure
-def _check_challenge(c: ChallengeEntry):
-    # Same checks, same order, same strings as verinfer.protocol.settlement._check_challenge.
-    assert c.outcome <= VALIDATOR_FAULT, "unknown outcome"
-    n: uint256 = len(c.validators)
-    assert n >= 1 and n <= MAX_VALIDATORS, "bad validator count"
-    for i: uint256 in range(n, bound=MAX_VALIDATOR_LIST):
-        for j: uint256 in range(i, bound=MAX_VALIDATOR_LIST):
-            assert c.validators[j] != c.validators[i], "duplicate validator"
-    nf: uint256 = len(c.faulty_validators)
-    for i: uint256 in range(nf, bound=MAX_VALIDATOR_LIST):
-        for j: uint256 in range(i, bound=MAX_VALIDATOR_LIST):
-            assert c.faulty_validators[j] != c.faulty_validators[i], "duplicate validator"
-    assert c.asserter not in c.validators, "asserter is validator"
-    for f: address in c.faulty_validators:
-        assert f in c.validators, "faulty not a validator"
-    assert (nf > 0) == (c.outcome == VALIDATOR_FAULT), "bad faulty validators"
+def _challenge_limit(ppm: uint256) -> uint256:
+    # Largest draw that is challenged: draw * PPM < ppm * 2^256 (exact, as in the mirror).
+    q: uint256 = max_value(uint256) // PPM
+    r: uint256 = max_value(uint256) % PPM
+    return ppm * q + (ppm * (r + 1) - 1) // PPM
 
 
 @internal
-def _apply_challenge(c: ChallengeEntry, epoch: uint256):
-    self._check_challenge(c)
-    p: Params = self.params
-    n: uint256 = len(c.validators)
-    per_validator: uint256 = p.reward_validators // n
-    discount: uint256 = c.fee * p.discount_bps // BPS
-
-    if c.outcome == ASSERTER_FAULT:
-        self._slash(c.asserter, p.slash)
-        refund: uint256 = min(c.fee, p.slash)
-        rest: uint256 = p.slash - refund
-        share: uint256 = rest * p.challenger_share_bps // BPS // n
-        self.balances[c.user] += refund
-        for v: address in c.validators:
-            self.balances[v] += share
-        self.treasury += rest - share * n
-        self.reputation[c.asserter].challenged += 1
-        self.reputation[c.asserter].failed += 1
-        log Slashed(
-            node=c.asserter,
-            epoch=epoch,
-            amount=p.slash,
-            to_challengers=share * n,
-            to_user=refund,
-            to_treasury=rest - share * n,
-        )
-    else:
-        # PASSED and VALIDATOR_FAULT: the asserter was right. Payouts first (the treasury check
-        # sees the treasury before the slashes below refill it), then the slashes in list order.
-        honest: uint256 = n - len(c.faulty_validators)
-        payout: uint256 = p.reward_asserter + per_validator * honest + discount
-        assert self.treasury >= payout, "insufficient treasury"
-        self.treasury -= payout
-        self.balances[c.asserter] += p.reward_asserter
-        for v: address in c.validators:
-            if v not in c.faulty_validators:
-                self.balances[v] += per_validator
-        self.balances[c.user] += discount
-        self.reputation[c.asserter].challenged += 1
-        self.reputation[c.asserter].passed += 1
-        to_asserter: uint256 = p.slash * p.challenger_share_bps // BPS
-        for f: address in c.faulty_validators:
-            self._slash(f, p.slash)
-            self.balances[c.asserter] += to_asserter
-            self.treasury += p.slash - to_asserter
-            self.reputation[f].failed += 1
-            log Slashed(
-                node=f,
-                epoch=epoch,
-                amount=p.slash,
-                to_challengers=to_asserter,
-                to_user=0,
-                to_treasury=p.slash - to_asserter,
-            )
-    log ChallengeSettled(
-        epoch=epoch, asserter=c.asserter, user=c.user, outcome=c.outcome, fee=c.fee
-    )
-
-
-@external
-@view
-def epoch_settled(epoch: uint256) -> bool:
-    return self.batch_roots[epoch] != empty(bytes32) or self.zero_root_settled[epoch]
-
-
-@external
-def settle_batch(
-    epoch: uint256,
-    receipts_root: bytes32,
-    requests: DynArray[RequestEntry, MAX_REQUESTS],
-    challenges: DynArray[ChallengeEntry, MAX_CHALLENGES],
-):
-    self._only_role(Role.SETTLER, "caller is not a settler")
-    self._not_paused()
-    assert self.batch_roots[epoch] == empty(bytes32), "epoch already settled"
-    assert not self.zero_root_settled[epoch], "epoch already settled"
-    fees: uint256 = 0
-    for r: RequestEntry in requests:
-        self._apply_request(r)
-        fees += r.fee
-    for c: ChallengeEntry in challenges:
-        self._apply_challenge(c, epoch)
-    if receipts_root == empty(bytes32):
-        self.zero_root_settled[epoch] = True
-    else:
-        self.batch_roots[epoch] = receipts_root
-    self.last_epoch = max(self.last_epoch, epoch)
-    log BatchSettled(
-        epoch=epoch,
-        receipts_root=receipts_root,
-        requests=len(requests),
-        challenges=len(challenges),
-        fees=fees,
-    )
-
-
-@external
-def settle_dispute(dispute_id: bytes32, epoch: uint256, challenge: ChallengeEntry):
-    # Arbitration that concludes after its epoch's batch was posted is settled on its own.
-    self._only_role(Role.ARBITER, "caller is not an arbiter")
-    self._not_paused()
-    assert not self.disputes_settled[dispute_id], "dispute already settled"
-    self.disputes_settled[dispute_id] = True
-    self._apply_challenge(challenge, epoch)
-    log DisputeSettled(dispute_id=dispute_id, asserter=challenge.asserter, outcome=challenge.outcome)
-
-
-@external
-@view
-def verify_receipt(
-    epoch: uint256,
-    leaf: Bytes[MAX_LEAF_BYTES],
-    proof: DynArray[bytes32, MAX_PROOF_DEPTH],
-    sibling_is_left: uint256,
-) -> bool:
-    """
-    @notice True when `leaf` (a receipt's canonical bytes) is in the receipts tree of the
-            settled batch of `epoch`. Same hashing as verinfer.protocol.merkle:
-            leaf = sha256(0x00 || data), node = sha256(0x01 || left || right).
-    @param sibling_is_left Bit i set when the sibling at level i is on the left.
-    """
-    root: bytes32 = self.batch_roots[epoch]
-    if root == empty(bytes32) and not self.zero_root_settled[epoch]:
+@pure
+def _is_challenged(digest: bytes32, beacon: bytes32, ppm: uint256) -> bool:
+    if ppm == 0:
         return False
-    h: bytes32 = sha256(concat(b"\x00", leaf))
-    i: uint256 = 0
-    for sibling: bytes32 in proof:
-        if (sibling_is_left >> i) & 1 == 1:
-            h = sha256(concat(b"\x01", sibling, h))
+    if ppm >= PPM:
+        return True
+    draw: uint256 = convert(sha256(concat(b"verinfer/challenge/v1", digest, beacon)), uint256)
+    return draw <= self._challenge_limit(ppm)
+
+
+@external
+def settle_epoch(epoch: uint256, receipts: DynArray[Receipt, MAX_RECEIPTS]):
+    """
+    @notice Settle the caller's committed epoch with the full ordered list of its receipts: the
+            list must hash to the committed root. Unchallenged receipts are paid at once (within
+            each user's allowance and balance; a shortfall is recorded, never reverted); each
+            challenged one is escrowed and opened as a case until its evidence arrives.
+    """
+    self._not_paused()
+    c: Commitment = self.commitments[msg.sender][epoch]
+    assert c.block != 0, "epoch not committed"
+    assert not c.settled, "epoch already settled"
+    assert self._current_epoch() <= epoch + 2, "settlement window closed"
+    assert len(receipts) == c.count, "count differs from commitment"
+    beacon: bytes32 = self._beacon(msg.sender, epoch)
+    pv: uint256 = c.version
+    start: uint256 = GENESIS + epoch * EPOCH_SECONDS
+    deadline: uint256 = self._now() + self.params_at[pv].challenge_window
+
+    # Merkle root over the digests as verinfer.protocol.merkle builds it (an odd node is carried
+    # up), folded as a stack of perfect subtrees so that memory stays O(log n).
+    stack: bytes32[MERKLE_STACK] = empty(bytes32[MERKLE_STACK])
+    heights: uint256[MERKLE_STACK] = empty(uint256[MERKLE_STACK])
+    depth: uint256 = 0
+    previous: bytes32 = empty(bytes32)
+    fees: uint256 = 0
+    challenged: uint256 = 0
+    cut_total: uint256 = 0
+    for r: Receipt in receipts:
+        digest: bytes32 = self._receipt_digest(r)
+        assert convert(digest, uint256) > convert(previous, uint256), "receipts not in digest order"
+        previous = digest
+        assert r.gateway == msg.sender, "receipt names another gateway"
+        assert r.node != empty(address) and r.user != empty(address), "zero address in receipt"
+        deadline_at: uint256 = convert(r.deadline, uint256)
+        assert deadline_at >= start and deadline_at < start + EPOCH_SECONDS, "receipt outside its epoch"
+
+        h: bytes32 = sha256(concat(b"\x00", digest))
+        height: uint256 = 0
+        for _k: uint256 in range(MERKLE_STACK):
+            if depth == 0 or heights[depth - 1] != height:
+                break
+            depth -= 1
+            h = sha256(concat(b"\x01", stack[depth], h))
+            height += 1
+        stack[depth] = h
+        heights[depth] = height
+        depth += 1
+
+        take: uint256 = self._charge(r.user, msg.sender, epoch, r.fee)
+        if take < r.fee:
+            self.unpaid[r.user] += r.fee - take
+            log Shortfall(user=r.user, node=r.node, receipt=digest, owed=r.fee, paid=take)
+        if self._is_challenged(digest, beacon, self.params_at[pv].challenge_ppm):
+            self.cases[epoch][digest] = Case(
+                settler=msg.sender, node=r.node, user=r.user, fee=r.fee, escrow=take,
+                status=OPEN, deadline=deadline, appeal_deadline=0,
+            )
+            self.escrow_total += take
+            self.open_cases[r.node] += 1
+            challenged += 1
+            log ChallengeOpened(epoch=epoch, receipt=digest, node=r.node, deadline=deadline)
         else:
-            h = sha256(concat(b"\x01", h, sibling))
-        i += 1
-    return h == root
+            cut: uint256 = take * self.params_at[pv].protocol_fee_bps // BPS
+            self.balances[r.node] += take - cut
+            cut_total += cut
+            self.reputation[r.node].served += 1
+        fees += take
+
+    root: bytes32 = sha256(b"\x00")
+    if depth > 0:
+        root = stack[depth - 1]
+        for _k: uint256 in range(MERKLE_STACK):
+            if depth <= 1:
+                break
+            depth -= 1
+            root = sha256(concat(b"\x01", stack[depth - 1], root))
+    assert root == c.root, "receipts differ from commitment"
+    self.treasury += cut_total
+    self.commitments[msg.sender][epoch].settled = True
+    log EpochSettled(
+        settler=msg.sender, epoch=epoch, receipts_root=c.root, requests=len(receipts),
+        challenged=challenged, fees=fees,
+    )
+
+
+# ---------------------------------------------------------------- challenges on evidence
+
+@internal
+@view
+def _eligible(tag: Bytes[32], c: Commitment, digest: bytes32, member: address, expected: uint256) -> bool:
+    # Stake-weighted sortition, one member at a time (Algorand-style): eligible iff its 64-bit
+    # ticket H(tag, beacon, receipt, member) is below 2^64 * expected * stake / total stake at
+    # the commit. Stake bonded after the commit does not count.
+    node: Node = self.nodes[member]
+    if node.registered_at == 0 or node.stake_block >= c.block or c.total_stake == 0:
+        return False
+    ticket: uint256 = convert(sha256(concat(tag, c.beacon, digest, convert(member, bytes20))), uint256) >> (256 - SORTITION_BITS)
+    return ticket * c.total_stake < (self.stakes[member] * expected) << SORTITION_BITS
+
+
+@internal
+def _committee(
+    tag: Bytes[32],
+    c: Commitment,
+    settler: address,
+    digest: bytes32,
+    r: Receipt,
+    verdicts: DynArray[Verdict, MAX_VERDICTS],
+    signatures: DynArray[Bytes[65], MAX_VERDICTS],
+    expected: uint256,
+    agree: bool,
+) -> DynArray[address, MAX_VERDICTS]:
+    # Every verdict: signed by its validator, distinct (strictly increasing addresses), not the
+    # asserter, drawn by the sortition, about this receipt, and agreeing (or conflicting) with it.
+    assert len(verdicts) == len(signatures), "one signature per verdict"
+    members: DynArray[address, MAX_VERDICTS] = []
+    previous: uint256 = 0
+    for i: uint256 in range(len(verdicts), bound=MAX_VERDICTS):
+        v: Verdict = verdicts[i]
+        assert self._signer(self._verdict_digest(v), signatures[i]) == v.validator, "bad verdict signature"
+        member: uint256 = convert(convert(v.validator, uint160), uint256)
+        assert member > previous, "verdicts out of order"
+        previous = member
+        assert v.validator != r.node, "asserter in committee"
+        assert v.gateway == settler, "verdict names another gateway"
+        assert v.receipt == digest and v.request == r.request and v.outputHash == r.outputHash, "verdict of another receipt"
+        agrees: bool = v.valid and v.logitsHash == r.logitsHash
+        assert agrees == agree, "verdict against the claim"
+        assert self._eligible(tag, c, digest, v.validator, expected), "not drawn by the sortition"
+        members.append(v.validator)
+    return members
+
+
+@internal
+def _pay_node(case: Case, pv: uint256):
+    # The escrowed fee goes to the node as for an unchallenged request.
+    cut: uint256 = case.escrow * self.params_at[pv].protocol_fee_bps // BPS
+    self.escrow_total -= case.escrow
+    self.balances[case.node] += case.escrow - cut
+    self.treasury += cut
+    self.reputation[case.node].served += 1
+    self.open_cases[case.node] -= 1
+
+
+@internal
+def _log_slash(node: address, digest: bytes32, taken: uint256, due: uint256, to_user: uint256, to_challengers: uint256, to_treasury: uint256):
+    log Slashed(
+        node=node, receipt=digest, amount=taken, shortfall=due - taken, to_user=to_user,
+        to_challengers=to_challengers, to_treasury=to_treasury,
+    )
+
+
+@internal
+def _from_treasury(to: address, amount: uint256) -> uint256:
+    # A reward the treasury cannot cover is paid as far as it goes, never reverted.
+    paid: uint256 = min(amount, self.treasury)
+    self.treasury -= paid
+    self.balances[to] += paid
+    return amount - paid
+
+
+@external
+def submit_evidence(
+    kind: uint8,
+    epoch: uint256,
+    receipt: Receipt,
+    receipt_signature: Bytes[65],
+    verdicts: DynArray[Verdict, MAX_VERDICTS],
+    signatures: DynArray[Bytes[65], MAX_VERDICTS],
+):
+    """
+    @notice Evidence on a challenged receipt; anyone may submit it.
+            kind PASS (0), before the challenge deadline: at least `validators_quorum` verdicts
+            of drawn validators that agree with the receipt. Pays the escrowed fee to the node,
+            and from the treasury (as far as it goes) R_A, R_V shared by the validators and the
+            user's discount.
+            kind ACCUSE (1), before the challenge deadline: the asserter's own signed receipt
+            and at least `arbitrators_quorum` conflicting verdicts of drawn arbitrators. The
+            slash waits out `appeal_window` (see `execute_slash`).
+            kind APPEAL (2), within the appeal window: more drawn arbitrators agreeing with the
+            receipt than accused it. The node is paid its fee; each accuser is slashed.
+    """
+    self._not_paused()
+    assert kind <= EVIDENCE_APPEAL, "unknown evidence kind"
+    digest: bytes32 = self._receipt_digest(receipt)
+    case: Case = self.cases[epoch][digest]
+    assert case.status != 0, "no challenge"
+    c: Commitment = self.commitments[case.settler][epoch]
+    pv: uint256 = c.version
+    now: uint256 = self._now()
+    tag: Bytes[32] = b"verinfer/sortition/v2/arbitrator"
+    expected: uint256 = self.arbitrators_expected
+    if kind == EVIDENCE_PASS:
+        tag = b"verinfer/sortition/v2/validator"
+        expected = self.validators_expected
+    if kind == EVIDENCE_APPEAL:
+        assert case.status == ACCUSED, "wrong challenge state"
+        assert now <= case.appeal_deadline, "appeal window closed"
+    else:
+        assert case.status == OPEN, "wrong challenge state"
+        assert now <= case.deadline, "deadline passed"
+    members: DynArray[address, MAX_VERDICTS] = self._committee(
+        tag, c, case.settler, digest, receipt, verdicts, signatures, expected,
+        kind != EVIDENCE_ACCUSE,
+    )
+    n: uint256 = len(members)
+
+    if kind == EVIDENCE_PASS:
+        assert n >= self.validators_quorum, "too few verdicts"
+        self.cases[epoch][digest].status = PASSED
+        self._pay_node(case, pv)
+        unpaid: uint256 = self._from_treasury(case.node, self.params_at[pv].reward_asserter)
+        for v: address in members:
+            unpaid += self._from_treasury(v, self.params_at[pv].reward_validators // n)
+        unpaid += self._from_treasury(case.user, case.escrow * self.params_at[pv].discount_bps // BPS)
+        self.reputation[case.node].challenged += 1
+        self.reputation[case.node].passed += 1
+        log ChallengePassed(epoch=epoch, receipt=digest, validators=n, rewards_unpaid=unpaid)
+    elif kind == EVIDENCE_ACCUSE:
+        assert self._signer(digest, receipt_signature) == receipt.node, "bad receipt signature"
+        assert n >= self.arbitrators_quorum, "too few verdicts"
+        appeal_deadline: uint256 = now + self.params_at[pv].appeal_window
+        self.cases[epoch][digest].status = ACCUSED
+        self.cases[epoch][digest].appeal_deadline = appeal_deadline
+        self.accusers[epoch][digest] = members
+        log Accused(epoch=epoch, receipt=digest, node=receipt.node, appeal_deadline=appeal_deadline)
+    else:
+        accusers: DynArray[address, MAX_VERDICTS] = self.accusers[epoch][digest]
+        assert n > len(accusers), "appeal needs more arbitrators"
+        self.cases[epoch][digest].status = CLEARED
+        self._pay_node(case, pv)
+        to_node: uint256 = self.params_at[pv].slash * self.params_at[pv].challenger_share_bps // BPS
+        for accuser: address in accusers:
+            taken: uint256 = self._slash(accuser, self.params_at[pv].slash)
+            share: uint256 = min(taken, to_node)
+            self.balances[case.node] += share
+            self.treasury += taken - share
+            self.reputation[accuser].failed += 1
+            self._log_slash(accuser, digest, taken, self.params_at[pv].slash, 0, share, taken - share)
+        log AppealUpheld(epoch=epoch, receipt=digest, node=case.node)
+
+
+@external
+def finalize(epoch: uint256, digest: bytes32):
+    """
+    @notice Close a challenged receipt whose time is up; anyone may call it.
+            An open challenge past its deadline with no evidence lapses: it settles as an
+            unchallenged request (the escrowed fee to the node; nobody rewarded or slashed).
+            An accusation past its appeal window is executed: the asserter loses what its
+            stake and unbonding hold, up to `slash`; the user gets its escrowed fee back and up
+            to the fee again; the accusing arbitrators share `challenger_share_bps` of the rest
+            (their pay for arbitration); the treasury keeps the remainder.
+    """
+    self._not_paused()
+    case: Case = self.cases[epoch][digest]
+    pv: uint256 = self.commitments[case.settler][epoch].version
+    now: uint256 = self._now()
+    if case.status == OPEN:
+        assert now > case.deadline, "deadline not passed"
+        self.cases[epoch][digest].status = LAPSED
+        self._pay_node(case, pv)
+        log ChallengeLapsed(epoch=epoch, receipt=digest)
+        return
+    assert case.status == ACCUSED, "nothing to finalize"
+    assert now > case.appeal_deadline, "appeal window open"
+    self.cases[epoch][digest].status = SLASHED
+    self.escrow_total -= case.escrow
+    self.balances[case.user] += case.escrow
+    self.open_cases[case.node] -= 1
+    slash: uint256 = self.params_at[pv].slash
+    taken: uint256 = self._slash(case.node, slash)
+    to_user: uint256 = min(case.fee, taken)
+    rest: uint256 = taken - to_user
+    accusers: DynArray[address, MAX_VERDICTS] = self.accusers[epoch][digest]
+    n: uint256 = len(accusers)
+    share: uint256 = rest * self.params_at[pv].challenger_share_bps // BPS // n
+    self.balances[case.user] += to_user
+    for a: address in accusers:
+        self.balances[a] += share
+    self.treasury += rest - share * n
+    self.reputation[case.node].challenged += 1
+    self.reputation[case.node].failed += 1
+    self._log_slash(case.node, digest, taken, slash, to_user, share * n, rest - share * n)
+
+
+@external
+@view
+def case_of(epoch: uint256, digest: bytes32) -> (uint8, address, address, uint256, uint256, uint256, uint256):
+    """
+    @notice (status, node, user, fee, escrow, deadline, appeal deadline) of a challenged receipt;
+            status 0 when there is none.
+    """
+    case: Case = self.cases[epoch][digest]
+    return (case.status, case.node, case.user, case.fee, case.escrow, case.deadline, case.appeal_deadline)

@@ -1,0 +1,350 @@
+"""Settlement rules version 2 (docs/settlement-rules.md) as pure functions over the contract's ledger.
+
+The state is what the contract holds once signatures, Merkle roots and committee draws have
+been checked: each transition takes a `Ledger` and returns a new one, or raises a
+`SettlementRevert` (rules shared with version 1) or `Refused` whose message is the contract's
+revert string. Evidence enters as its
+result (who the drawn validators or arbitrators are), so the money rules can be checked
+against the contract step by step (`tests/chain/test_money_property.py`).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+from verinfer.errors import ProtocolError
+from verinfer.protocol.settlement import (
+    BPS,
+    InsufficientBalance,
+    InsufficientStake,
+    Reputation,
+    SettlementParams,
+    Unbonding,
+    ZeroAmount,
+)
+
+CAP_LIMIT = (1 << 96) - 1
+OPEN, PASSED, ACCUSED, SLASHED, CLEARED, LAPSED = 1, 2, 3, 4, 5, 6
+
+
+class Refused(ProtocolError):
+    """A version 2 rule refused an operation; the message is the contract's revert string."""
+
+
+@dataclass
+class Allowance:
+    settler: str = ""
+    cap: int = 0
+    expiry: int = 0
+    nonce: int = 0
+    spent_epoch: int = 0
+    spent: int = 0
+
+
+@dataclass
+class Case:
+    node: str
+    user: str
+    fee: int
+    escrow: int
+    deadline: int
+    status: int = OPEN
+    appeal_deadline: int = 0
+    accusers: tuple[str, ...] = ()
+
+
+@dataclass
+class Ledger:
+    """The contract's money state; `now` is its clock (wall time less paused time)."""
+
+    balance: dict[str, int] = field(default_factory=dict)
+    withdrawal: dict[str, Unbonding] = field(default_factory=dict)
+    stake: dict[str, int] = field(default_factory=dict)
+    unbonding: dict[str, Unbonding] = field(default_factory=dict)
+    treasury: int = 0
+    reputation: dict[str, Reputation] = field(default_factory=dict)
+    unpaid: dict[str, int] = field(default_factory=dict)
+    allowance: dict[str, Allowance] = field(default_factory=dict)
+    cases: dict[bytes, Case] = field(default_factory=dict)
+    open_cases: dict[str, int] = field(default_factory=dict)
+
+    def total_funds(self) -> int:
+        """What the contract must hold."""
+        return (sum(self.balance.values()) + sum(self.stake.values())
+                + sum(u.amount for u in self.unbonding.values()) + self.treasury
+                + self.escrow())
+
+    def escrow(self) -> int:
+        return sum(c.escrow for c in self.cases.values() if c.status in (OPEN, ACCUSED))
+
+
+def _add(table: dict[str, int], key: str, amount: int) -> None:
+    table[key] = table.get(key, 0) + amount
+
+
+def _bump(state: Ledger, node: str, **counts: int) -> None:
+    rep = state.reputation.get(node, Reputation())
+    state.reputation[node] = Reputation(**{k: getattr(rep, k) + counts.get(k, 0)
+                                           for k in ("served", "challenged", "passed", "failed")})
+
+
+def deposit(state: Ledger, who: str, amount: int) -> Ledger:
+    if amount == 0:
+        raise ZeroAmount()
+    s = copy.deepcopy(state)
+    _add(s.balance, who, amount)
+    return s
+
+
+def fund_treasury(state: Ledger, amount: int) -> Ledger:
+    if amount == 0:
+        raise ZeroAmount()
+    s = copy.deepcopy(state)
+    s.treasury += amount
+    return s
+
+
+def stake(state: Ledger, node: str, amount: int) -> Ledger:
+    if amount == 0:
+        raise ZeroAmount()
+    if state.balance.get(node, 0) < amount:
+        raise InsufficientBalance()
+    s = copy.deepcopy(state)
+    s.balance[node] -= amount
+    _add(s.stake, node, amount)
+    return s
+
+
+def unstake(state: Ledger, params: SettlementParams, node: str, amount: int, now: int) -> Ledger:
+    if amount == 0:
+        raise ZeroAmount()
+    if state.open_cases.get(node, 0):
+        raise Refused("open challenge")
+    if state.stake.get(node, 0) < amount:
+        raise InsufficientStake()
+    s = copy.deepcopy(state)
+    s.stake[node] -= amount
+    pending = s.unbonding.get(node, Unbonding())
+    s.unbonding[node] = Unbonding(pending.amount + amount, now + params.unbonding_delay)
+    return s
+
+
+def request_withdrawal(
+    state: Ledger, params: SettlementParams, who: str, amount: int, now: int
+) -> Ledger:
+    if amount == 0:
+        raise ZeroAmount()
+    if state.balance.get(who, 0) < amount:
+        raise InsufficientBalance()
+    s = copy.deepcopy(state)
+    s.withdrawal[who] = Unbonding(amount, now + params.withdrawal_delay)
+    return s
+
+
+def withdraw(state: Ledger, who: str, amount: int, now: int) -> Ledger:
+    """Pay from matured unbonding (no open case) and a matured withdrawal request."""
+    if amount == 0:
+        raise ZeroAmount()
+    s = copy.deepcopy(state)
+    released = 0
+    u = s.unbonding.get(who, Unbonding())
+    if u.amount > 0 and now >= u.release_time and not s.open_cases.get(who, 0):
+        released = u.amount
+        _add(s.balance, who, released)
+        s.unbonding[who] = Unbonding()
+    w = s.withdrawal.get(who, Unbonding())
+    requested = w.amount if w.amount > 0 and now >= w.release_time else 0
+    if amount > released + requested:
+        raise Refused("withdrawal not due")
+    if s.balance.get(who, 0) < amount:
+        raise InsufficientBalance()
+    s.balance[who] -= amount
+    from_request = amount - min(amount, released)
+    if from_request:
+        s.withdrawal[who] = Unbonding(w.amount - from_request, w.release_time)
+    return s
+
+
+def set_allowance(
+    state: Ledger, user: str, settler: str, cap: int, expiry: int, nonce: int, wall_time: int
+) -> Ledger:
+    """Record a user's allowance (its signature already checked)."""
+    old = state.allowance.get(user, Allowance())
+    if nonce <= old.nonce:
+        raise Refused("allowance nonce too low")
+    cap = min(cap, CAP_LIMIT)
+    if old.settler and wall_time < old.expiry and (
+        settler != old.settler or cap < old.cap or expiry < old.expiry
+    ):
+        raise Refused("allowance can only grow until it expires")
+    s = copy.deepcopy(state)
+    s.allowance[user] = Allowance(settler, cap, expiry, nonce, old.spent_epoch, old.spent)
+    return s
+
+
+@dataclass(frozen=True)
+class SettledReceipt:
+    """A receipt of a settled epoch as the rules see it: id, parties, fee, challenged or not."""
+
+    receipt_id: bytes
+    node: str
+    user: str
+    fee: int
+    challenged: bool
+
+
+def settle_epoch(
+    state: Ledger,
+    params: SettlementParams,
+    settler: str,
+    epoch: int,
+    epoch_start: int,
+    receipts: list[SettledReceipt],
+    now: int,
+) -> Ledger:
+    """Pay unchallenged receipts within each user's allowance and balance; escrow the others."""
+    s = copy.deepcopy(state)
+    for r in receipts:
+        take = _charge(s, r.user, settler, epoch, epoch_start, r.fee)
+        if take < r.fee:
+            _add(s.unpaid, r.user, r.fee - take)
+        if r.challenged:
+            s.cases[r.receipt_id] = Case(r.node, r.user, r.fee, take, now + params.challenge_window)
+            _add(s.open_cases, r.node, 1)
+        else:
+            _pay_fee(s, params, r.node, take)
+    return s
+
+
+def _charge(s: Ledger, user: str, settler: str, epoch: int, start: int, fee: int) -> int:
+    a = s.allowance.get(user)
+    if a is None or a.settler != settler or start >= a.expiry:
+        return 0
+    spent = a.spent if a.spent_epoch == epoch else 0
+    take = min(fee, a.cap - min(a.cap, spent), s.balance.get(user, 0))
+    if take:
+        s.balance[user] -= take
+    a.spent_epoch, a.spent = epoch, spent + take
+    return take
+
+
+def _pay_fee(s: Ledger, params: SettlementParams, node: str, take: int) -> None:
+    cut = take * params.protocol_fee_bps // BPS
+    _add(s.balance, node, take - cut)
+    s.treasury += cut
+    _bump(s, node, served=1)
+
+
+def _from_treasury(s: Ledger, to: str, amount: int) -> int:
+    paid = min(amount, s.treasury)
+    s.treasury -= paid
+    _add(s.balance, to, paid)
+    return amount - paid
+
+
+def _case(state: Ledger, receipt_id: bytes, status: int) -> Case:
+    case = state.cases.get(receipt_id)
+    if case is None:
+        raise Refused("no challenge")
+    if case.status != status:
+        raise Refused("wrong challenge state")
+    return case
+
+
+def _close(s: Ledger, case: Case, params: SettlementParams) -> None:
+    _pay_fee(s, params, case.node, case.escrow)
+    s.open_cases[case.node] -= 1
+
+
+def pass_challenge(
+    state: Ledger, params: SettlementParams, receipt_id: bytes, validators: list[str], now: int
+) -> Ledger:
+    """Drawn validators agreed (their verdicts checked): fee, R_A, R_V / k, the discount."""
+    case = _case(state, receipt_id, OPEN)
+    if now > case.deadline:
+        raise Refused("deadline passed")
+    s = copy.deepcopy(state)
+    case = s.cases[receipt_id]
+    case.status = PASSED
+    _close(s, case, params)
+    _from_treasury(s, case.node, params.reward_asserter)
+    for v in validators:
+        _from_treasury(s, v, params.reward_validators // len(validators))
+    _from_treasury(s, case.user, case.escrow * params.discount_bps // BPS)
+    _bump(s, case.node, challenged=1, passed=1)
+    return s
+
+
+def accuse(state: Ledger, params: SettlementParams, receipt_id: bytes, accusers: list[str],
+           now: int) -> Ledger:
+    case = _case(state, receipt_id, OPEN)
+    if now > case.deadline:
+        raise Refused("deadline passed")
+    s = copy.deepcopy(state)
+    case = s.cases[receipt_id]
+    case.status, case.appeal_deadline = ACCUSED, now + params.appeal_window
+    case.accusers = tuple(accusers)
+    return s
+
+
+def _slash(s: Ledger, node: str, amount: int) -> int:
+    bonded = s.stake.get(node, 0)
+    from_stake = min(amount, bonded)
+    u = s.unbonding.get(node, Unbonding())
+    from_unbonding = min(amount - from_stake, u.amount)
+    s.stake[node] = bonded - from_stake
+    s.unbonding[node] = Unbonding(u.amount - from_unbonding, u.release_time)
+    return from_stake + from_unbonding
+
+
+def appeal(state: Ledger, params: SettlementParams, receipt_id: bytes, supporters: list[str],
+           now: int) -> Ledger:
+    case = _case(state, receipt_id, ACCUSED)
+    if now > case.appeal_deadline:
+        raise Refused("appeal window closed")
+    if len(supporters) <= len(case.accusers):
+        raise Refused("appeal needs more arbitrators")
+    s = copy.deepcopy(state)
+    case = s.cases[receipt_id]
+    case.status = CLEARED
+    _close(s, case, params)
+    to_node = params.slash * params.challenger_share_bps // BPS
+    for accuser in case.accusers:
+        taken = _slash(s, accuser, params.slash)
+        share = min(taken, to_node)
+        _add(s.balance, case.node, share)
+        s.treasury += taken - share
+        _bump(s, accuser, failed=1)
+    return s
+
+
+def finalize(state: Ledger, params: SettlementParams, receipt_id: bytes, now: int) -> Ledger:
+    """Lapse an open case past its deadline, or execute an accusation past its appeal window."""
+    case = state.cases.get(receipt_id)
+    if case is not None and case.status == OPEN:
+        if now <= case.deadline:
+            raise Refused("deadline not passed")
+        s = copy.deepcopy(state)
+        s.cases[receipt_id].status = LAPSED
+        _close(s, s.cases[receipt_id], params)
+        return s
+    if case is None or case.status != ACCUSED:
+        raise Refused("nothing to finalize")
+    if now <= case.appeal_deadline:
+        raise Refused("appeal window open")
+    s = copy.deepcopy(state)
+    case = s.cases[receipt_id]
+    case.status = SLASHED
+    _add(s.balance, case.user, case.escrow)
+    s.open_cases[case.node] -= 1
+    taken = _slash(s, case.node, params.slash)
+    to_user = min(case.fee, taken)
+    rest = taken - to_user
+    share = rest * params.challenger_share_bps // BPS // len(case.accusers)
+    _add(s.balance, case.user, to_user)
+    for a in case.accusers:
+        _add(s.balance, a, share)
+    s.treasury += rest - share * len(case.accusers)
+    _bump(s, case.node, challenged=1, failed=1)
+    return s
