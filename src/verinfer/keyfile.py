@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from verinfer.errors import LocalError
-from verinfer.protocol.wire import address_of
+from verinfer.protocol.wire import SECP256K1_N, address_of
 
 _KEY = re.compile(r"^0x[0-9a-fA-F]{64}$")
-_SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 
 
 class KeyFileError(LocalError):
@@ -40,7 +39,7 @@ class Identity:
 def new_private_key() -> bytes:
     while True:
         key = secrets.token_bytes(32)
-        if 0 < int.from_bytes(key, "big") < _SECP256K1_N:
+        if 0 < int.from_bytes(key, "big") < SECP256K1_N:
             return key
 
 
@@ -58,7 +57,7 @@ def load_key(path: Path) -> Identity:
     if not _KEY.match(text):
         raise KeyFileError(f"{path} does not hold a 0x-prefixed 32-byte hex private key")
     key = bytes.fromhex(text[2:])
-    if not 0 < int.from_bytes(key, "big") < _SECP256K1_N:
+    if not 0 < int.from_bytes(key, "big") < SECP256K1_N:
         raise KeyFileError(f"{path} holds a value that is not a valid secp256k1 key")
     return Identity(key, address_of(key))
 

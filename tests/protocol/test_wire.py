@@ -84,7 +84,7 @@ def test_high_s_and_bad_v_are_refused() -> None:
     job, key = MESSAGES["Job"]
     sig = wire.sign(DOMAIN, job, key)
     s = int.from_bytes(sig[32:64], "big")
-    high = sig[:32] + (wire._SECP256K1_N - s).to_bytes(32, "big") + bytes([sig[64] ^ 1])
+    high = sig[:32] + (wire.SECP256K1_N - s).to_bytes(32, "big") + bytes([sig[64] ^ 1])
     with pytest.raises(wire.InvalidSignature, match="lower half"):
         wire.recover(DOMAIN, job, high)
     with pytest.raises(wire.InvalidSignature):

@@ -15,12 +15,15 @@ import functools
 import socket
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from verinfer.chain.cli import ContractOpt, RpcOpt
 from verinfer.errors import LocalError
+
+if TYPE_CHECKING:  # the engine imports torch: not for `verinfer --help`
+    from verinfer.node.cheats import Cheat
 
 DEFAULT_PORT = 9001
 
@@ -142,17 +145,15 @@ def node(
 
 def _serve(sock: socket.socket, endpoint: str, identity: object, domain: object,
            model_dirs: list[Path], state_dir: Path, slots: int, max_queue: int, device: str,
-           cheat: object = None) -> None:
+           cheat: Cheat | None = None) -> None:
     import uvicorn
 
     from verinfer.keyfile import Identity
-    from verinfer.node.cheats import Cheat
     from verinfer.node.server import create_app
     from verinfer.node.service import NodeService, load_served_model
     from verinfer.protocol import wire
 
     assert isinstance(identity, Identity) and isinstance(domain, wire.Domain)
-    assert cheat is None or isinstance(cheat, Cheat)
     from rich.console import Console
     from rich.progress import Progress
 

@@ -30,7 +30,7 @@ DOMAIN_NAME = "verinfer"
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
 OUTPUT_HASH_DOMAIN = b"verinfer-output-v1"
 
-_SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 _HEX_ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
 _HEX32 = re.compile(r"^0x[0-9a-f]{64}$")
 _HEX_SIGNATURE = re.compile(r"^0x[0-9a-f]{130}$")
@@ -429,8 +429,8 @@ def sign(domain: Domain, message: Message, private_key: bytes) -> bytes:
     """65-byte r || s || v signature of the message's digest, low s, v in {27, 28}."""
     sig = keys.PrivateKey(private_key).sign_msg_hash(digest(domain, message))
     r, s, v = sig.r, sig.s, sig.v
-    if s > _SECP256K1_N // 2:  # the contract (like EIP-2) accepts only the low-s form
-        s, v = _SECP256K1_N - s, v ^ 1
+    if s > SECP256K1_N // 2:  # the contract (like EIP-2) accepts only the low-s form
+        s, v = SECP256K1_N - s, v ^ 1
     return r.to_bytes(32, "big") + s.to_bytes(32, "big") + bytes([v + 27])
 
 
@@ -441,7 +441,7 @@ def recover(domain: Domain, message: Message, signature: bytes) -> str:
     r = int.from_bytes(signature[:32], "big")
     s = int.from_bytes(signature[32:64], "big")
     v = signature[64]
-    if v not in (27, 28) or not 0 < r < _SECP256K1_N or not 0 < s <= _SECP256K1_N // 2:
+    if v not in (27, 28) or not 0 < r < SECP256K1_N or not 0 < s <= SECP256K1_N // 2:
         raise InvalidSignature("signature out of range (v must be 27/28, s in the lower half)")
     try:
         sig = keys.Signature(vrs=(v - 27, r, s))
