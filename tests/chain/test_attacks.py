@@ -369,6 +369,24 @@ def test_one_users_shortfall_does_not_revert_the_batch(net: Net) -> None:
     assert net.c.balances(node.address) == 9 + 90  # paid what was collected, less the cut
 
 
+def test_a_user_cannot_escape_paying_by_moving_to_another_settler(net: Net) -> None:
+    node = net.node()
+    other_gateway = Party(904)
+    start = int(net.c.GENESIS()) + net.epoch() * EPOCH
+    user = net.user(deposit=1000, cap=1000, expiry=start + EPOCH - 1)
+    served = net.receipt(node, user, fee=100)
+    boa.env.time_travel(seconds=EPOCH)  # the allowance expired; the user moves on
+    net.allow(user, cap=1000, settler=other_gateway.address)
+    assert net.c.allowance_of(user.address) == (other_gateway.address, 1000,
+                                                boa.env.timestamp + 10**6)
+    net.settle([served], epoch=net.epoch() - 1)  # served under the old grant: paid
+    assert spendable(net, user.address) == 900
+    # The old grant covers no epoch that began after it expired.
+    net.settle([net.receipt(node, user, fee=100)])
+    assert spendable(net, user.address) == 900
+    assert net.c.unpaid(user.address) == 100
+
+
 def test_a_user_cannot_shrink_its_allowance_before_it_expires(net: Net) -> None:
     user = net.user(cap=1000)
     with boa.reverts("allowance can only grow until it expires"):

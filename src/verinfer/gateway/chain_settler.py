@@ -79,17 +79,17 @@ class ChainV2Settler(Settler):
         return self.client.params().min_stake
 
     def spendable(self, user: str) -> int:
-        """The deposit, within what this gateway's allowance leaves of the current epoch."""
+        """The deposit, within this gateway's allowance for the current epoch (what the
+        gateway has served in it and not yet settled is the caller's to count)."""
         fns = self.client.contract.functions
         address = wire.check_address(user)
-        settler, cap, expiry, spent_epoch, spent = self.client._read(
-            "read allowance", fns.allowance_of(address).call)
+        settler, cap, expiry = self.client._read("read allowance",
+                                                 fns.allowance_of(address).call)
         epoch = self.client.current_epoch()
         start = self._clock[0] + epoch * self._clock[1]
         if settler.lower() != self.me.lower() or start >= expiry:
             return 0
-        left = cap - (spent if spent_epoch == epoch else 0)
-        return max(0, min(left, self.client.balance_of(address)))
+        return max(0, min(cap, self.client.balance_of(address)))
 
     def commit(self, epoch: int, receipts_root: bytes, count: int) -> str:
         if self.client.commitment(self.me, epoch) is not None:

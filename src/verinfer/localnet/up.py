@@ -303,8 +303,8 @@ def allow_gateway(submitter: Any, user: Identity, gateway: str) -> bool:
     from verinfer.protocol import wire
 
     fns = submitter.contract.functions
-    settler, cap, expiry, _, _ = submitter._read("read allowance",
-                                                 fns.allowance_of(user.address).call)
+    settler, cap, expiry = submitter._read("read allowance",
+                                           fns.allowance_of(user.address).call)
     now = int(time.time())
     if settler.lower() == gateway.lower() and cap >= USER_DEPOSIT_WEI \
             and expiry > now + ALLOWANCE_S // 2:

@@ -34,12 +34,21 @@ class Refused(ProtocolError):
 
 @dataclass
 class Allowance:
+    """A user's current allowance (the last one it signed)."""
+
     settler: str = ""
     cap: int = 0
     expiry: int = 0
     nonce: int = 0
-    spent_epoch: int = 0
-    spent: int = 0
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What an allowance grants one settler: a cap per epoch, for epochs that begin before the
+    expiry. A grant to a previous settler stays (it only covers epochs before its expiry)."""
+
+    cap: int = 0
+    expiry: int = 0
 
 
 @dataclass
@@ -66,6 +75,7 @@ class Ledger:
     reputation: dict[str, Reputation] = field(default_factory=dict)
     unpaid: dict[str, int] = field(default_factory=dict)
     allowance: dict[str, Allowance] = field(default_factory=dict)
+    grants: dict[tuple[str, str], Grant] = field(default_factory=dict)
     cases: dict[bytes, Case] = field(default_factory=dict)
     open_cases: dict[str, int] = field(default_factory=dict)
 
@@ -179,7 +189,8 @@ def set_allowance(
     ):
         raise Refused("allowance can only grow until it expires")
     s = copy.deepcopy(state)
-    s.allowance[user] = Allowance(settler, cap, expiry, nonce, old.spent_epoch, old.spent)
+    s.allowance[user] = Allowance(settler, cap, expiry, nonce)
+    s.grants[(user, settler)] = Grant(cap, expiry)
     return s
 
 
@@ -205,8 +216,10 @@ def settle_epoch(
 ) -> Ledger:
     """Pay unchallenged receipts within each user's allowance and balance; escrow the others."""
     s = copy.deepcopy(state)
+    # A settler settles each of its epochs once: the cap bounds what this call takes per user.
+    spent: dict[str, int] = {}
     for r in receipts:
-        take = _charge(s, r.user, settler, epoch, epoch_start, r.fee)
+        take = _charge(s, spent, r.user, settler, epoch_start, r.fee)
         if take < r.fee:
             _add(s.unpaid, r.user, r.fee - take)
         if r.challenged:
@@ -217,15 +230,16 @@ def settle_epoch(
     return s
 
 
-def _charge(s: Ledger, user: str, settler: str, epoch: int, start: int, fee: int) -> int:
-    a = s.allowance.get(user)
-    if a is None or a.settler != settler or start >= a.expiry:
+def _charge(s: Ledger, spent: dict[str, int], user: str, settler: str, start: int,
+            fee: int) -> int:
+    grant = s.grants.get((user, settler), Grant())
+    if start >= grant.expiry:
         return 0
-    spent = a.spent if a.spent_epoch == epoch else 0
-    take = min(fee, a.cap - min(a.cap, spent), s.balance.get(user, 0))
+    so_far = spent.get(user, 0)
+    take = min(fee, grant.cap - min(grant.cap, so_far), s.balance.get(user, 0))
     if take:
         s.balance[user] -= take
-    a.spent_epoch, a.spent = epoch, spent + take
+        spent[user] = so_far + take
     return take
 
 

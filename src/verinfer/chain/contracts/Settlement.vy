@@ -1,5 +1,6 @@
 # pragma version 0.4.3
 # pragma optimize codesize
+# pragma experimental-codegen
 """
 @title verinfer settlement (rules version 2)
 @notice Stakes, user deposits and allowances, committed epochs, challenges settled on signed
@@ -24,7 +25,6 @@ MAX_ENDPOINT_BYTES: constant(uint256) = 256
 MERKLE_STACK: constant(uint256) = 16
 SORTITION_BITS: constant(uint256) = 64
 BEACON_LOOKBACK: constant(uint256) = 256
-CAP_BITS: constant(uint256) = 96
 CAP_MASK: constant(uint256) = (1 << 96) - 1
 U64_MASK: constant(uint256) = (1 << 64) - 1
 SECP256K1N_HALF: constant(uint256) = 57896044618658097711785492504343953926418782139537452191302581570759080747168
@@ -301,12 +301,14 @@ reputation: public(HashMap[address, Reputation])
 unpaid: public(HashMap[address, uint256])
 open_cases: public(HashMap[address, uint256])
 
-# Allowance of a user: settler (160 bits) | expiry (64 bits) in one slot, nonce in another; the
-# cap (96 bits), the epoch of the last debit (64 bits) and what that epoch spent (96 bits) share
-# a third, so a debit reads three slots and writes one.
+# A user's current allowance: settler (160 bits) | expiry (64 bits), and its nonce. What an
+# allowance grants is kept per (user, settler): cap (96 bits) | expiry (64 bits), the one slot a
+# debit reads. What a settlement has taken from a user within the cap lives in transient storage,
+# keyed by (epoch, settler): a settler settles each of its epochs once, in one call.
 allowance_head: HashMap[address, uint256]
 allowance_nonce: public(HashMap[address, uint256])
-allowance_spend: HashMap[address, uint256]
+grants: HashMap[address, HashMap[address, uint256]]
+spent_in_settlement: transient(HashMap[uint256, HashMap[address, uint256]])
 
 nodes: public(HashMap[address, Node])
 node_count: public(uint256)
@@ -660,51 +662,41 @@ def set_allowance(a: Allowance, signature: Bytes[65]):
     head: uint256 = self.allowance_head[a.user]
     old_settler: address = convert(convert(head >> 96, uint160), address)
     old_expiry: uint256 = head & U64_MASK
-    spend: uint256 = self.allowance_spend[a.user]
-    old_cap: uint256 = spend >> 160
     cap: uint256 = min(a.capPerEpoch, CAP_MASK)
+    expiry: uint256 = convert(a.expiry, uint256)
     if old_settler != empty(address) and block.timestamp < old_expiry:
-        assert a.settler == old_settler and cap >= old_cap and convert(a.expiry, uint256) >= old_expiry, "allowance can only grow until it expires"
+        assert a.settler == old_settler and cap >= self.grants[a.user][old_settler] >> 64 and expiry >= old_expiry, "allowance can only grow until it expires"
     self.allowance_nonce[a.user] = a.nonce
-    self.allowance_head[a.user] = (convert(convert(a.settler, uint160), uint256) << 96) | convert(a.expiry, uint256)
-    self.allowance_spend[a.user] = (cap << 160) | (spend & ((1 << 160) - 1))
+    self.allowance_head[a.user] = (convert(convert(a.settler, uint160), uint256) << 96) | expiry
+    # A grant to a previous settler stays: it covers only epochs that began before it expired.
+    self.grants[a.user][a.settler] = (cap << 64) | expiry
     log AllowanceSet(user=a.user, settler=a.settler, cap_per_epoch=cap, expiry=a.expiry, nonce=a.nonce)
 
 
 @external
 @view
-def allowance_of(user: address) -> (address, uint256, uint256, uint256, uint256):
+def allowance_of(user: address) -> (address, uint256, uint256):
     """
-    @notice (settler, cap per epoch, expiry, epoch of the last debit, spent in that epoch).
+    @notice The user's current allowance: (settler, cap per epoch, expiry).
     """
-    head: uint256 = self.allowance_head[user]
-    spend: uint256 = self.allowance_spend[user]
-    return (
-        convert(convert(head >> 96, uint160), address),
-        spend >> 160,
-        head & U64_MASK,
-        (spend >> 96) & U64_MASK,
-        spend & CAP_MASK,
-    )
+    settler: address = convert(convert(self.allowance_head[user] >> 96, uint160), address)
+    grant: uint256 = self.grants[user][settler]
+    return (settler, grant >> 64, grant & U64_MASK)
 
 
 @internal
-def _charge(user: address, settler: address, epoch: uint256, fee: uint256) -> uint256:
-    # What can be taken: within the allowance for this epoch, then within the balance.
-    head: uint256 = self.allowance_head[user]
-    if convert(convert(head >> 96, uint160), address) != settler:
+def _charge(user: address, settler: address, epoch: uint256, spend_key: uint256, fee: uint256) -> uint256:
+    # What can be taken: within the settler's grant for an epoch that began before it expired,
+    # less what this settlement took from the user already, then within the balance.
+    grant: uint256 = self.grants[user][settler]
+    if GENESIS + epoch * EPOCH_SECONDS >= grant & U64_MASK:
         return 0
-    if GENESIS + epoch * EPOCH_SECONDS >= head & U64_MASK:
-        return 0
-    spend: uint256 = self.allowance_spend[user]
-    cap: uint256 = spend >> 160
-    spent: uint256 = spend & CAP_MASK
-    if (spend >> 96) & U64_MASK != epoch:
-        spent = 0
+    cap: uint256 = grant >> 64
+    spent: uint256 = self.spent_in_settlement[spend_key][user]
     take: uint256 = min(min(fee, cap - min(cap, spent)), self.balances[user])
     if take > 0:
         self.balances[user] -= take
-    self.allowance_spend[user] = (cap << 160) | (epoch << 96) | (spent + take)
+        self.spent_in_settlement[spend_key][user] = spent + take
     return take
 
 
@@ -868,7 +860,10 @@ def settle_epoch(epoch: uint256, receipts: DynArray[Receipt, MAX_RECEIPTS]):
     beacon: bytes32 = self._beacon(msg.sender, epoch)
     pv: uint256 = c.version
     start: uint256 = GENESIS + epoch * EPOCH_SECONDS
-    deadline: uint256 = self._now() + self.params_at[pv].challenge_window
+    ppm: uint256 = self.params_at[pv].challenge_ppm
+    fee_bps: uint256 = self.params_at[pv].protocol_fee_bps
+    # The epoch is below 2^64 (not beyond the current one): the key is exact.
+    spend_key: uint256 = (epoch << 160) | convert(convert(msg.sender, uint160), uint256)
 
     # Merkle root over the digests as verinfer.protocol.merkle builds it (an odd node is carried
     # up), folded as a stack of perfect subtrees so that memory stays O(log n).
@@ -885,8 +880,7 @@ def settle_epoch(epoch: uint256, receipts: DynArray[Receipt, MAX_RECEIPTS]):
         previous = digest
         assert r.gateway == msg.sender, "receipt names another gateway"
         assert r.node != empty(address) and r.user != empty(address), "zero address in receipt"
-        deadline_at: uint256 = convert(r.deadline, uint256)
-        assert deadline_at >= start and deadline_at < start + EPOCH_SECONDS, "receipt outside its epoch"
+        assert convert(r.deadline, uint256) >= start and convert(r.deadline, uint256) < start + EPOCH_SECONDS, "receipt outside its epoch"
 
         h: bytes32 = sha256(concat(b"\x00", digest))
         height: uint256 = 0
@@ -900,11 +894,12 @@ def settle_epoch(epoch: uint256, receipts: DynArray[Receipt, MAX_RECEIPTS]):
         heights[depth] = height
         depth += 1
 
-        take: uint256 = self._charge(r.user, msg.sender, epoch, r.fee)
+        take: uint256 = self._charge(r.user, msg.sender, epoch, spend_key, r.fee)
         if take < r.fee:
             self.unpaid[r.user] += r.fee - take
             log Shortfall(user=r.user, node=r.node, receipt=digest, owed=r.fee, paid=take)
-        if self._is_challenged(digest, beacon, self.params_at[pv].challenge_ppm):
+        if self._is_challenged(digest, beacon, ppm):
+            deadline: uint256 = self._now() + self.params_at[pv].challenge_window
             self.cases[epoch][digest] = Case(
                 settler=msg.sender, node=r.node, user=r.user, fee=r.fee, escrow=take,
                 status=OPEN, deadline=deadline, appeal_deadline=0,
@@ -914,7 +909,7 @@ def settle_epoch(epoch: uint256, receipts: DynArray[Receipt, MAX_RECEIPTS]):
             challenged += 1
             log ChallengeOpened(epoch=epoch, receipt=digest, node=r.node, deadline=deadline)
         else:
-            cut: uint256 = take * self.params_at[pv].protocol_fee_bps // BPS
+            cut: uint256 = take * fee_bps // BPS
             self.balances[r.node] += take - cut
             cut_total += cut
             self.reputation[r.node].served += 1
