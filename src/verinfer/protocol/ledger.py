@@ -25,6 +25,7 @@ from verinfer.protocol.settlement import (
 )
 
 CAP_LIMIT = (1 << 96) - 1
+UINT256_MAX = (1 << 256) - 1
 OPEN, PASSED, ACCUSED, SLASHED, CLEARED, LAPSED = 1, 2, 3, 4, 5, 6
 
 
@@ -64,8 +65,19 @@ class Case:
 
 
 @dataclass
+class PauseClock:
+    """The pauses: a pause lasts `max_pause` at most (fixed at deployment) and may start only
+    `2 * max_pause` after the previous one started; delays and deadlines stand still meanwhile."""
+
+    max_pause: int = 1
+    paused_since: int = 0
+    paused_total: int = 0
+    started_at: int = 0
+
+
+@dataclass
 class Ledger:
-    """The contract's money state; `now` is its clock (wall time less paused time)."""
+    """The contract's money state; `now` is its clock (`clock`: wall time less paused time)."""
 
     balance: dict[str, int] = field(default_factory=dict)
     withdrawal: dict[str, Unbonding] = field(default_factory=dict)
@@ -78,6 +90,7 @@ class Ledger:
     grants: dict[tuple[str, str], Grant] = field(default_factory=dict)
     cases: dict[bytes, Case] = field(default_factory=dict)
     open_cases: dict[str, int] = field(default_factory=dict)
+    pauses: PauseClock = field(default_factory=PauseClock)
 
     def total_funds(self) -> int:
         """What the contract must hold."""
@@ -87,6 +100,61 @@ class Ledger:
 
     def escrow(self) -> int:
         return sum(c.escrow for c in self.cases.values() if c.status in (OPEN, ACCUSED))
+
+
+# ---------------------------------------------------------------- the pause clock
+
+
+def _pause_elapsed(p: PauseClock, wall: int) -> int:
+    if p.paused_since == 0:
+        return 0
+    return min(wall, p.paused_since + p.max_pause) - p.paused_since
+
+
+def paused(state: Ledger, wall: int) -> bool:
+    """Whether a pause is in force at `wall` (block time): it ends by itself after max_pause."""
+    p = state.pauses
+    return p.paused_since != 0 and wall < p.paused_since + p.max_pause
+
+
+def clock(state: Ledger, wall: int) -> int:
+    """The clock of every delay and deadline: wall time less the time spent paused, so a
+    pause neither lets a delay run out nor makes a deadline pass, and at most `max_pause` of
+    each pause counts (a pause cannot stop unbonding forever)."""
+    p = state.pauses
+    return wall - p.paused_total - _pause_elapsed(p, wall)
+
+
+def running(state: Ledger, wall: int) -> Ledger:
+    """`state`, unless paused: inflows, commits, settlement and evidence stop during a pause."""
+    if paused(state, wall):
+        raise Refused("paused")
+    return state
+
+
+def pause(state: Ledger, wall: int) -> Ledger:
+    if paused(state, wall):
+        raise Refused("paused")
+    p = state.pauses
+    if p.started_at != 0 and wall < p.started_at + 2 * p.max_pause:
+        raise Refused("pause cooldown")
+    s = copy.deepcopy(state)
+    if p.paused_since != 0:
+        s.pauses.paused_total += p.max_pause  # the previous pause ran out on its own
+    s.pauses.paused_since = s.pauses.started_at = wall
+    return s
+
+
+def unpause(state: Ledger, wall: int) -> Ledger:
+    if not paused(state, wall):
+        raise Refused("not paused")
+    s = copy.deepcopy(state)
+    s.pauses.paused_total += wall - state.pauses.paused_since
+    s.pauses.paused_since = 0
+    return s
+
+
+# ---------------------------------------------------------------- funds, stake, allowances
 
 
 def _add(table: dict[str, int], key: str, amount: int) -> None:
@@ -215,13 +283,17 @@ def settle_epoch(
     now: int,
 ) -> Ledger:
     """Pay unchallenged receipts within each user's allowance and balance; escrow the others."""
+    for r in receipts:
+        if not 0 <= r.fee <= UINT256_MAX:
+            raise Refused("fee above uint256")
     s = copy.deepcopy(state)
     # A settler settles each of its epochs once: the cap bounds what this call takes per user.
     spent: dict[str, int] = {}
     for r in receipts:
         take = _charge(s, spent, r.user, settler, epoch_start, r.fee)
         if take < r.fee:
-            _add(s.unpaid, r.user, r.fee - take)
+            # Saturates: fees near 2^256 never make the batch revert on an overflow.
+            s.unpaid[r.user] = min(s.unpaid.get(r.user, 0) + r.fee - take, UINT256_MAX)
         if r.challenged:
             s.cases[r.receipt_id] = Case(r.node, r.user, r.fee, take, now + params.challenge_window)
             _add(s.open_cases, r.node, 1)

@@ -896,7 +896,9 @@ def settle_epoch(epoch: uint256, receipts: DynArray[Receipt, MAX_RECEIPTS]):
 
         take: uint256 = self._charge(r.user, msg.sender, epoch, spend_key, r.fee)
         if take < r.fee:
-            self.unpaid[r.user] += r.fee - take
+            # Saturates: fees near 2^256 never make the batch revert on an overflow.
+            owed: uint256 = self.unpaid[r.user]
+            self.unpaid[r.user] = owed + min(r.fee - take, max_value(uint256) - owed)
             log Shortfall(user=r.user, node=r.node, receipt=digest, owed=r.fee, paid=take)
         if self._is_challenged(digest, beacon, ppm):
             deadline: uint256 = self._now() + self.params_at[pv].challenge_window
