@@ -11,12 +11,13 @@ from verinfer.protocol.settlement import SettlementParams
 PARAMS = SettlementParams(1000, 500, 10, 9, 500, 1000, 5000, 5000, withdrawal_delay=400,
                           challenge_window=50, appeal_window=50)
 MAX_PAUSE = 1000
+N, U, G = "0x" + "0b" * 20, "0x" + "0a" * 20, "0x" + "0c" * 20
 
 
 def staked(wall: int) -> rules.Ledger:
     s = rules.Ledger(pauses=rules.PauseClock(max_pause=MAX_PAUSE))
-    s = rules.stake(rules.deposit(s, "n", 2000), "n", 2000)
-    return rules.unstake(s, PARAMS, "n", 2000, rules.clock(s, wall))
+    s = rules.stake(rules.deposit(s, N, 2000), N, 2000)
+    return rules.unstake(s, PARAMS, N, 2000, rules.clock(s, wall))
 
 
 def test_unbonding_stops_while_paused() -> None:
@@ -24,10 +25,10 @@ def test_unbonding_stops_while_paused() -> None:
     # 100 s of unbonding ran before the pause; 500 s of pause later none more has.
     assert rules.clock(s, 700) == 200
     with pytest.raises(rules.Refused, match="withdrawal not due"):
-        rules.withdraw(s, "n", 2000, rules.clock(s, 700))
+        rules.withdraw(s, N, 2000, rules.clock(s, 700))
     s = rules.unpause(s, wall=700)
     assert rules.clock(s, 1100) == 600  # the clock runs again, less the 500 s paused
-    assert rules.withdraw(s, "n", 2000, rules.clock(s, 1100)).balance["n"] == 0
+    assert rules.withdraw(s, N, 2000, rules.clock(s, 1100)).balance[N] == 0
 
 
 def test_a_pause_cannot_lock_stakes_forever() -> None:
@@ -37,7 +38,7 @@ def test_a_pause_cannot_lock_stakes_forever() -> None:
     assert not rules.paused(s, 200 + MAX_PAUSE)
     wall = 200 + MAX_PAUSE + 400
     assert rules.clock(s, wall) == wall - MAX_PAUSE
-    assert rules.withdraw(s, "n", 2000, rules.clock(s, wall)).balance["n"] == 0
+    assert rules.withdraw(s, N, 2000, rules.clock(s, wall)).balance[N] == 0
 
 
 def test_pauses_are_spaced_and_a_lapsed_pause_counts_whole() -> None:
@@ -64,12 +65,12 @@ def test_inflows_and_settlement_are_refused_while_paused() -> None:
 
 def test_fees_near_and_above_uint256() -> None:
     s = rules.Ledger()
-    s = rules.set_allowance(rules.deposit(s, "u", 100), "u", "g", 50, 10**9, 1, 0)
-    huge = rules.SettledReceipt(b"\x01" * 32, "n", "u", rules.UINT256_MAX, False)
-    again = rules.SettledReceipt(b"\x02" * 32, "n", "u", rules.UINT256_MAX, False)
-    s = rules.settle_epoch(s, PARAMS, "g", 0, 0, [huge, again], now=0)
-    assert s.unpaid["u"] == rules.UINT256_MAX  # saturates, no overflow
-    assert s.balance["u"] == 50
-    above = rules.SettledReceipt(b"\x03" * 32, "n", "u", rules.UINT256_MAX + 1, False)
+    s = rules.set_allowance(rules.deposit(s, U, 100), U, G, 50, 10**9, 1, 0)
+    huge = rules.SettledReceipt(b"\x01" * 32, N, U, rules.UINT256_MAX, False)
+    again = rules.SettledReceipt(b"\x02" * 32, N, U, rules.UINT256_MAX, False)
+    s = rules.settle_epoch(s, PARAMS, G, 0, 0, [huge, again], now=0)
+    assert s.unpaid[U] == rules.UINT256_MAX  # saturates, no overflow
+    assert s.balance[U] == 50
+    above = rules.SettledReceipt(b"\x03" * 32, N, U, rules.UINT256_MAX + 1, False)
     with pytest.raises(rules.Refused, match="fee above uint256"):
-        rules.settle_epoch(s, PARAMS, "g", 1, 0, [above], now=0)
+        rules.settle_epoch(s, PARAMS, G, 1, 0, [above], now=0)

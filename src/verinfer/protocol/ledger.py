@@ -167,9 +167,15 @@ def _bump(state: Ledger, node: str, **counts: int) -> None:
                                            for k in ("served", "challenged", "passed", "failed")})
 
 
+def _is_zero(address: str) -> bool:
+    return int(address, 16) == 0
+
+
 def deposit(state: Ledger, who: str, amount: int) -> Ledger:
     if amount == 0:
         raise ZeroAmount()
+    if _is_zero(who):
+        raise Refused("zero beneficiary")
     s = copy.deepcopy(state)
     _add(s.balance, who, amount)
     return s
@@ -286,6 +292,9 @@ def settle_epoch(
     for r in receipts:
         if not 0 <= r.fee <= UINT256_MAX:
             raise Refused("fee above uint256")
+    for r in receipts:
+        if _is_zero(r.node) or _is_zero(r.user):
+            raise Refused("zero address in receipt")  # no entry may credit the zero address
     s = copy.deepcopy(state)
     # A settler settles each of its epochs once: the cap bounds what this call takes per user.
     spent: dict[str, int] = {}
