@@ -132,7 +132,9 @@ class EpochPipeline:
             now = self.clock() + self.settler.clock_skew()
             for epoch in self.store.epochs_in("open"):
                 # Receipts of jobs accepted just before the epoch's end still arrive for a
-                # while; the contract takes the commit until the end of the next epoch.
+                # while; the contract takes the commit for an epoch or a minute after its end
+                # (`settlement.commit_grace`), whichever is longer: a tick that comes late
+                # under load still commits, and a failed commit is retried on the next tick.
                 end = genesis + (epoch.epoch + 1) * length
                 due = now >= end + length * CLOSE_GRACE
                 if (due or force_close) and self.store.receipts_of_epoch(epoch.epoch):

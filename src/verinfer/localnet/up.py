@@ -213,16 +213,17 @@ def network_params(options: UpOptions) -> tuple[Any, int]:
     from dataclasses import replace
 
     from verinfer.chain.settings import DEV_PARAMS
+    from verinfer.protocol.settlement import settle_span
 
     epoch = max(int(options.epoch_seconds), 1)
     challenge_window = max(DEV_PARAMS.challenge_window, 6 * epoch)
     appeal_window = 2 * epoch
-    settle_span = 3 * epoch + challenge_window
+    span = settle_span(epoch, challenge_window)
     params = replace(
         DEV_PARAMS, challenge_ppm=options.challenge_ppm, challenge_window=challenge_window,
         appeal_window=appeal_window,
-        withdrawal_delay=max(DEV_PARAMS.withdrawal_delay, settle_span + epoch),
-        unbonding_delay=max(DEV_PARAMS.unbonding_delay, settle_span + appeal_window + epoch))
+        withdrawal_delay=max(DEV_PARAMS.withdrawal_delay, span + epoch),
+        unbonding_delay=max(DEV_PARAMS.unbonding_delay, span + appeal_window + epoch))
     return params, epoch
 
 

@@ -27,6 +27,9 @@ SORTITION_BITS: constant(uint256) = 64
 BEACON_LOOKBACK: constant(uint256) = 256
 CAP_MASK: constant(uint256) = (1 << 96) - 1
 U64_MASK: constant(uint256) = (1 << 64) - 1
+# A settler may commit an epoch until this long after its end (or one epoch, if longer), and
+# settle it until twice that: short epochs under load must not lose their receipts.
+MIN_COMMIT_GRACE: constant(uint256) = 60
 SECP256K1N_HALF: constant(uint256) = 57896044618658097711785492504343953926418782139537452191302581570759080747168
 
 DOMAIN_TYPEHASH: constant(bytes32) = keccak256(
@@ -383,6 +386,20 @@ def paused() -> bool:
 
 @internal
 @view
+def _grace() -> uint256:
+    return max(EPOCH_SECONDS, MIN_COMMIT_GRACE)
+
+
+@internal
+@view
+def _since_end(epoch: uint256) -> uint256:
+    # Seconds since the end of `epoch` (zero before it ends).
+    end: uint256 = GENESIS + (epoch + 1) * EPOCH_SECONDS
+    return block.timestamp - min(block.timestamp, end)
+
+
+@internal
+@view
 def _current_epoch() -> uint256:
     return (block.timestamp - GENESIS) // EPOCH_SECONDS
 
@@ -424,7 +441,7 @@ def _check_delays(p: Params):
     # A user's deposit can leave only after every epoch that could still debit it has been
     # settled (commit window + settlement window + challenge window); a node's stake only after
     # a slash of such an epoch could also have gone through its appeal window.
-    settle_span: uint256 = 3 * EPOCH_SECONDS + p.challenge_window
+    settle_span: uint256 = EPOCH_SECONDS + 2 * self._grace() + p.challenge_window
     assert p.withdrawal_delay > settle_span, "withdrawal delay too short"
     assert p.unbonding_delay > settle_span + p.appeal_window, "unbonding delay too short"
 
@@ -777,7 +794,8 @@ def _slash(node: address, amount: uint256) -> uint256:
 @external
 def commit_epoch(epoch: uint256, receipts_root: bytes32, count: uint256):
     """
-    @notice Commit the receipts of `epoch` (this epoch or the one before) before the beacon that
+    @notice Commit the receipts of `epoch` (this epoch, or a closed one within its grace: one
+            epoch or 60 seconds after its end, whichever is longer) before the beacon that
             decides their challenges exists: the root over their digests in strictly increasing
             order, and their number. Once per settler and epoch.
     """
@@ -785,7 +803,7 @@ def commit_epoch(epoch: uint256, receipts_root: bytes32, count: uint256):
     self._not_paused()
     current: uint256 = self._current_epoch()
     assert epoch <= current, "epoch in the future"
-    assert epoch + 1 >= current, "commit window closed"
+    assert self._since_end(epoch) < self._grace(), "commit window closed"
     assert count <= MAX_RECEIPTS, "too many receipts"
     assert self.commitments[msg.sender][epoch].block == 0, "epoch already committed"
     self.commitments[msg.sender][epoch] = Commitment(
@@ -855,7 +873,7 @@ def settle_epoch(epoch: uint256, receipts: DynArray[Receipt, MAX_RECEIPTS]):
     c: Commitment = self.commitments[msg.sender][epoch]
     assert c.block != 0, "epoch not committed"
     assert not c.settled, "epoch already settled"
-    assert self._current_epoch() <= epoch + 2, "settlement window closed"
+    assert self._since_end(epoch) < 2 * self._grace(), "settlement window closed"
     assert len(receipts) == c.count, "count differs from commitment"
     beacon: bytes32 = self._beacon(msg.sender, epoch)
     pv: uint256 = c.version
