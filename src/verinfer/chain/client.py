@@ -451,6 +451,14 @@ class SettlementClient:
     def params(self) -> SettlementParams:
         return params_from_args(self._read("read params", self.contract.functions.params().call))
 
+    def committees(self) -> tuple[int, int, int, int]:
+        """(expected validators, pass quorum, expected arbitrators, accusation quorum)."""
+        ve, vq, ae, aq = self._read("read committees", self.contract.functions.committees().call)
+        return int(ve), int(vq), int(ae), int(aq)
+
+    def epoch_seconds(self) -> int:
+        return int(self._read("read epoch length", self.contract.functions.EPOCH_SECONDS().call))
+
     def balance_of(self, address: str) -> int:
         a = Web3.to_checksum_address(address)
         return self._read("read balance", self.contract.functions.balances(a).call)

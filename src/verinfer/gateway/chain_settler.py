@@ -20,7 +20,7 @@ import logging
 import time
 from typing import Any
 
-from verinfer.chain.client import COMMITTEES, ChainRevert, SettlementClient
+from verinfer.chain.client import ChainRevert, SettlementClient
 from verinfer.chain.devkeys import DEV_CHAIN_ID
 from verinfer.errors import ChainError
 from verinfer.gateway.router import RegisteredNode
@@ -42,13 +42,13 @@ def message_fields(message: wire.Message) -> dict[str, Any]:
 
 
 class ChainV2Settler(Settler):
-    def __init__(self, client: SettlementClient,
-                 committees: tuple[int, int, int, int] = COMMITTEES) -> None:
+    def __init__(self, client: SettlementClient) -> None:
         self.client = client
         self.me = client.signer.address
         self.chain_id = client._read("read chain id", lambda: client.w3.eth.chain_id)
-        # The contract keeps its committee sizes private: they are the deployment's constants.
-        self.committees = committees
+        # Expected sizes and quorums of the two sortitions: the deployment's, as the contract
+        # checks them.
+        self.committees = client.committees()
         fns = client.contract.functions
         self._clock = (int(client._read("read genesis", fns.GENESIS().call)),
                        int(client._read("read epoch length", fns.EPOCH_SECONDS().call)))

@@ -142,7 +142,7 @@ def gateway_spec(layout: Layout, ports: Ports, options: UpOptions, rpc_url: str,
     args = ["gateway", "--port", str(ports.gateway), "--data-dir", str(layout.data_dir),
             "--model", str(options.model), "--p", str(options.challenge_ppm),
             "--validators", str(options.validators), "--arbitrators", str(options.arbitrators),
-            "--epoch-seconds", str(options.epoch_seconds)]
+            "--epoch-seconds", str(max(int(options.epoch_seconds), 1))]  # as deployed
     if options.force:
         args.append("--force")
     return ServiceSpec(

@@ -380,6 +380,16 @@ def _now() -> uint256:
 
 @external
 @view
+def committees() -> uint256[4]:
+    """
+    @notice Expected validators, verdicts a pass needs, expected arbitrators, verdicts an
+            accusation needs (fixed at deployment).
+    """
+    return [self.validators_expected, self.validators_quorum, self.arbitrators_expected, self.arbitrators_quorum]
+
+
+@external
+@view
 def paused() -> bool:
     return self._paused()
 
