@@ -2,7 +2,8 @@
 
 Hypothesis drives the contract in titanoboa through deposits, stakes, unstakes, withdrawal
 requests and withdrawals, committed and settled epochs (half of the receipts challenged by the
-beacon), passes on validators' verdicts, accusations, appeals, finalizations, pauses and waits,
+beacon), passes on validators' verdicts, accusations, appeals, finalizations, slashes of
+validators whose verdicts arbitration refuted, pauses and waits,
 with real EIP-712 signatures, including operations that must revert. After every step: the
 contract holds exactly Σ balance + Σ stake + Σ unbonding + Σ escrow + treasury; the ether of
 all parties plus the contract never changes; and balances, stakes, unbonding, treasury,
@@ -205,6 +206,24 @@ class MoneyMachine(RuleBasedStateMachine):
             lambda: self.net.evidence(kind, epoch, r, chosen, signer=signer,
                                       valid=kind != ACCUSE),
             lambda: call(self.running(), PARAMS, rid, names, self.now()),
+        )
+
+    @precondition(lambda self: bool(self.model.cases))
+    @rule(pick=st.integers(0, 10**6), who=st.integers(0, 5))
+    def wrong_verdict(self, pick: int, who: int) -> None:
+        """A drawn validator's verdict that the case's arbitration outcome contradicts."""
+        rid = self._case_ids()[pick % len(self.model.cases)]
+        r, epoch = self.receipts[rid], self.epochs[rid]
+        commitment = self.net.c.commitments(self.net.owner, epoch)
+        judge = self.net.nodes[who]
+        if judge.address == r.node or self.stake_block.get(judge.address, 0) >= commitment[2] \
+                or not is_drawn(VALIDATOR_TAG, bytes(commitment[3]), rid, judge.address.lower(),
+                                self.model.stake.get(judge.address, 0), commitment[4], 255):
+            return
+        agree = self.model.cases[rid].status != rules.CLEARED
+        self._run(
+            lambda: self.net.evidence(3, epoch, r, [judge], valid=agree),
+            lambda: rules.slash_wrong_verdicts(self.running(), PARAMS, rid, [judge.address]),
         )
 
     @precondition(lambda self: bool(self.model.cases))

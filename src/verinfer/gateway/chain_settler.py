@@ -49,6 +49,7 @@ class ChainV2Settler(Settler):
         # Expected sizes and quorums of the two sortitions: the deployment's, as the contract
         # checks them.
         self.committees = client.committees()
+        self._reported: set[tuple[int, bytes]] = set()  # cases whose wrong verdicts were sent
         fns = client.contract.functions
         self._clock = (int(client._read("read genesis", fns.GENESIS().call)),
                        int(client._read("read epoch length", fns.EPOCH_SECONDS().call)))
@@ -165,9 +166,36 @@ class ChainV2Settler(Settler):
             lapsed = case.state == "open" and now > case.deadline
             if lapsed or (case.state == "accused" and now > case.appeal_deadline):
                 self.client.finalize(settlement.epoch, rid)
+                case = self.client.case(settlement.epoch, rid)
+            if case.state in ("slashed", "cleared") and rid in evidence:
+                self._report_wrong_verdicts(settlement.epoch, evidence[rid], bundles[rid],
+                                            case.state)
             elif case.state in ("open", "accused"):
                 final = False
         return f"epoch {settlement.epoch} final" if final else None
+
+    def _report_wrong_verdicts(self, epoch: int, e: ChallengeEvidence, bundle: dict[str, Any],
+                               state: str) -> None:
+        """Once arbitration decided a case, the validators' signed verdicts it contradicts:
+        "valid" on a receipt whose node was slashed, "invalid" on one cleared on appeal. Each
+        is sent on its own, so one already slashed (by anyone) does not hold up the others."""
+        if (epoch, e.receipt_id) in self._reported:
+            return
+        receipt = _receipt(bundle)
+        for verdict, signature in _signed_verdicts(e.verdicts):
+            agrees = wire.verdict_agrees(_verdict(verdict), receipt, e.receipt_id)
+            if agrees != (state == "slashed"):
+                continue
+            try:
+                self.client.slash_wrong_verdicts(
+                    epoch, message_fields(receipt), [(message_fields(_verdict(verdict)),
+                                                      signature)])
+                log.info("receipt %s: validator %s slashed for its verdict",
+                         e.receipt_id.hex(), _verdict(verdict).validator)
+            except ChainRevert as exc:
+                log.info("receipt %s: verdict of %s not slashed (%s)", e.receipt_id.hex(),
+                         _verdict(verdict).validator, exc)
+        self._reported.add((epoch, e.receipt_id))
 
     def _submit(self, epoch: int, e: ChallengeEvidence, bundle: dict[str, Any]) -> None:
         """PASSED and VALIDATOR_FAULT: the drawn validators' verdicts that agree with the

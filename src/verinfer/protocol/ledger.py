@@ -62,6 +62,7 @@ class Case:
     status: int = OPEN
     appeal_deadline: int = 0
     accusers: tuple[str, ...] = ()
+    wrong_verdicts: tuple[str, ...] = ()  # validators slashed for a verdict the outcome refutes
 
 
 @dataclass
@@ -442,4 +443,28 @@ def finalize(state: Ledger, params: SettlementParams, receipt_id: bytes, now: in
         _add(s.balance, a, share)
     s.treasury += rest - share * len(case.accusers)
     _bump(s, case.node, challenged=1, failed=1)
+    return s
+
+
+def slash_wrong_verdicts(state: Ledger, params: SettlementParams, receipt_id: bytes,
+                         validators: list[str]) -> Ledger:
+    """Drawn validators whose signed verdicts the arbitration outcome contradicts (checked:
+    agreeing with a receipt whose node was slashed, or conflicting with one cleared on
+    appeal): each is slashed `slash` once per receipt, to the treasury. A pass is not an
+    arbitration outcome: a pass quorum cannot slash the validators who disagreed."""
+    case = state.cases.get(receipt_id)
+    if case is None:
+        raise Refused("no challenge")
+    if case.status not in (SLASHED, CLEARED):
+        raise Refused("no arbitration outcome")
+    if not validators:
+        raise Refused("too few verdicts")
+    s = copy.deepcopy(state)
+    case = s.cases[receipt_id]
+    for v in validators:
+        if v in case.wrong_verdicts:
+            raise Refused("verdict already slashed")
+        case.wrong_verdicts += (v,)
+        s.treasury += _slash(s, v, params.slash)
+        _bump(s, v, failed=1)
     return s

@@ -57,6 +57,7 @@ LAPSED: constant(uint8) = 6
 EVIDENCE_PASS: constant(uint8) = 0
 EVIDENCE_ACCUSE: constant(uint8) = 1
 EVIDENCE_APPEAL: constant(uint8) = 2
+EVIDENCE_WRONG_VERDICT: constant(uint8) = 3
 
 flag Role:
     SETTLER
@@ -321,6 +322,8 @@ commitments: public(HashMap[address, HashMap[uint256, Commitment]])
 cases: HashMap[uint256, HashMap[bytes32, Case]]
 # The arbitrators whose verdicts carried an accusation: paid from its slash, or slashed on appeal.
 accusers: HashMap[uint256, HashMap[bytes32, DynArray[address, MAX_VERDICTS]]]
+# Validators slashed for a verdict the arbitration outcome of the receipt contradicts.
+wrong_verdicts: HashMap[uint256, HashMap[bytes32, HashMap[address, bool]]]
 
 
 @deploy
@@ -1058,9 +1061,13 @@ def submit_evidence(
             slash waits out `appeal_window` (see `execute_slash`).
             kind APPEAL (2), within the appeal window: more drawn arbitrators agreeing with the
             receipt than accused it. The node is paid its fee; each accuser is slashed.
+            kind WRONG_VERDICT (3), once arbitration decided the case: verdicts of drawn
+            validators that the outcome contradicts (agreeing with a receipt whose node was
+            slashed, or conflicting with one cleared on appeal). Each validator is slashed
+            once per receipt, to the treasury.
     """
     self._not_paused()
-    assert kind <= EVIDENCE_APPEAL, "unknown evidence kind"
+    assert kind <= EVIDENCE_WRONG_VERDICT, "unknown evidence kind"
     digest: bytes32 = self._receipt_digest(receipt)
     case: Case = self.cases[epoch][digest]
     assert case.status != 0, "no challenge"
@@ -1069,18 +1076,21 @@ def submit_evidence(
     now: uint256 = self._now()
     tag: Bytes[32] = b"verinfer/sortition/v2/arbitrator"
     expected: uint256 = self.arbitrators_expected
-    if kind == EVIDENCE_PASS:
+    agree: bool = kind != EVIDENCE_ACCUSE
+    if kind == EVIDENCE_PASS or kind == EVIDENCE_WRONG_VERDICT:
         tag = b"verinfer/sortition/v2/validator"
         expected = self.validators_expected
-    if kind == EVIDENCE_APPEAL:
+    if kind == EVIDENCE_WRONG_VERDICT:
+        assert case.status == SLASHED or case.status == CLEARED, "no arbitration outcome"
+        agree = case.status == SLASHED
+    elif kind == EVIDENCE_APPEAL:
         assert case.status == ACCUSED, "wrong challenge state"
         assert now <= case.appeal_deadline, "appeal window closed"
     else:
         assert case.status == OPEN, "wrong challenge state"
         assert now <= case.deadline, "deadline passed"
     members: DynArray[address, MAX_VERDICTS] = self._committee(
-        tag, c, case.settler, digest, receipt, verdicts, signatures, expected,
-        kind != EVIDENCE_ACCUSE,
+        tag, c, case.settler, digest, receipt, verdicts, signatures, expected, agree
     )
     n: uint256 = len(members)
 
@@ -1103,6 +1113,15 @@ def submit_evidence(
         self.cases[epoch][digest].appeal_deadline = appeal_deadline
         self.accusers[epoch][digest] = members
         log Accused(epoch=epoch, receipt=digest, node=receipt.node, appeal_deadline=appeal_deadline)
+    elif kind == EVIDENCE_WRONG_VERDICT:
+        assert n > 0, "too few verdicts"
+        for v: address in members:
+            assert not self.wrong_verdicts[epoch][digest][v], "verdict already slashed"
+            self.wrong_verdicts[epoch][digest][v] = True
+            taken: uint256 = self._slash(v, self.params_at[pv].slash)
+            self.treasury += taken
+            self.reputation[v].failed += 1
+            self._log_slash(v, digest, taken, self.params_at[pv].slash, 0, 0, taken)
     else:
         accusers: DynArray[address, MAX_VERDICTS] = self.accusers[epoch][digest]
         assert n > len(accusers), "appeal needs more arbitrators"
