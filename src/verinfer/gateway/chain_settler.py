@@ -10,8 +10,10 @@ before the commit, total stake at the commit); `settle` sends `settle_epoch` wit
 then per challenged receipt the validators' agreeing verdicts (`pass_challenge`) or the node's
 signed receipt with the arbitrators' conflicting verdicts (`accuse`), and finally `finalize`s
 what is due (an accusation after its appeal window, an unanswered challenge after its
-deadline). Every step reads the chain first, so calling `settle` again after a crash or before
-a window closed does only what is left; it returns None until the epoch is final.
+deadline). It appeals, within the window, an accusation (by anyone) that its own arbitration
+refutes, and sends the verdicts of validators that an arbitration outcome contradicts. Every
+step reads the chain first, so calling `settle` again after a crash or before a window closed
+does only what is left; it returns None until the epoch is final.
 """
 
 from __future__ import annotations
@@ -163,6 +165,11 @@ class ChainV2Settler(Settler):
                 except ChainRevert as exc:  # the case lapses at its deadline: the node is paid
                     log.warning("receipt %s: evidence refused (%s)", rid.hex(), exc)
                 case = self.client.case(settlement.epoch, rid)
+            if (case.state == "accused" and rid in evidence
+                    and evidence[rid].outcome != Outcome.ASSERTER_FAULT.value
+                    and now + DEADLINE_MARGIN_S <= case.appeal_deadline):
+                self._appeal(settlement.epoch, evidence[rid], bundles[rid])
+                case = self.client.case(settlement.epoch, rid)
             lapsed = case.state == "open" and now > case.deadline
             if lapsed or (case.state == "accused" and now > case.appeal_deadline):
                 self.client.finalize(settlement.epoch, rid)
@@ -173,6 +180,24 @@ class ChainV2Settler(Settler):
             elif case.state in ("open", "accused"):
                 final = False
         return f"epoch {settlement.epoch} final" if final else None
+
+    def _appeal(self, epoch: int, e: ChallengeEvidence, bundle: dict[str, Any]) -> None:
+        """Someone accused a receipt that this gateway's arbitration found honest: appeal with
+        the drawn arbitrators' verdicts that agree with it (the contract wants more of them
+        than there were accusers)."""
+        receipt = _receipt(bundle)
+        chosen = [(message_fields(_verdict(v)), sig) for v, sig in _signed_verdicts(e.arbitration)
+                  if wire.verdict_agrees(_verdict(v), receipt, e.receipt_id)]
+        if not chosen:
+            log.warning("receipt %s is accused; this gateway found it %s but holds no "
+                        "arbitrators' verdicts to appeal with", e.receipt_id.hex(), e.outcome)
+            return
+        try:
+            self.client.appeal(epoch, message_fields(receipt), chosen)
+            log.info("receipt %s: accusation appealed with %d arbitrators' verdicts",
+                     e.receipt_id.hex(), len(chosen))
+        except ChainRevert as exc:
+            log.warning("receipt %s: appeal refused (%s)", e.receipt_id.hex(), exc)
 
     def _report_wrong_verdicts(self, epoch: int, e: ChallengeEvidence, bundle: dict[str, Any],
                                state: str) -> None:
