@@ -1,16 +1,30 @@
 """Edges of the rules, run on the contract and on `verinfer.protocol.ledger` alike: fees near
-and above 2^256, and a pause nobody ends."""
+and above 2^256, a pause nobody ends; and the commit grace of short epochs."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import boa
 import pytest
 from eth.codecs.abi.exceptions import EncodeError
-from v2kit import EPOCH, MAX_PAUSE, PARAMS, Net, deploy
+from eth_abi import encode as abi_encode
+from v2kit import (
+    ALL_DRAWN,
+    EPOCH,
+    MAX_PAUSE,
+    PARAMS,
+    PARAMS_DELAY,
+    Net,
+    compiled,
+    deploy,
+    params_tuple,
+)
 
 from verinfer.protocol import ledger as rules
+from verinfer.protocol.merkle import merkle_root
+from verinfer.protocol.settlement import commit_grace
 
 
 @pytest.fixture
@@ -72,3 +86,29 @@ def test_a_pause_nobody_ends_cannot_lock_stakes_forever_on_both(net: Net) -> Non
     net.c.withdraw(2000, sender=node.address)
     model = rules.withdraw(model, node.address, 2000, rules.clock(model, boa.env.timestamp))
     assert net.c.balances(node.address) == model.balance[node.address] == 0
+
+
+def test_a_short_epoch_can_be_committed_for_a_minute_after_its_end() -> None:
+    boa.env.timestamp = 1_000_000
+    abi, initcode = compiled()
+    args = abi_encode(
+        ["(" + ",".join(["uint256"] * 12) + ")", "uint256", "uint256", "uint256", "uint256[4]"],
+        [params_tuple(PARAMS), 5, PARAMS_DELAY, MAX_PAUSE, list(ALL_DRAWN)])
+    address, computation = boa.env.deploy(bytecode=initcode + args)
+    assert not computation.is_error
+    c = boa.loads_abi(json.dumps(abi), name="Settlement").at(address)
+    grace = commit_grace(5)
+    assert grace == 60
+    end = int(c.GENESIS()) + 5  # the end of epoch 0
+    boa.env.timestamp = end + grace  # a minute after its end: closed
+    with boa.reverts("commit window closed"):
+        c.commit_epoch(0, b"\x01" * 32, 0)
+    boa.env.timestamp = end + grace - 1  # twelve epochs later, still within its grace
+    c.commit_epoch(0, merkle_root([]), 0)
+    boa.env.time_travel(blocks=2)
+    boa.env.timestamp = end + 2 * grace
+    with boa.reverts("settlement window closed"):
+        c.settle_epoch(0, [])
+    boa.env.timestamp = end + 2 * grace - 1
+    c.settle_epoch(0, [])
+    assert c.commitments(boa.env.eoa, 0)[6]  # settled
