@@ -19,7 +19,9 @@ does only what is left; it returns None until the epoch is final.
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from verinfer.chain.client import ChainRevert, SettlementClient
@@ -43,9 +45,23 @@ def message_fields(message: wire.Message) -> dict[str, Any]:
     return {f.name: getattr(message, f.attr) for f in message.FIELDS}
 
 
+@dataclass(frozen=True)
+class _Member:
+    """A registered node as the registry and the sortition need it, read at one block."""
+
+    node: RegisteredNode
+    stake_block: int  # the block of its last bonding: stake bonded at or after a commit is not drawn
+
+
 class ChainV2Settler(Settler):
     def __init__(self, client: SettlementClient) -> None:
         self.client = client
+        # Chain reads are the cost of a challenge (tens of milliseconds each on a busy dev
+        # chain): what cannot change is read once, what can is read once per block.
+        self._lock = threading.Lock()
+        self._directory: list[tuple[str, str]] = []  # (address, endpoint) in registration order
+        self._members: tuple[int, tuple[_Member, ...]] = (-1, ())
+        self._commits: dict[int, dict[str, Any]] = {}  # committed epochs with their beacon
         self.me = client.signer.address
         self.chain_id = client._read("read chain id", lambda: client.w3.eth.chain_id)
         # Expected sizes and quorums of the two sortitions: the deployment's, as the contract
@@ -75,8 +91,50 @@ class ChainV2Settler(Settler):
         self._skew = max(0.0, float(latest["timestamp"]) - time.time())
 
     def registry(self) -> list[RegisteredNode]:
-        return [RegisteredNode(wire.check_address(n.address), n.endpoint, n.stake, n.reputation)
-                for n in self.client.nodes() if n.endpoint]
+        return [m.node for m in self._members_now()]
+
+    def _members_now(self) -> tuple[_Member, ...]:
+        """Every registered node with an endpoint, as of the latest block (cached per block:
+        a key registers once, so addresses and endpoints are read only when the count grows)."""
+        client, fns = self.client, self.client.contract.functions
+        block = int(client._read("read block number", lambda: client.w3.eth.block_number))
+        with self._lock:
+            if self._members[0] == block:
+                return self._members[1]
+            count = int(client._read("read node count", fns.node_count().call))
+            if count != len(self._directory):
+                endpoints = {info.address.lower(): info.endpoint for info in client.nodes()}
+                addresses = [client._read("read node", fns.node_at(i).call) for i in range(count)]
+                self._directory = [(wire.check_address(a), endpoints.get(a.lower(), ""))
+                                   for a in addresses]
+            members = []
+            for address, endpoint in self._directory:
+                if not endpoint:
+                    continue
+                _, stake_block = client._read("read node", fns.nodes(address).call)
+                node = RegisteredNode(address, endpoint, client.stake_of(address),
+                                      client.reputation_of(address))
+                members.append(_Member(node, int(stake_block)))
+            self._members = (block, tuple(members))
+            return self._members[1]
+
+    def _commitment(self, epoch: int) -> dict[str, Any] | None:
+        """The epoch's commitment once its beacon exists (the fields the sortition reads,
+        block, beacon and total stake, never change after that), else None."""
+        with self._lock:
+            known = self._commits.get(epoch)
+        if known is not None:
+            return known
+        commitment = self.client.commitment(self.me, epoch)
+        if commitment is None:
+            return None
+        beacon = self.client.beacon(self.me, epoch)
+        if beacon is None:
+            return None
+        known = dict(commitment, beacon=beacon)
+        with self._lock:
+            self._commits[epoch] = known
+        return known
 
     def min_stake(self) -> int:
         return self.client.params().min_stake
@@ -123,19 +181,16 @@ class ChainV2Settler(Settler):
     def committee(self, epoch: int, receipt_id: bytes, asserter: str,
                   role: str) -> tuple[tuple[str, ...], int] | None:
         """The members the contract would accept for `role` (sorted), and the quorum."""
-        commitment = self.client.commitment(self.me, epoch)
-        beacon = self.client.beacon(self.me, epoch)
-        if commitment is None or beacon is None:
+        commitment = self._commitment(epoch)
+        if commitment is None:
             return None
+        beacon = commitment["beacon"]
         tag, at = ROLE_TAGS[role]
         expected, quorum = self.committees[at], self.committees[at + 1]
-        fns = self.client.contract.functions
         members = []
-        for node in self.client.nodes():
-            if node.address.lower() == asserter.lower() or not node.endpoint:
-                continue
-            _, stake_block = self.client._read("read node", fns.nodes(node.address).call)
-            if stake_block >= commitment["block"]:
+        for member in self._members_now():
+            node = member.node
+            if node.address.lower() == asserter.lower() or member.stake_block >= commitment["block"]:
                 continue
             if is_drawn(tag, beacon, receipt_id, node.address.lower(), node.stake,
                         commitment["total_stake"], expected):
