@@ -1,0 +1,65 @@
+"""A split run over real stage processes gives the single engine's bytes (must-show 1)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from stagefarm import SPLIT_LAYERS, StageFarm
+
+from verinfer.engine import Engine
+from verinfer.engine.sampler import SamplingParams
+from verinfer.pipeline.driver import RouteDriver, RouteError, StageSpec, check_route, parse_stage
+
+PROMPTS = [[256, 72, 101, 108, 108, 111], [256, 84, 104, 101, 32, 113, 117, 105, 99, 107, 32, 98],
+           [256, 65]]
+PARAMS = [
+    SamplingParams(max_tokens=8, ignore_eos=True),
+    SamplingParams(max_tokens=6, temperature=0.9, top_k=40, seed=11, ignore_eos=True),
+    SamplingParams(max_tokens=10, temperature=1.3, top_p=0.9, seed=12345, ignore_eos=True),
+]
+
+
+def _ranges(stages: int) -> list[tuple[int, int]]:
+    cuts = {2: [0, 3, 8], 3: [0, 2, 5, 8], 4: [0, 2, 4, 6, 8]}[stages]
+    return list(itertools.pairwise(cuts))
+
+
+def test_parse_and_check_route() -> None:
+    assert parse_stage("127.0.0.1:9101=0:4") == StageSpec("127.0.0.1", 9101, 0, 4)
+    with pytest.raises(RouteError, match="HOST:PORT=START:END"):
+        parse_stage("127.0.0.1:9101")
+    with pytest.raises(RouteError, match="must start at layer 4"):
+        check_route([StageSpec("h", 1, 0, 4), StageSpec("h", 2, 5, 8)], 8)
+    with pytest.raises(RouteError, match="ends at layer 6"):
+        check_route([StageSpec("h", 1, 0, 6)], 8)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stages", [2, 3, 4])
+def test_split_run_is_byte_identical_to_one_engine(
+    stages: int, split_engine: Engine, stage_farm: StageFarm
+) -> None:
+    ranges = _ranges(stages)
+    procs = stage_farm.start_many([f"{a}:{b}" for a, b in ranges])
+    route = [p.spec(a, b) for p, (a, b) in zip(procs, ranges)]
+    expected = split_engine.generate(PROMPTS, PARAMS)
+    driver = RouteDriver(route, split_engine.config, split_engine.tokenizer, prefill_chunk=5)
+    try:
+        got = driver.generate(PROMPTS, PARAMS)
+    finally:
+        driver.close()
+    assert [r.token_ids for r in got.results] == [r.token_ids for r in expected]
+    assert [r.logits_hash for r in got.results] == [r.logits_hash for r in expected]
+    assert [r.output_hash for r in got.results] == [r.output_hash for r in expected]
+    assert [r.text for r in got.results] == [r.text for r in expected]
+    # Every stage signed every step, and the commitments chain: one's output is the next's input.
+    assert [(s.layer_start, s.layer_end) for s in got.stages] == ranges
+    assert [s.node for s in got.stages] == [p.address for p in procs]
+    steps = len(got.stages[0].commitments)
+    assert steps > 0 and all(len(s.commitments) == steps for s in got.stages)
+    for before, after in zip(got.stages, got.stages[1:]):
+        for a, b in zip(before.commitments, after.commitments):
+            assert a.commitment.output_hash == b.commitment.input_hash
+            assert a.commitment.seq == b.commitment.seq
+    assert SPLIT_LAYERS == ranges[-1][1]
