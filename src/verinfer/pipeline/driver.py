@@ -114,25 +114,28 @@ class PipelineResult:
 
 Links = Callable[[int, int], tuple[DelayLine | None, DelayLine | None]]
 Rebalance = Callable[["RouteDriver"], list[StageSpec] | None]
+Observe = Callable[["RouteDriver", int], None]
 
 
 class RouteDriver:
     """Drives generations through `route`; `spares` can take over a dead stage's range.
 
     `links(i, n)` gives simulated delay lines into and out of stage i of n (benchmarks);
-    `rebalance(driver)` is asked after every decode step and may return a new route.
+    `rebalance(driver)` is asked after every decode step and may return a new route;
+    `observe(driver, seq)` is told of every step done (monitoring, tests).
     """
 
     def __init__(self, route: Sequence[StageSpec], config: ModelConfig, tokenizer: Tokenizer,
                  spares: Sequence[StageSpec] = (), domain: wire.Domain = OFFCHAIN_DOMAIN,
                  prefill_chunk: int = DEFAULT_PREFILL_CHUNK, timeout_s: float = 30.0,
-                 links: Links | None = None, rebalance: Rebalance | None = None) -> None:
+                 links: Links | None = None, rebalance: Rebalance | None = None,
+                 observe: Observe | None = None) -> None:
         check_route(route, config.num_hidden_layers)
         if prefill_chunk < 1:
             raise GenerationParamsError(f"prefill chunk must be positive, got {prefill_chunk}")
         self.config, self.tokenizer, self.domain = config, tokenizer, domain
         self.prefill_chunk, self.timeout_s = prefill_chunk, timeout_s
-        self.links, self.rebalance = links, rebalance
+        self.links, self.rebalance, self.observe = links, rebalance, observe
         self.spares = list(spares)
         self.model_id = b""
         self.live = [self._connect(spec, len(route), i) for i, spec in enumerate(route)]
@@ -282,6 +285,8 @@ class RouteDriver:
                 self.kept.setdefault(stage.spec.end, {})[seq] = out
             raw, index = out, index + 1
         self.seq += 1
+        if self.observe is not None:
+            self.observe(self, seq)
         result = frames.decode(raw)
         if result.kind != Kind.LOGITS or result.rows != tuple(rows):
             raise RemoteError(f"the last stage answered step {seq} with a {result.kind.name} frame")
