@@ -81,7 +81,7 @@ LayersOpt = Annotated[str | None, typer.Option(
     "--layers", help="serve decoder layers START:END of one --model as a pipeline stage "
     "(no chain registration; see docs/pipeline.md)")]
 ThrottleOpt = Annotated[float, typer.Option(
-    "--throttle-ms", hidden=True, help="TESTS ONLY: a stage sleeps this long per frame")]
+    "--throttle-ms", hidden=True, help="TESTS ONLY: a stage sleeps this long per layer per frame")]
 
 
 def node(

@@ -110,6 +110,7 @@ class PipelineResult:
     stages: list[StageRecord]  # every stage that served, in order of use, with commitments
     events: list[str]  # re-routes and re-plans, in the order they happened
     step_seconds: list[float]  # wall time of each decode step (all active rows)
+    frames: dict[int, dict[int, bytes]]  # layer boundary -> step -> the frame kept there
 
 
 Links = Callable[[int, int], tuple[DelayLine | None, DelayLine | None]]
@@ -241,7 +242,7 @@ class RouteDriver:
             self._close_session(stage)
         records = [self._record(s) for s in self.retired + self.live]
         return PipelineResult([s.result for s in states], self.session, records,
-                              list(self.events), step_seconds)
+                              list(self.events), step_seconds, self.kept)
 
     def _record(self, stage: _Live) -> StageRecord:
         return StageRecord(stage.node, stage.spec.endpoint, stage.spec.start, stage.spec.end,

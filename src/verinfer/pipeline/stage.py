@@ -6,7 +6,7 @@ inference): the first stage embeds token ids, every stage runs its layers, the l
 runs the final norm and head and returns each row's int32 logits of its last position. The
 reply carries the output frame and the stage's signed commitment to (input, output).
 
-Test-only knobs: `throttle_ms` sleeps on the engine thread per frame (a slow device), and
+Test-only knobs: `throttle_ms` sleeps on the engine thread per layer per frame (a slow device), and
 `cheat="wrong-activations"` adds one unit to the first value of every output frame.
 """
 
@@ -25,7 +25,7 @@ import torch
 
 from verinfer.engine import Engine
 from verinfer.engine.config import load_config
-from verinfer.engine.model import KVCache, embed, forward_layers, head
+from verinfer.engine.model import IntModel, KVCache, embed, forward_layers, head
 from verinfer.errors import LocalError
 from verinfer.keyfile import Identity
 from verinfer.pipeline import frames
@@ -66,6 +66,24 @@ def parse_layers(text: str, num_layers: int | None = None) -> tuple[int, int]:
     if num_layers is not None and end > num_layers:
         raise ValueError(f"--layers {text}: the model has {num_layers} layers")
     return start, end
+
+
+def run_stage(model: IntModel, frame: Frame, cache: KVCache, start: int, end: int
+              ) -> tuple[Kind, torch.Tensor]:
+    """The honest computation of layers [start, end) on one input frame (the cache is updated):
+    the output frame's kind and its payload on the CPU. The checker calls it too."""
+    device = model.device
+    positions = frame.positions.to(device)
+    rows = torch.tensor(frame.rows, device=device)
+    with torch.inference_mode():
+        if frame.kind == Kind.TOKENS:
+            h = embed(model, frame.data[..., 0].to(device))
+        else:
+            h = frame.data.to(device)
+        h = forward_layers(model, h, cache, positions, start, end, rows)
+        if end == model.config.num_hidden_layers:
+            return Kind.LOGITS, head(model, h[:, -1:].contiguous()).to("cpu", torch.int64)
+        return Kind.HIDDEN, h.to("cpu")
 
 
 class StageServer:
@@ -163,25 +181,13 @@ class StageServer:
         began = time.perf_counter()
         frame = frames.decode(raw)
         session = self._check(frame)
-        model, device = self.engine.model, self.engine.model.device
-        positions = frame.positions.to(device)
-        rows = torch.tensor(frame.rows, device=device)
-        with torch.inference_mode():
-            if frame.kind == Kind.TOKENS:
-                h = embed(model, frame.data[..., 0].to(device))
-            else:
-                h = frame.data.to(device)
-            h = forward_layers(model, h, session.cache, positions, self.start, self.end, rows)
-            if self.end == self.num_layers:
-                out, kind = head(model, h[:, -1:]).to("cpu", torch.int64), Kind.LOGITS
-            else:
-                out, kind = h.to("cpu"), Kind.HIDDEN
+        kind, out = run_stage(self.engine.model, frame, session.cache, self.start, self.end)
         session.last_seq = frame.seq
         if self.cheat == "wrong-activations":
             out = out.clone()
             out[0, 0, 0] += 1
-        if self.throttle_ms:
-            time.sleep(self.throttle_ms / 1e3)
+        if self.throttle_ms:  # per layer: a slow device is slow on every layer it serves
+            time.sleep(self.throttle_ms * (self.end - self.start) / 1e3)
         encoded = frames.encode(Frame(kind, frame.session, frame.seq, frame.rows, frame.starts, out))
         commitment = StageCommitment(
             frame.session, frame.seq, self.model_id, self.start, self.end,
