@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections.abc import Iterator
 
@@ -56,12 +57,14 @@ def test_two_stages_equal_the_whole_model_and_sign_their_frames(
     raw = frames.encode(Frame(Kind.TOKENS, session, 0, (1, 0), (0, 0), tokens.unsqueeze(-1)))
     kind, body = _run(first, Msg.FORWARD, raw)
     assert kind == Msg.RESULT
-    signature, hidden_raw = body[:65], body[69:]
+    hidden_raw = body[4:]
+    kind, body = _run(first, Msg.SIGNATURES, json_body({"session": session.hex()}))
+    signature = wire.signature_from_json(json.loads(body)["signatures"]["0"])
     commitment = StageCommitment(session, 0, first.model_id, 0, 3, frames.frame_hash(raw),
                                  frames.frame_hash(hidden_raw), first.identity.address)
     SignedCommitment(commitment, signature).check(OFFCHAIN_DOMAIN)
     kind, body = _run(last, Msg.FORWARD, hidden_raw)
-    logits = frames.decode(body[69:])
+    logits = frames.decode(body[4:])
     assert logits.kind == Kind.LOGITS and logits.data.shape == (2, 1, split_engine.config.vocab_size)
 
     model = split_engine.model
@@ -93,6 +96,7 @@ def test_bad_requests_get_errors_not_crashes(stages: tuple[StageServer, StageSer
                 json_body({"session": session.hex(), "batch": 0, "length": 1})):
         assert _run(first, Msg.OPEN, bad)[0] == Msg.ERROR
     assert _run(first, 99, b"{}")[0] == Msg.ERROR
+    assert _run(first, Msg.SIGNATURES, json_body({"session": "00" * 32}))[0] == Msg.ERROR
     assert _run(first, Msg.ASSIGN, json_body({"start": 5, "end": 99}))[0] == Msg.ERROR
 
 

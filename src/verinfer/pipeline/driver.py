@@ -100,6 +100,7 @@ class _Live:
     conn: StageConnection
     node: str
     commitments: list[SignedCommitment] = field(default_factory=list)
+    pending: dict[int, StageCommitment] = field(default_factory=dict)  # step -> not yet signed
     stats: StageStats = field(default_factory=StageStats)
 
 
@@ -176,7 +177,7 @@ class RouteDriver:
         return [s.spec for s in self.live]
 
     def close(self) -> None:
-        for stage in self.live:
+        for stage in self.live + self.retired:
             stage.conn.close()
 
     def _forward(self, stage: _Live, raw: bytes, seq: int) -> bytes:
@@ -184,15 +185,12 @@ class RouteDriver:
         began = time.perf_counter()
         reply, body = stage.conn.call(Msg.FORWARD, raw)
         elapsed = time.perf_counter() - began
-        if reply != Msg.RESULT or len(body) < 69:
+        if reply != Msg.RESULT or len(body) < 4:
             raise RemoteError(f"stage {stage.spec.endpoint} sent no result for step {seq}")
-        signature, micros, out = body[:65], int.from_bytes(body[65:69], "little"), body[69:]
-        commitment = StageCommitment(self.session, seq, self.model_id, stage.spec.start,
-                                     stage.spec.end, frames.frame_hash(raw),
-                                     frames.frame_hash(out), stage.node)
-        signed = SignedCommitment(commitment, signature)
-        signed.check(self.domain)  # InvalidSignature (a RemoteError) on a bad or foreign one
-        stage.commitments.append(signed)
+        micros, out = int.from_bytes(body[:4], "little"), body[4:]
+        stage.pending[seq] = StageCommitment(self.session, seq, self.model_id, stage.spec.start,
+                                             stage.spec.end, frames.frame_hash(raw),
+                                             frames.frame_hash(out), stage.node)
         stats = stage.stats
         stats.compute_s.append(micros / 1e6)
         stats.round_trip_s.append(elapsed)
@@ -223,7 +221,8 @@ class RouteDriver:
         states = [RowState(i, list(x), p, self.tokenizer, eos, n)
                   for i, (x, p, n) in enumerate(zip(prompts, params, limits, strict=True))]
         first = [self._prefill(s.index, s.result.prompt_ids) for s in states]
-        step_seconds: list[float] = []
+        self.step_seconds: list[float] = []
+        step_seconds = self.step_seconds
         active, logits = list(states), first
         while True:
             for state, row_logits in zip(active, logits, strict=True):
@@ -252,11 +251,29 @@ class RouteDriver:
         stage.conn.call_json(Msg.OPEN, {"session": self.session.hex(), "batch": self.batch,
                                         "length": self.length})
 
+    def _collect(self, stage: _Live) -> None:
+        """Fetch and check the stage's signatures on every step it computed for us."""
+        if not stage.pending:
+            return
+        reply = stage.conn.call_json(Msg.SIGNATURES, {"session": self.session.hex()})
+        signatures = reply.get("signatures")
+        if not isinstance(signatures, dict):
+            raise RemoteError(f"stage {stage.spec.endpoint} sent no signatures")
+        for seq, commitment in sorted(stage.pending.items()):
+            raw = signatures.get(str(seq))
+            if raw is None:
+                raise RemoteError(f"stage {stage.spec.endpoint} did not sign step {seq}")
+            signed = SignedCommitment(commitment, wire.signature_from_json(raw))
+            signed.check(self.domain)  # InvalidSignature (a RemoteError) on a bad or foreign one
+            stage.commitments.append(signed)
+        stage.pending.clear()
+
     def _close_session(self, stage: _Live) -> None:
         try:
+            self._collect(stage)
             stage.conn.call_json(Msg.CLOSE, {"session": self.session.hex()})
-        except (StageUnavailable, RemoteError):
-            pass  # a stage gone by now holds nothing of ours
+        except StageUnavailable:
+            pass  # a stage gone by now holds nothing of ours; its unsigned steps are dropped
 
     def _prefill(self, row: int, prompt: list[int]) -> torch.Tensor:
         """Run one prompt in chunks; logits (V,) of its last position."""

@@ -4,7 +4,8 @@ Every session (one generation, a batch of rows) has its own KV cache, for the st
 only. A FORWARD frame is computed on the one engine thread (the event loop never blocks on
 inference): the first stage embeds token ids, every stage runs its layers, the last one also
 runs the final norm and head and returns each row's int32 logits of its last position. The
-reply carries the output frame and the stage's signed commitment to (input, output).
+reply carries the output frame; the stage's signed commitment to (input, output) is made
+beside the pipeline and fetched per session (SIGNATURES) before the session closes.
 
 Test-only knobs: `throttle_ms` sleeps on the engine thread per layer per frame (a slow device), and
 `cheat="wrong-activations"` adds one unit to the first value of every output frame.
@@ -16,8 +17,8 @@ import asyncio
 import json
 import struct
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from verinfer.engine.model import IntModel, KVCache, embed, forward_layers, head
 from verinfer.errors import LocalError
 from verinfer.keyfile import Identity
 from verinfer.pipeline import frames
-from verinfer.pipeline.commitment import OFFCHAIN_DOMAIN, StageCommitment, sign_commitment
+from verinfer.pipeline.commitment import OFFCHAIN_DOMAIN, StageCommitment
 from verinfer.pipeline.frames import Frame, FrameError, Kind
 from verinfer.pipeline.transport import BadMessage, Msg, json_body, pack, parse_json, read_message
 from verinfer.protocol import wire
@@ -53,6 +54,7 @@ class Session:
     batch: int
     length: int
     last_seq: int = -1
+    signatures: dict[int, Future[bytes]] = field(default_factory=dict)  # step -> signature
 
 
 def parse_layers(text: str, num_layers: int | None = None) -> tuple[int, int]:
@@ -101,6 +103,7 @@ class StageServer:
         self.start, self.end = 0, 0
         self.assign(start, end)
         self._engine_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="verinfer-stage")
+        self._signer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="verinfer-signer")
 
     @property
     def num_layers(self) -> int:
@@ -192,9 +195,22 @@ class StageServer:
         commitment = StageCommitment(
             frame.session, frame.seq, self.model_id, self.start, self.end,
             frames.frame_hash(raw), frames.frame_hash(encoded), self.identity.address)
-        signed = sign_commitment(self.domain, commitment, self.identity.private_key)
+        # Signing (pure-Python secp256k1, ~10 ms) runs beside the pipeline, not in its path.
+        session.signatures[frame.seq] = self._signer.submit(self._sign, commitment)
         micros = min(int((time.perf_counter() - began) * 1e6), (1 << 32) - 1)
-        return signed.signature + struct.pack("<I", micros) + encoded, micros
+        return struct.pack("<I", micros) + encoded, micros
+
+    def _sign(self, commitment: StageCommitment) -> bytes:
+        return wire.sign(self.domain, commitment, self.identity.private_key)
+
+    def signatures(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The session's signatures so far, by step (waits for the ones being made)."""
+        try:
+            session = self.sessions[bytes.fromhex(str(body["session"]))]
+        except (KeyError, ValueError) as exc:
+            raise StageError(f"SIGNATURES needs an open session: {exc}", "unknown_session") from exc
+        return {"signatures": {str(seq): wire.signature_to_json(sig.result())
+                               for seq, sig in session.signatures.items()}}
 
     async def handle(self, kind: int, body: bytes) -> bytes:
         loop = asyncio.get_running_loop()
@@ -207,6 +223,9 @@ class StageServer:
             request = parse_json(body)
             if kind == Msg.OPEN:
                 await loop.run_in_executor(self._engine_thread, self.open, request)
+            elif kind == Msg.SIGNATURES:
+                signed = await loop.run_in_executor(self._engine_thread, self.signatures, request)
+                return pack(Msg.OK, json_body(signed))
             elif kind == Msg.CLOSE:
                 await loop.run_in_executor(self._engine_thread, self.close, request)
             elif kind == Msg.ASSIGN:
