@@ -14,7 +14,7 @@ from verinfer.engine import Engine
 from verinfer.engine.model import KVCache, embed, forward_layers, head
 from verinfer.keyfile import Identity, new_private_key
 from verinfer.pipeline import frames
-from verinfer.pipeline.commitment import OFFCHAIN_DOMAIN, SignedCommitment, StageCommitment
+from verinfer.pipeline.commitment import OFFCHAIN_DOMAIN, StageCommitment, batch_of, prove_all
 from verinfer.pipeline.frames import Frame, Kind
 from verinfer.pipeline.stage import StageServer, parse_layers
 from verinfer.pipeline.transport import Msg, StageConnection, StageRefused, json_body, pack
@@ -59,10 +59,13 @@ def test_two_stages_equal_the_whole_model_and_sign_their_frames(
     assert kind == Msg.RESULT
     hidden_raw = body[4:]
     kind, body = _run(first, Msg.SIGNATURES, json_body({"session": session.hex()}))
-    signature = wire.signature_from_json(json.loads(body)["signatures"]["0"])
+    signed = json.loads(body)
     commitment = StageCommitment(session, 0, first.model_id, 0, 3, frames.frame_hash(raw),
                                  frames.frame_hash(hidden_raw), first.identity.address)
-    SignedCommitment(commitment, signature).check(OFFCHAIN_DOMAIN)
+    batch = batch_of([commitment])
+    assert signed["steps"] == 1 and signed["root"] == "0x" + batch.root.hex()
+    [proven] = prove_all([commitment], batch, wire.signature_from_json(signed["signature"]))
+    proven.check(OFFCHAIN_DOMAIN)
     kind, body = _run(last, Msg.FORWARD, hidden_raw)
     logits = frames.decode(body[4:])
     assert logits.kind == Kind.LOGITS and logits.data.shape == (2, 1, split_engine.config.vocab_size)
@@ -97,6 +100,10 @@ def test_bad_requests_get_errors_not_crashes(stages: tuple[StageServer, StageSer
         assert _run(first, Msg.OPEN, bad)[0] == Msg.ERROR
     assert _run(first, 99, b"{}")[0] == Msg.ERROR
     assert _run(first, Msg.SIGNATURES, json_body({"session": "00" * 32}))[0] == Msg.ERROR
+    other = os.urandom(32)
+    _run(first, Msg.OPEN, json_body({"session": other.hex(), "batch": 1, "length": 4}))
+    kind, body = _run(first, Msg.SIGNATURES, json_body({"session": other.hex()}))
+    assert kind == Msg.ERROR and b"no step to sign" in body
     assert _run(first, Msg.ASSIGN, json_body({"start": 5, "end": 99}))[0] == Msg.ERROR
 
 

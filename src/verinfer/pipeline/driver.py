@@ -30,6 +30,8 @@ from verinfer.pipeline.commitment import (
     SignedCommitment,
     StageCommitment,
     StageRecord,
+    batch_of,
+    prove_all,
 )
 from verinfer.pipeline.frames import Frame, Kind
 from verinfer.pipeline.transport import DelayLine, Msg, StageConnection, StageUnavailable
@@ -114,7 +116,7 @@ class PipelineResult:
     frames: dict[int, dict[int, bytes]]  # layer boundary -> step -> the frame kept there
 
 
-Links = Callable[[int, int], tuple[DelayLine | None, DelayLine | None]]
+Links = Callable[[Sequence[StageSpec], int], tuple[DelayLine | None, DelayLine | None]]
 Rebalance = Callable[["RouteDriver"], list[StageSpec] | None]
 Observe = Callable[["RouteDriver", int], None]
 
@@ -122,7 +124,7 @@ Observe = Callable[["RouteDriver", int], None]
 class RouteDriver:
     """Drives generations through `route`; `spares` can take over a dead stage's range.
 
-    `links(i, n)` gives simulated delay lines into and out of stage i of n (benchmarks);
+    `links(route, i)` gives simulated delay lines into and out of stage i (benchmarks);
     `rebalance(driver)` is asked after every decode step and may return a new route;
     `observe(driver, seq)` is told of every step done (monitoring, tests).
     """
@@ -140,14 +142,15 @@ class RouteDriver:
         self.links, self.rebalance, self.observe = links, rebalance, observe
         self.spares = list(spares)
         self.model_id = b""
-        self.live = [self._connect(spec, len(route), i) for i, spec in enumerate(route)]
+        self.live = [self._connect(route, i) for i in range(len(route))]
         self.events: list[str] = []
         self.retired: list[_Live] = []
 
     # --- stage connections ---------------------------------------------------------------
 
-    def _connect(self, spec: StageSpec, count: int, index: int) -> _Live:
-        link_in, link_out = self.links(index, count) if self.links else (None, None)
+    def _connect(self, route: Sequence[StageSpec], index: int) -> _Live:
+        spec = route[index]
+        link_in, link_out = self.links(route, index) if self.links else (None, None)
         conn = StageConnection(spec.host, spec.port, self.timeout_s, link_in, link_out)
         try:
             hello = conn.call_json(Msg.HELLO, {})
@@ -252,20 +255,18 @@ class RouteDriver:
                                         "length": self.length})
 
     def _collect(self, stage: _Live) -> None:
-        """Fetch and check the stage's signatures on every step it computed for us."""
+        """Fetch and check the stage's signed batch over every step it computed for us."""
         if not stage.pending:
             return
         reply = stage.conn.call_json(Msg.SIGNATURES, {"session": self.session.hex()})
-        signatures = reply.get("signatures")
-        if not isinstance(signatures, dict):
-            raise RemoteError(f"stage {stage.spec.endpoint} sent no signatures")
-        for seq, commitment in sorted(stage.pending.items()):
-            raw = signatures.get(str(seq))
-            if raw is None:
-                raise RemoteError(f"stage {stage.spec.endpoint} did not sign step {seq}")
-            signed = SignedCommitment(commitment, wire.signature_from_json(raw))
-            signed.check(self.domain)  # InvalidSignature (a RemoteError) on a bad or foreign one
-            stage.commitments.append(signed)
+        commitments = [stage.pending[seq] for seq in sorted(stage.pending)]
+        batch = batch_of(commitments)
+        if reply.get("steps") != batch.steps or reply.get("root") != "0x" + batch.root.hex():
+            raise RemoteError(f"stage {stage.spec.endpoint} signed other steps than it computed "
+                              f"for this driver ({reply.get('steps')} vs {batch.steps})")
+        signature = wire.signature_from_json(reply.get("signature"))
+        wire.check_signed_by(self.domain, batch, signature, stage.node)  # InvalidSignature
+        stage.commitments += prove_all(commitments, batch, signature)
         stage.pending.clear()
 
     def _close_session(self, stage: _Live) -> None:
@@ -356,7 +357,7 @@ class RouteDriver:
                     reuse.conn.call_json(Msg.ASSIGN, {"start": spec.start, "end": spec.end})
                 live = _Live(spec, reuse.conn, reuse.node)
             else:
-                live = self._connect(spec, len(route), i)
+                live = self._connect(route, i)
             self._open(live)
             new_live.append(live)
         for leftover in kept_live.values():  # stages the new route leaves out

@@ -4,8 +4,8 @@ Every session (one generation, a batch of rows) has its own KV cache, for the st
 only. A FORWARD frame is computed on the one engine thread (the event loop never blocks on
 inference): the first stage embeds token ids, every stage runs its layers, the last one also
 runs the final norm and head and returns each row's int32 logits of its last position. The
-reply carries the output frame; the stage's signed commitment to (input, output) is made
-beside the pipeline and fetched per session (SIGNATURES) before the session closes.
+reply carries the output frame; the stage's commitments to (input, output) of every step are
+signed together, one Merkle root per session (SIGNATURES), before the session closes.
 
 Test-only knobs: `throttle_ms` sleeps on the engine thread per layer per frame (a slow device), and
 `cheat="wrong-activations"` adds one unit to the first value of every output frame.
@@ -17,7 +17,7 @@ import asyncio
 import json
 import struct
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,12 +25,11 @@ from typing import Any
 import torch
 
 from verinfer.engine import Engine
-from verinfer.engine.config import load_config
 from verinfer.engine.model import IntModel, KVCache, embed, forward_layers, head
 from verinfer.errors import LocalError
 from verinfer.keyfile import Identity
 from verinfer.pipeline import frames
-from verinfer.pipeline.commitment import OFFCHAIN_DOMAIN, StageCommitment
+from verinfer.pipeline.commitment import OFFCHAIN_DOMAIN, StageCommitment, batch_of, sign_batch
 from verinfer.pipeline.frames import Frame, FrameError, Kind
 from verinfer.pipeline.transport import BadMessage, Msg, json_body, pack, parse_json, read_message
 from verinfer.protocol import wire
@@ -54,7 +53,7 @@ class Session:
     batch: int
     length: int
     last_seq: int = -1
-    signatures: dict[int, Future[bytes]] = field(default_factory=dict)  # step -> signature
+    commitments: list[StageCommitment] = field(default_factory=list)  # in step order
 
 
 def parse_layers(text: str, num_layers: int | None = None) -> tuple[int, int]:
@@ -103,7 +102,6 @@ class StageServer:
         self.start, self.end = 0, 0
         self.assign(start, end)
         self._engine_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="verinfer-stage")
-        self._signer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="verinfer-signer")
 
     @property
     def num_layers(self) -> int:
@@ -195,22 +193,22 @@ class StageServer:
         commitment = StageCommitment(
             frame.session, frame.seq, self.model_id, self.start, self.end,
             frames.frame_hash(raw), frames.frame_hash(encoded), self.identity.address)
-        # Signing (pure-Python secp256k1, ~10 ms) runs beside the pipeline, not in its path.
-        session.signatures[frame.seq] = self._signer.submit(self._sign, commitment)
+        session.commitments.append(commitment)  # signed per session, in a batch (SIGNATURES)
         micros = min(int((time.perf_counter() - began) * 1e6), (1 << 32) - 1)
         return struct.pack("<I", micros) + encoded, micros
 
-    def _sign(self, commitment: StageCommitment) -> bytes:
-        return wire.sign(self.domain, commitment, self.identity.private_key)
-
     def signatures(self, body: dict[str, Any]) -> dict[str, Any]:
-        """The session's signatures so far, by step (waits for the ones being made)."""
+        """The signed batch over the session's commitments so far."""
         try:
             session = self.sessions[bytes.fromhex(str(body["session"]))]
         except (KeyError, ValueError) as exc:
             raise StageError(f"SIGNATURES needs an open session: {exc}", "unknown_session") from exc
-        return {"signatures": {str(seq): wire.signature_to_json(sig.result())
-                               for seq, sig in session.signatures.items()}}
+        if not session.commitments:
+            raise StageError("the session has no step to sign yet")
+        batch = batch_of(session.commitments)
+        return {"steps": batch.steps, "root": "0x" + batch.root.hex(),
+                "signature": wire.signature_to_json(sign_batch(self.domain, batch,
+                                                               self.identity.private_key))}
 
     async def handle(self, kind: int, body: bytes) -> bytes:
         loop = asyncio.get_running_loop()
@@ -278,8 +276,9 @@ def _error(message: str, code: str) -> bytes:
 def run(model_dir: Path, layers: str, host: str, port: int, identity: Identity, device: str = "cpu",
         throttle_ms: float = 0.0, cheat: str | None = None) -> None:
     """Load the model, then serve layers `layers` (A:B) until interrupted; one ready line."""
-    start, end = parse_layers(layers, load_config(model_dir).num_hidden_layers)
+    parse_layers(layers)  # a malformed range fails before the model loads
     engine = Engine.load(model_dir, device)
+    start, end = parse_layers(layers, engine.config.num_hidden_layers)
     server = StageServer(engine, start, end, identity, throttle_ms=throttle_ms, cheat=cheat)
 
     def ready(bound_host: str, bound_port: int) -> None:

@@ -31,7 +31,7 @@ class Msg(IntEnum):
     FORWARD = 3  # frame -> RESULT
     CLOSE = 4  # {session} -> OK
     ASSIGN = 5  # {start, end} -> OK: serve another layer range (open sessions are dropped)
-    SIGNATURES = 6  # {session} -> OK {signatures: {step: 0x...}}: the session's commitments
+    SIGNATURES = 6  # {session} -> OK {steps, root, signature}: the signed batch of the session
     OK = 0x40
     RESULT = 0x41  # compute microseconds u32 | output frame
     ERROR = 0x42  # {message, code}
