@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import itertools
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
-from stagefarm import SPLIT_LAYERS, StageFarm
+from stagefarm import SPLIT_LAYERS, SRC, StageFarm
 
 from verinfer.engine import Engine
 from verinfer.engine.sampler import SamplingParams
@@ -63,3 +69,43 @@ def test_split_run_is_byte_identical_to_one_engine(
             assert a.commitment.output_hash == b.commitment.input_hash
             assert a.commitment.seq == b.commitment.seq
     assert SPLIT_LAYERS == ranges[-1][1]
+
+
+@pytest.mark.slow
+def test_split_cli_prints_the_engine_result_and_checks_the_stages(
+    split_engine: Engine, split_dir: Path, stage_farm: StageFarm
+) -> None:
+    honest, cheater = stage_farm.start_many(["0:5"])[0], stage_farm.start("5:8", "--cheat",
+                                                                          "wrong-activations")
+    args = ["--model", str(split_dir), "--prompt", "Hello there", "--max-tokens", "4", "--json"]
+    stages = ["--stage", f"{honest.host}:{honest.port}=0:5",
+              "--stage", f"{cheater.host}:{cheater.port}=5:8"]
+    base = [sys.executable, "-m", "verinfer.cli", "split", *args, "--check"]
+    done = subprocess.run([*base, *stages], check=False, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(SRC)})
+    assert done.returncode == 3, done.stderr
+    report = json.loads(done.stdout)
+    assert [(f["node"], f["layers"]) for f in report["faults"]] == [(cheater.address, [5, 8])]
+
+    # The cheater's range handed to the honest process: the engine's bytes, nothing to pin.
+    done = subprocess.run([*base, "--stage", f"{honest.host}:{honest.port}=0:8"], check=False,
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(SRC)})
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    expected = split_engine.generate(["Hello there"], SamplingParams(max_tokens=4))[0]
+    assert report["token_ids"] == expected.token_ids and report["faults"] == []
+    assert report["logits_hash"] == expected.logits_hash
+    assert len(report["stages"]) == 1 and report["stages"][0]["layers"] == [0, 8]
+
+
+def test_split_cli_says_when_a_stage_is_not_running(split_dir: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cmd = [sys.executable, "-m", "verinfer.cli", "split", "--model", str(split_dir), "--prompt",
+           "Hi", "--stage", f"127.0.0.1:{port}=0:8"]
+    done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(SRC)})
+    assert done.returncode == 2 and "is the stage running" in done.stderr
+    assert "Traceback" not in done.stderr
