@@ -99,7 +99,7 @@ class StageProcs:
         for proc in self.procs:
             proc.terminate()
         for proc in self.procs:
-            proc.wait(timeout=30)
+            proc.communicate(timeout=30)  # reaps it and closes its stdout pipe
 
 
 def drive(engine: Engine, route: list[StageSpec], tokens: int, links: object = None) -> PipelineResult:

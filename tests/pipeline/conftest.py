@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny random checkpoint, loaded once per test session; stage processes."""
+"""Fixtures of the pipeline tests: an 8-layer tiny checkpoint and stage node processes."""
 
 from __future__ import annotations
 
@@ -10,12 +10,6 @@ from stagefarm import SPLIT_LAYERS, StageFarm
 
 from verinfer.engine import Engine
 from verinfer.engine.testing import tiny_config, write_random_checkpoint
-
-
-@pytest.fixture(scope="session")
-def tiny_engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
-    path: Path = write_random_checkpoint(tmp_path_factory.mktemp("tiny"), tiny_config(), seed=1)
-    return Engine.load(path)
 
 
 @pytest.fixture(scope="session")
