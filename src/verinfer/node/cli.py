@@ -179,6 +179,12 @@ def _stage(model_dirs: list[Path], layers: str, host: str, port: int, data_dir: 
         import torch
 
         torch.set_num_threads(threads)
+    from verinfer.engine import selftest
+
+    # A stage whose arithmetic differs from the golden bytes would sign wrong frames: refuse.
+    report = selftest.run_once(device)
+    _say(f"self-test passed: {len(report.checks)} checks on {', '.join(report.routes)} "
+         f"({report.seconds:.1f} s)")
     network_dir = Path(os.environ.get("VERINFER_DATA_DIR") or "~/.verinfer").expanduser()
     state_dir = (data_dir or network_dir / "node").expanduser()
     identity, created = load_or_create_key(state_dir / "node.key")
