@@ -109,3 +109,21 @@ def test_split_cli_says_when_a_stage_is_not_running(split_dir: Path) -> None:
                           env={**os.environ, "PYTHONPATH": str(SRC)})
     assert done.returncode == 2 and "is the stage running" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_one_driver_runs_generations_back_to_back(split_engine: Engine, stage_farm: StageFarm) -> None:
+    procs = stage_farm.start_many(["0:4", "4:8"])
+    driver = RouteDriver([procs[0].spec(0, 4), procs[1].spec(4, 8)], split_engine.config,
+                         split_engine.tokenizer)
+    try:
+        first = driver.generate(PROMPTS[:1], PARAMS[:1])
+        second = driver.generate(PROMPTS[1:], PARAMS[1:])
+    finally:
+        driver.close()
+    expected = split_engine.generate(PROMPTS, PARAMS)
+    assert first.results[0].token_ids == expected[0].token_ids
+    assert [r.logits_hash for r in second.results] == [r.logits_hash for r in expected[1:]]
+    assert first.session != second.session
+    assert all(c.commitment.session == second.session
+               for s in second.stages for c in s.commitments)

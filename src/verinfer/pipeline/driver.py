@@ -215,6 +215,12 @@ class RouteDriver:
         limits = [min(p.max_tokens, context - len(x)) for x, p in zip(prompts, params, strict=True)]
         self.length = max(len(x) + n for x, n in zip(prompts, limits, strict=True))
         self.batch = len(prompts)
+        # A result lists only this generation's stages, events and commitments.
+        for old in self.retired:
+            if all(old.conn is not s.conn for s in self.live):
+                old.conn.close()
+        self.retired, self.events = [], []
+        self.live = [_Live(s.spec, s.conn, s.node) for s in self.live]
         self.session = os.urandom(frames.SESSION_BYTES)
         self.seq = 0
         self.kept: dict[int, dict[int, bytes]] = {0: {}}  # layer boundary -> step -> frame

@@ -241,6 +241,8 @@ class StageServer:
             return _error(str(exc), exc.code)
         except (BadMessage, ValueError) as exc:
             return _error(str(exc), "bad_request")
+        except Exception as exc:  # noqa: BLE001 - one failed request must not drop the connection
+            return _error(f"internal error: {type(exc).__name__}: {exc}", "internal")
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
