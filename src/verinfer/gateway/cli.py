@@ -118,6 +118,7 @@ def serve(port: int, host: str, state: Path, models: list[Path], p_ppm: int | No
     import uvicorn
     from eth_account import Account
 
+    from verinfer.api.listen import listen
     from verinfer.chain.settings import ChainSettings, connect
     from verinfer.econ.check import econ_params_for, enforce
     from verinfer.gateway.chain_settler import ChainV2Settler
@@ -129,6 +130,8 @@ def serve(port: int, host: str, state: Path, models: list[Path], p_ppm: int | No
     from verinfer.keyfile import load_or_create_key
     from verinfer.node.client import NodeClient
     from verinfer.protocol.params import PosParams
+
+    sock = listen(host, port)  # a taken port fails now, before any chain transaction
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per node call drowns the log
@@ -166,9 +169,9 @@ def serve(port: int, host: str, state: Path, models: list[Path], p_ppm: int | No
     pipeline = EpochPipeline(store, settler, HttpValidators(), identity, settler.domain, pos,
                              contract_epoch)
     app = create_app(service, pipeline)
-    typer.echo(f"gateway {identity.address} on http://{host}:{port}/v1 "
+    typer.echo(f"gateway {identity.address} on http://{host}:{sock.getsockname()[1]}/v1 "
                f"(models: {', '.join(sorted(specs))})")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
 
 
 def register(app: typer.Typer) -> None:

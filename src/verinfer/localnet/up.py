@@ -132,7 +132,10 @@ def node_spec(layout: Layout, ports: Ports, role: NodeRole, options: UpOptions,
         verinfer_command(*args),
         env={**role.env, "VERINFER_DATA_DIR": str(layout.data_dir),
              "VERINFER_CHAIN_RPC": rpc_url, "VERINFER_CHAIN_CONTRACT": contract},
-        ready_url=f"http://127.0.0.1:{port}/health",
+        # Its own "listening on" line first: the port could have been taken by another program
+        # since it was chosen, and that program's /health must not pass for this node's.
+        ready_line=r"listening on (http://\S+)",
+        ready_url="{match}/health",
         timeout_s=NODE_START_S,
     )
 
@@ -150,7 +153,8 @@ def gateway_spec(layout: Layout, ports: Ports, options: UpOptions, rpc_url: str,
         verinfer_command(*args),
         env={"VERINFER_DATA_DIR": str(layout.data_dir), "VERINFER_CHAIN_RPC": rpc_url,
              "VERINFER_CHAIN_CONTRACT": contract},
-        ready_url=f"http://127.0.0.1:{ports.gateway}/health",
+        ready_line=r"gateway 0x[0-9a-fA-F]{40} on (http://\S+)/v1",  # printed once bound
+        ready_url="{match}/health",
         timeout_s=GATEWAY_START_S,
     )
 

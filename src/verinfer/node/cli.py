@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from verinfer.api.listen import listen
 from verinfer.chain.cli import ContractOpt, RpcOpt
 from verinfer.errors import LocalError
 
@@ -34,20 +35,6 @@ def _say(line: str) -> None:
 
 def _advance(bar: Any, task: Any, _tensor_name: str) -> None:
     bar.advance(task)
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise LocalError(f"cannot listen on {host}:{port}: {exc.strerror} (try another --port)") from exc
-    sock.listen(128)
-    sock.set_inheritable(True)
-    return sock
 
 
 def _url(host: str, port: int) -> str:
@@ -139,7 +126,7 @@ def node(
     settings = ChainSettings.load(rpc_url=rpc_url, contract=contract, data_dir=network_dir)
     client = connect(settings, with_key=False)
     client.account = Account.from_key(identity.private_key)
-    sock = _listen(host, port)
+    sock = listen(host, port)
     endpoint = _url(host, sock.getsockname()[1])
     if dev_register:
         from verinfer.chain.cli import parse_amount
