@@ -7,7 +7,7 @@ missing tensor, wrong shape or dtype) becomes one `ModelError` naming the file a
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -90,24 +90,27 @@ def _keys(path: Path) -> list[str]:
         raise ModelError(f"{path}: not a readable safetensors file ({exc})") from exc
 
 
-def read_tensors(model_dir: Path, config: ModelConfig) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield (name, tensor) for every needed tensor, validated, one file open at a time."""
+def read_tensors(
+    model_dir: Path, config: ModelConfig, wanted: Callable[[str], bool] | None = None
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (name, tensor) for every needed tensor (those `wanted` accepts, when given: the
+    others are not read), validated, one file open at a time."""
     files = _tensor_files(model_dir)
-    wanted = expected_shapes(config)
-    missing = [name for name in wanted if name not in files]
+    wanted_shapes = expected_shapes(config)
+    missing = [name for name in wanted_shapes if name not in files]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise ModelError(f"{model_dir}: checkpoint lacks tensor {missing[0]}{more}")
-    wanted |= {k: v for k, v in optional_shapes(config).items() if k in files}
+    wanted_shapes |= {k: v for k, v in optional_shapes(config).items() if k in files}
     by_file: dict[Path, list[str]] = {}
-    for name in sorted(wanted):
+    for name in sorted(n for n in wanted_shapes if wanted is None or wanted(n)):
         by_file.setdefault(files[name], []).append(name)
     for path, names in sorted(by_file.items()):
         try:
             with safe_open(str(path), framework="pt") as f:
                 for name in names:
                     tensor = f.get_tensor(name)
-                    _check(path, name, tensor, wanted[name])
+                    _check(path, name, tensor, wanted_shapes[name])
                     yield name, tensor
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise ModelError(f"{path}: cannot read tensor data ({exc})") from exc

@@ -121,18 +121,38 @@ class KVCache:
 
 
 class IntModel:
-    """Device-resident integer weights and tables of one quantized model.
+    """Device-resident integer weights and tables of one quantized model, or of a part of it.
 
     On the quantized tensors' own device the model shares their storage: the q/k/v and
     gate/up weights it stacks replace the separate tensors in `qmodel.tensors` by views of
     the stacked ones (same values and shapes).
+
+    A part (a pipeline stage's layer range) holds only the tensors `qmodel` carries: a layer,
+    the embedding, the final norm or the head that is absent is None, and running it raises.
+    `install` and `drop_layer` change which parts are held (a stage given another range).
     """
 
     def __init__(self, qmodel: QuantizedModel, device: str | torch.device = "cpu") -> None:
         self.config = qmodel.config
         self.model_id = qmodel.model_id
         self.device = torch.device(device)
-        t = qmodel.tensors
+        c = self.config
+        self.layers: list[Layer | None] = [None] * c.num_hidden_layers
+        self.embed: Linear | None = None
+        self.embed_rows: torch.Tensor | None = None
+        self.norm: torch.Tensor | None = None
+        self.lm_head: Linear | None = None
+        self.install(qmodel.tensors)
+        cos, sin = rope_tables(c, c.context_length)
+        self.rope_cos, self.rope_sin = cos.to(self.device), sin.to(self.device)
+        eps = c.eps_fraction()
+        # eps in units of 2**-(32 + _EPS_SHIFT); rescaled per row by a right shift.
+        self.eps_scaled = round(eps * (1 << (32 + _EPS_SHIFT)))
+        self.inv_sqrt_mant, self.inv_sqrt_exp = _inv_sqrt_scale(c.head_dim)
+
+    def install(self, t: dict[str, torch.Tensor]) -> None:
+        """Build every layer, embedding, norm and head whose tensors `t` carries (quantized
+        names); the parts already held stay."""
         c = self.config
 
         def vec(name: str) -> torch.Tensor:
@@ -160,40 +180,66 @@ class IntModel:
                     start += count
             return joined
 
-        self.embed = linear("model.embed_tokens.weight")
-        self.layers = []
+        if "model.embed_tokens.weight" in t:
+            self.embed = linear("model.embed_tokens.weight")
+            # Embedding rows: gathered, so keep the row-major int8 matrix at hand too.
+            self.embed_rows = self.embed.weight_t.t()
         for i in range(c.num_hidden_layers):
             p = f"model.layers.{i}."
-            self.layers.append(
-                Layer(
-                    input_norm=vec(p + "input_layernorm.weight"),
-                    qkv_proj=stacked([p + f"self_attn.{x}_proj.weight" for x in "qkv"]),
-                    o_proj=linear(p + "self_attn.o_proj.weight"),
-                    post_norm=vec(p + "post_attention_layernorm.weight"),
-                    gate_up_proj=stacked([p + f"mlp.{x}_proj.weight" for x in ("gate", "up")]),
-                    down_proj=linear(p + "mlp.down_proj.weight"),
-                )
+            if p + "input_layernorm.weight" not in t:
+                continue
+            self.layers[i] = Layer(
+                input_norm=vec(p + "input_layernorm.weight"),
+                qkv_proj=stacked([p + f"self_attn.{x}_proj.weight" for x in "qkv"]),
+                o_proj=linear(p + "self_attn.o_proj.weight"),
+                post_norm=vec(p + "post_attention_layernorm.weight"),
+                gate_up_proj=stacked([p + f"mlp.{x}_proj.weight" for x in ("gate", "up")]),
+                down_proj=linear(p + "mlp.down_proj.weight"),
             )
-        self.norm = vec("model.norm.weight")
-        self.lm_head = self.embed if c.tie_word_embeddings else linear("lm_head.weight")
-        # Embedding rows: gathered, so keep the row-major int8 matrix at hand too.
-        self.embed_rows = self.embed.weight_t.t()
-        cos, sin = rope_tables(c, c.context_length)
-        self.rope_cos, self.rope_sin = cos.to(self.device), sin.to(self.device)
-        eps = c.eps_fraction()
-        # eps in units of 2**-(32 + _EPS_SHIFT); rescaled per row by a right shift.
-        self.eps_scaled = round(eps * (1 << (32 + _EPS_SHIFT)))
-        self.inv_sqrt_mant, self.inv_sqrt_exp = _inv_sqrt_scale(c.head_dim)
+        if "model.norm.weight" in t:
+            self.norm = vec("model.norm.weight")
+        if c.tie_word_embeddings:
+            self.lm_head = self.embed if self.norm is not None else None
+        elif "lm_head.weight" in t:
+            self.lm_head = linear("lm_head.weight")
+
+    def drop_layer(self, index: int) -> None:
+        self.layers[index] = None
+
+    def drop_ends(self, embedding: bool, head: bool) -> None:
+        """Free the embedding (a first stage's) and/or the final norm and head (a last one's);
+        a tied embedding stays while either end still needs it."""
+        if head:
+            self.norm, self.lm_head = None, None
+        if embedding and self.lm_head is not self.embed:
+            self.embed, self.embed_rows = None, None
+
+    def held_layers(self) -> list[int]:
+        return [i for i, layer in enumerate(self.layers) if layer is not None]
+
+    def _linears(self) -> list[Linear]:
+        linears = [x for layer in self.layers if layer is not None
+                   for x in (layer.qkv_proj, layer.o_proj, layer.gate_up_proj, layer.down_proj)]
+        if self.embed is not None:
+            linears.append(self.embed)
+        if self.lm_head is not None and self.lm_head is not self.embed:
+            linears.append(self.lm_head)
+        return linears
 
     def weight_bytes(self) -> int:
         """Bytes of int8 weight matrices held (an embedding tied to the head counted once)."""
-        linears = [self.embed] + [
-            x for layer in self.layers
-            for x in (layer.qkv_proj, layer.o_proj, layer.gate_up_proj, layer.down_proj)
-        ]
-        if self.lm_head is not self.embed:
-            linears.append(self.lm_head)
-        return sum(x.weight_t.numel() for x in linears)
+        return sum(x.weight_t.numel() for x in self._linears())
+
+    def resident_bytes(self) -> int:
+        """Bytes of every weight tensor held: int8 matrices, their scales and biases, norm gains."""
+        total = 0
+        for x in self._linears():
+            parts = [x.weight_t, x.mant, x.exp, x.shift_base] + ([x.bias] if x.bias is not None else [])
+            total += sum(p.numel() * p.element_size() for p in parts)
+        gains = [layer.input_norm for layer in self.layers if layer is not None]
+        gains += [layer.post_norm for layer in self.layers if layer is not None]
+        gains += [self.norm] if self.norm is not None else []
+        return total + sum(g.numel() * g.element_size() for g in gains)
 
 
 def _inv_sqrt_scale(head_dim: int) -> tuple[int, int]:
@@ -234,6 +280,8 @@ def rms_norm_quantize(
 
 def embed(model: IntModel, tokens: torch.Tensor) -> torch.Tensor:
     """(B, T) token ids -> (B, T, D) residual stream, int64 fixed point."""
+    if model.embed is None or model.embed_rows is None:
+        raise ValueError("this model part holds no embedding (it is not a first stage)")
     rows = model.embed_rows[tokens].to(torch.int64)
     mant = model.embed.mant[tokens].unsqueeze(-1)
     exp = model.embed.exp[tokens].unsqueeze(-1)
@@ -372,6 +420,8 @@ def forward_layers(
         rows = torch.arange(h.shape[0], device=h.device)
     for index in range(start, end):
         layer = model.layers[index]
+        if layer is None:
+            raise ValueError(f"this model part does not hold layer {index}")
         h = attention(model, layer, index, h, cache, positions, rows)
         h = mlp(layer, h, model.eps_scaled)
     return h
@@ -379,12 +429,16 @@ def forward_layers(
 
 def final_norm(model: IntModel, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The final RMSNorm as wide rows with scales (the head's input)."""
+    if model.norm is None:
+        raise ValueError("this model part holds no final norm (it is not a last stage)")
     return rms_norm_quantize(h, model.norm, model.eps_scaled, fp.WIDE_LEVELS)
 
 
 def head(model: IntModel, h: torch.Tensor) -> torch.Tensor:
     """Final norm and LM head: (B, T, D) -> logits (B, T, V) int32 fixed point (ACT_FRAC bits)."""
     xq, xm, xe = final_norm(model, h)
+    if model.lm_head is None:
+        raise ValueError("this model part holds no LM head (it is not a last stage)")
     logits = model.lm_head(xq, xm, xe)
     limit = torch.iinfo(torch.int32).max
     return logits.clamp(-limit, limit).to(torch.int32)

@@ -19,7 +19,7 @@ import hashlib
 import json
 import shutil
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,14 +89,44 @@ def quantize_checkpoint(
     for name, tensor in read_tensors(model_dir, config):
         if progress:
             progress(name)
-        if is_matrix(name):
-            q, mant, exp = quantize_matrix(tensor)
-            tensors[name] = q
-            tensors[name + "_scale_mant"] = mant
-            tensors[name + "_scale_exp"] = exp
-        else:
-            tensors[name] = quantize_vector(name, tensor)
+        tensors |= quantize_tensor(name, tensor)
     return QuantizedModel(config, tensors, compute_model_id(config, tensors))
+
+
+def quantize_tensor(name: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The quantized tensors of one checkpoint tensor: a matrix's int8 rows and row scales, or
+    a vector's fixed point. The whole-model load and a stage's partial load both use this."""
+    if is_matrix(name):
+        q, mant, exp = quantize_matrix(tensor)
+        return {name: q, name + "_scale_mant": mant, name + "_scale_exp": exp}
+    return {name: quantize_vector(name, tensor)}
+
+
+def source_name(name: str) -> str:
+    """The checkpoint tensor a quantized tensor comes from (a row scale -> its matrix)."""
+    return name.removesuffix("_scale_mant").removesuffix("_scale_exp")
+
+
+def iter_quantized(
+    model_dir: Path, config: ModelConfig, wanted: Callable[[str], bool] | None = None
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, quantized tensor) of a checkpoint directory (float or quantized), one source
+    tensor at a time; with `wanted`, only the tensors whose checkpoint name it accepts are read."""
+    if is_quantized_dir(model_dir):
+        path = model_dir / QUANTIZED_WEIGHTS
+        try:
+            yield from _iter_tensors(path, None if wanted is None else lambda n: wanted(source_name(n)))
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise ModelError(f"{path}: unreadable ({exc})") from exc
+        return
+    for name, tensor in read_tensors(model_dir, config, wanted):
+        yield from quantize_tensor(name, tensor).items()
+
+
+def model_id_of_leaves(config: ModelConfig, leaves: dict[str, bytes]) -> str:
+    """`compute_model_id` from each tensor's `tensor_leaf_hash`, for a load that keeps only some."""
+    hashes = [leaf_hash(config_leaf(config))] + [leaves[n] for n in sorted(leaves)]
+    return merkle_root_of_hashes(hashes).hex()
 
 
 def tensor_leaf_hash(name: str, tensor: torch.Tensor) -> bytes:
@@ -146,9 +176,8 @@ def is_quantized_dir(model_dir: Path) -> bool:
     return (model_dir / QUANTIZED_MANIFEST).is_file()
 
 
-def load_quantized(model_dir: str | Path) -> QuantizedModel:
-    """Load a directory written by `save_quantized`, checking its model_id against its bytes."""
-    model_dir = Path(model_dir)
+def read_manifest(model_dir: Path) -> tuple[ModelConfig, str]:
+    """The configuration and claimed model_id of a quantized directory (format checked)."""
     manifest_path = model_dir / QUANTIZED_MANIFEST
     try:
         manifest = json.loads(manifest_path.read_text())
@@ -161,12 +190,19 @@ def load_quantized(model_dir: str | Path) -> QuantizedModel:
             f"v{manifest.get('numerics_version')}; this engine needs {FORMAT_NAME} "
             f"v{NUMERICS_VERSION}: quantize the original checkpoint again"
         )
+    return config, str(manifest.get("model_id"))
+
+
+def load_quantized(model_dir: str | Path) -> QuantizedModel:
+    """Load a directory written by `save_quantized`, checking its model_id against its bytes."""
+    model_dir = Path(model_dir)
+    config, claimed = read_manifest(model_dir)
     try:
-        tensors = _read_tensors(model_dir / QUANTIZED_WEIGHTS)
+        tensors = dict(_iter_tensors(model_dir / QUANTIZED_WEIGHTS))
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
         raise ModelError(f"{model_dir / QUANTIZED_WEIGHTS}: unreadable ({exc})") from exc
     model_id = compute_model_id(config, tensors)
-    if model_id != manifest.get("model_id"):
+    if model_id != claimed:
         raise ModelError(
             f"{model_dir}: weights do not match the manifest's model_id (corrupt or altered files)"
         )
@@ -176,8 +212,11 @@ def load_quantized(model_dir: str | Path) -> QuantizedModel:
 _DTYPES = {"I8": torch.int8, "I16": torch.int16, "I32": torch.int32, "I64": torch.int64}
 
 
-def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """The integer tensors of a safetensors file, read into ordinary memory one by one.
+def _iter_tensors(
+    path: Path, wanted: Callable[[str], bool] | None = None
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """The integer tensors of a safetensors file (those `wanted` accepts), read into ordinary
+    memory one by one; the others are skipped, not read.
 
     Not memory-mapped: mapped pages stay resident for as long as any tensor of the file lives,
     next to the copies the model makes (stacked weights), which would double peak memory.
@@ -187,8 +226,9 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
         header = json.loads(f.read(header_len))
         header.pop("__metadata__", None)
         file_size = f.seek(0, 2)
-        tensors: dict[str, torch.Tensor] = {}
         for name, info in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
+            if wanted is not None and not wanted(name):
+                continue
             if info["dtype"] not in _DTYPES:
                 raise ValueError(f"tensor {name} has dtype {info['dtype']}, expected an integer type")
             start, end = (8 + header_len + offset for offset in info["data_offsets"])
@@ -199,5 +239,4 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
             f.seek(start)
             if f.readinto(raw.data) != raw.nbytes:
                 raise ValueError(f"tensor {name} is truncated")
-            tensors[name] = tensor
-    return tensors
+            yield name, tensor

@@ -53,12 +53,14 @@ class Cheat:
         if self.strategy == "skip-layers":
             count = min(self.skipped_layers, len(model.layers))
             for layer in model.layers[len(model.layers) - count:]:
+                assert layer is not None  # a node holds the whole model
                 for linear in (layer.o_proj, layer.down_proj):
                     linear.weight_t.zero_()
                     if linear.bias is not None:
                         linear.bias.zero_()
         elif self.strategy == "substitute-model":
             for layer in model.layers:
+                assert layer is not None
                 for linear in (layer.qkv_proj, layer.o_proj, layer.gate_up_proj, layer.down_proj):
                     w = linear.weight_t
                     w.copy_(torch.div(w, 16, rounding_mode="floor") * 16)

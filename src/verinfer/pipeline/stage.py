@@ -25,12 +25,15 @@ from typing import Any
 import torch
 
 from verinfer.engine import Engine
+from verinfer.engine.config import ModelConfig, load_config
+from verinfer.engine.quantize import is_quantized_dir, read_manifest
 from verinfer.engine.model import IntModel, KVCache, embed, forward_layers, head
-from verinfer.errors import LocalError
+from verinfer.errors import LocalError, ModelError
 from verinfer.keyfile import Identity
 from verinfer.pipeline import frames
 from verinfer.pipeline.commitment import OFFCHAIN_DOMAIN, StageCommitment, batch_of, sign_batch
 from verinfer.pipeline.frames import Frame, FrameError, Kind
+from verinfer.pipeline.weights import StageWeights
 from verinfer.pipeline.transport import BadMessage, Msg, json_body, pack, parse_json, read_message
 from verinfer.protocol import wire
 
@@ -90,7 +93,7 @@ def run_stage(model: IntModel, frame: Frame, cache: KVCache, start: int, end: in
 class StageServer:
     """The state of one stage process; `serve` runs it on an asyncio server."""
 
-    def __init__(self, engine: Engine, start: int, end: int, identity: Identity,
+    def __init__(self, engine: Engine | StageWeights, start: int, end: int, identity: Identity,
                  domain: wire.Domain = OFFCHAIN_DOMAIN, throttle_ms: float = 0.0,
                  cheat: str | None = None) -> None:
         if cheat is not None and cheat not in CHEATS:
@@ -110,6 +113,11 @@ class StageServer:
     def assign(self, start: int, end: int) -> None:
         if not 0 <= start < end <= self.num_layers:
             raise StageError(f"layer range {start}:{end} outside 0:{self.num_layers}")
+        if isinstance(self.engine, StageWeights):  # load the range's missing layers, free the rest
+            try:
+                self.engine.serve(start, end)
+            except ModelError as exc:
+                raise StageError(f"cannot load layers {start}:{end}: {exc}", "load_failed") from exc
         self.start, self.end = start, end
         self.sessions.clear()  # their caches hold the old layers
 
@@ -119,7 +127,7 @@ class StageServer:
                 "layers": [self.start, self.end], "num_layers": c.num_hidden_layers,
                 "hidden_size": c.hidden_size, "vocab_size": c.vocab_size,
                 "domain": {"chain_id": self.domain.chain_id, "contract": self.domain.contract},
-                "version": frames.VERSION}
+                "version": frames.VERSION, "weight_bytes": self.engine.model.resident_bytes()}
 
     def open(self, body: dict[str, Any]) -> None:
         try:
@@ -275,12 +283,20 @@ def _error(message: str, code: str) -> bytes:
     return pack(Msg.ERROR, json.dumps({"message": message, "code": code}).encode())
 
 
+def load_quantized_config(model_dir: Path) -> ModelConfig:
+    """The model's configuration (from a quantized directory's manifest or config.json)."""
+    if not model_dir.is_dir():
+        raise ModelError(f"model directory {str(model_dir)!r} does not exist")
+    return read_manifest(model_dir)[0] if is_quantized_dir(model_dir) else load_config(model_dir)
+
+
 def run(model_dir: Path, layers: str, host: str, port: int, identity: Identity, device: str = "cpu",
         throttle_ms: float = 0.0, cheat: str | None = None) -> None:
-    """Load the model, then serve layers `layers` (A:B) until interrupted; one ready line."""
-    parse_layers(layers)  # a malformed range fails before the model loads
-    engine = Engine.load(model_dir, device)
-    start, end = parse_layers(layers, engine.config.num_hidden_layers)
+    """Load the range's weights, then serve layers `layers` (A:B) until interrupted; one ready line."""
+    start, end = parse_layers(layers)  # a malformed range fails before the model loads
+    config = load_quantized_config(model_dir)
+    parse_layers(layers, config.num_hidden_layers)
+    engine = StageWeights(model_dir, start, end, device)
     server = StageServer(engine, start, end, identity, throttle_ms=throttle_ms, cheat=cheat)
 
     def ready(bound_host: str, bound_port: int) -> None:
