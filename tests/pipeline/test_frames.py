@@ -65,3 +65,22 @@ def test_a_huge_declared_shape_is_refused_before_allocating() -> None:
                                 0, 1 << 16, 1 << 16, 1 << 16)
     with pytest.raises(FrameError, match="exceeds the limit"):
         frames.decode(header)
+
+
+def test_the_planner_counts_the_frames_the_stages_send() -> None:
+    """`ModelSpec` byte counts are the encoded frames of one decode token of one sequence."""
+    from verinfer.engine.config import parse_config
+    from verinfer.engine.testing import tiny_config
+    from verinfer.pipeline.cluster import FRAME_OVERHEAD, model_spec_from_config
+
+    assert FRAME_OVERHEAD == frames.HEADER.size + 8
+    config = parse_config(tiny_config(hidden_size=96, num_attention_heads=3, num_key_value_heads=1))
+    spec = model_spec_from_config(config)
+    hidden = torch.full((1, 1, 96), 1000 << 16, dtype=torch.int64)
+    assert len(frames.encode(_frame(hidden))) == spec.activation_bytes == 64 + 4 * 96
+    hidden[0, 0, 5] = 1 << 40  # does not fit int32: the int64 fallback
+    assert len(frames.encode(_frame(hidden))) == spec.activation_bytes_int64 == 64 + 8 * 96
+    tokens = torch.tensor([[[7]]], dtype=torch.int64)
+    assert len(frames.encode(_frame(tokens, Kind.TOKENS))) == spec.input_bytes
+    logits = torch.zeros(1, 1, config.vocab_size, dtype=torch.int64)
+    assert len(frames.encode(_frame(logits, Kind.LOGITS))) == spec.result_bytes

@@ -75,8 +75,10 @@ def test_plan_prints_the_plan_and_the_baselines(tmp_path: Path, model_dir: Path)
                            env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     out = result.output
+    # TinyLlama's hidden size is 2048: an int32 frame of 4 x 2048 B plus 64 B of header
     for text in ("plan for tinyllama (latency)", "laptop", "desktop", "ms per token",
-                 "solver: optimal", "memory-proportional", "best single node"):
+                 "solver: optimal", "memory-proportional", "best single node",
+                 "frames per token: 8,256 B between stages", "16,448 B if a frame falls back"):
         assert text in out, out
     # 1.1B int8 weights (~1.1 GiB) fit on no single node here
     assert "no node holds the model" in out
@@ -102,6 +104,8 @@ def test_plan_json_matches_an_independent_evaluation(tmp_path: Path, model_dir: 
     assert out["plan"]["latency_ms"] == pytest.approx(again.latency_s * 1e3)
     assert out["plan"]["throughput_tps"] == pytest.approx(again.throughput_tps)
     assert out["best_single_node"] is None
+    assert out["model"]["activation_bytes"] == 64 + 4 * 2048
+    assert out["model"]["activation_bytes_int64"] == 64 + 8 * 2048
     assert out["memory_proportional"]["method"] == "memory-proportional"
 
 

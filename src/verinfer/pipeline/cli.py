@@ -11,6 +11,7 @@ import typer
 from verinfer.pipeline.nodesfile import FORMAT_HELP
 
 if TYPE_CHECKING:
+    from verinfer.pipeline.cluster import ModelSpec
     from verinfer.pipeline.planner import Plan
 
 _PLAN_HELP = (
@@ -62,21 +63,24 @@ def plan(
         out = {
             "model": {"name": spec.name, "layers": spec.num_layers, "context": spec.context,
                       "sequences": spec.sequences, "layer_bytes": spec.layer_bytes,
-                      "activation_bytes": spec.activation_bytes, "result_bytes": spec.result_bytes},
+                      "activation_bytes": spec.activation_bytes,
+                      "activation_bytes_int64": spec.activation_bytes_int64,
+                      "input_bytes": spec.input_bytes, "result_bytes": spec.result_bytes},
             "plan": chosen.to_dict(),
             "memory_proportional": proportional.to_dict(),
             "best_single_node": None if single is None else single.to_dict(),
         }
         typer.echo(json.dumps(out, indent=2))
         return
-    _print_tables(spec.name, chosen, proportional, single)
+    _print_tables(spec, chosen, proportional, single)
 
 
-def _print_tables(name: str, chosen: Plan, proportional: Plan, single: Plan | None) -> None:
+def _print_tables(spec: ModelSpec, chosen: Plan, proportional: Plan, single: Plan | None) -> None:
     from rich.console import Console
     from rich.table import Table
 
     gib = 2**30
+    name = spec.name
     table = Table(title=f"plan for {name} ({chosen.objective}): route driver -> "
                   + " -> ".join(s.node for s in chosen.stages) + " -> driver")
     for column in ("stage", "node", "layers", "memory used / free (GiB)", "compute ms",
@@ -94,6 +98,10 @@ def _print_tables(name: str, chosen: Plan, proportional: Plan, single: Plan | No
         f"predicted: {chosen.latency_s * 1e3:.2f} ms per token, "
         f"{chosen.throughput_tps:.2f} tokens/s with {chosen.sequences} sequence(s) in flight "
         f"(slowest stage or link {chosen.bottleneck_s * 1e3:.2f} ms)")
+    console.print(
+        f"frames per token: {spec.activation_bytes:,} B between stages (int32 residual; "
+        f"{spec.activation_bytes_int64:,} B if a frame falls back to int64), "
+        f"{spec.input_bytes:,} B in, {spec.result_bytes:,} B out")
     if solve is not None:
         console.print(f"solver: {solve.status} in {solve.seconds:.2f} s, gap {solve.gap:.3%}"
                       + ("" if chosen.method == "milp" else f"; best plan: {chosen.method}"))

@@ -19,7 +19,15 @@ from verinfer.errors import LocalError, ModelError
 DRIVER = "driver"
 TOKEN_ID_BYTES = 4  # the driver sends each token id as a uint32
 LOGIT_BYTES = 4  # the head's int32 logits
-RESIDUAL_BYTES = 8  # the residual stream is int64 fixed point (ACT_FRAC bits, |x| < 2**46)
+# The residual stream is int64 fixed point (ACT_FRAC bits, |x| < 2**46), but a frame carries
+# it as int32 whenever every value fits (100% of measured frames, docs/pipeline.md), so the
+# planner counts 4 bytes per value. A frame that does not fit goes as int64: 8 bytes per value
+# (`ModelSpec.activation_bytes_int64`), which the plan does not assume.
+RESIDUAL_BYTES = 4
+RESIDUAL_BYTES_INT64 = 8
+# Every frame's fixed part: its 56-byte header and one row's cache row and start position
+# (int32 each). A one-token decode step of one sequence pays it once per hop.
+FRAME_OVERHEAD = 56 + 8
 _SCALE_BYTES = 16  # a weight row's scale: int64 mantissa and int64 exponent, on the device
 _VECTOR_BYTES = 8  # norm gains and biases are int64 on the device
 QUANTIZED_MANIFEST = "verinfer-model.json"  # as verinfer.engine.quantize, without torch
@@ -47,11 +55,17 @@ class ModelSpec:
     stage_fixed_bytes: int  # every stage: RoPE tables and working buffers (an estimate)
     layer_macs: int  # int8 multiply-adds per token of one layer (wide inputs count twice)
     head_macs: int
-    activation_bytes: int  # per token across a stage boundary (the residual stream)
-    input_bytes: int = TOKEN_ID_BYTES  # per token, driver -> first stage
-    result_bytes: int = 0  # per token, last stage -> driver
+    activation_bytes: int  # one decode token's frame across a stage boundary (int32 residual)
+    input_bytes: int = FRAME_OVERHEAD + TOKEN_ID_BYTES  # one token's frame, driver -> first stage
+    result_bytes: int = 0  # one token's frame, last stage -> driver
     context: int = 2048
     sequences: int = 1  # generations in flight, each with its own KV cache
+
+    @property
+    def activation_bytes_int64(self) -> int:
+        """The boundary frame when a value does not fit int32 (never seen, see RESIDUAL_BYTES)."""
+        width = (self.activation_bytes - FRAME_OVERHEAD) // RESIDUAL_BYTES
+        return FRAME_OVERHEAD + width * RESIDUAL_BYTES_INT64
 
     @property
     def layer_bytes(self) -> int:
@@ -116,8 +130,8 @@ def model_spec_from_config(
         stage_fixed_bytes=rope_tables + workspace,
         layer_macs=layer_macs,
         head_macs=2 * vocab * d,
-        activation_bytes=d * RESIDUAL_BYTES,
-        result_bytes=vocab * LOGIT_BYTES if result == "logits" else TOKEN_ID_BYTES,
+        activation_bytes=FRAME_OVERHEAD + d * RESIDUAL_BYTES,
+        result_bytes=FRAME_OVERHEAD + (vocab * LOGIT_BYTES if result == "logits" else TOKEN_ID_BYTES),
         context=context,
         sequences=sequences,
     ).validate()
