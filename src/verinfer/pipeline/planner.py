@@ -42,7 +42,8 @@ OBJECTIVES: tuple[Objective, ...] = ("latency", "throughput")
 DEFAULT_TIME_LIMIT_S = 10.0
 _MS = 1e3  # the MILP works in milliseconds: coefficients near 1 for typical figures
 _TIE_BREAK = 1e-4  # weight of latency / sequences in the throughput objective
-_GROUP_JUMP = 2.0  # a merge this much farther than the last closes a group of nodes
+_GROUP_JUMP = 2.0
+_CUTOFF_SLACK = 1e-6  # the heuristic's own point stays feasible despite rounding  # a merge this much farther than the last closes a group of nodes
 
 
 class PlanError(LocalError):
@@ -299,11 +300,14 @@ def _build(cluster: Cluster, model: ModelSpec, objective: Objective,
         p.add({s: 1.0, x: 1.0, g: -float(layers)}, 0, np.inf)  # the last one ends at L
         p.add({z: 1.0, f: -1.0}, -np.inf, 0)
         p.add({z: 1.0, g: -1.0}, -np.inf, 0)
+        # Memory, with the node's free memory scaled by `used`: the same integer points as
+        # `... <= free`, but a node used a fraction u in the relaxation gets only u of its
+        # memory, so the relaxation cannot put many layers on a barely-used fast node.
         memory = {x: 1.0, f: model.embed_bytes / unit, g: model.head_bytes / unit,
-                  z: -shared / unit, u: model.stage_fixed_bytes / unit}
+                  z: -shared / unit, u: (model.stage_fixed_bytes - node.free_bytes) / unit}
         if with_slack:
             memory[int(p.slack[i])] = -1.0
-        p.add(memory, -np.inf, node.free_bytes / unit)
+        p.add(memory, -np.inf, 0)
         if p.cycle >= 0:
             p.add({p.cycle: 1.0, x: -node.layer_seconds * _MS, f: -node.embed_seconds * _MS,
                    g: -node.head_seconds * _MS}, 0, np.inf)
@@ -424,7 +428,16 @@ def plan(
     """
     _check_inputs(cluster, model, objective, time_limit)
     started = time.perf_counter()
+    single = best_single_node(cluster, model, objective)
+    proportional = memory_proportional(cluster, model, objective)
+    heuristics = [c for c in (single, proportional) if c is not None and c.fits]
     p, cost, bounds, integrality = _build(cluster, model, objective, with_slack=False)
+    if heuristics:
+        # The best heuristic plan as a cutoff: the search drops every branch whose bound is
+        # no better (what a warm start's incumbent does; SciPy's milp takes no start point).
+        incumbent = min(_objective_with_tie_break(c) for c in heuristics) * _MS
+        p.add({int(k): float(v) for k, v in enumerate(cost) if v != 0},
+              -np.inf, incumbent * (1 + _CUTOFF_SLACK))
     result = milp(cost, constraints=p.constraint(), bounds=bounds, integrality=integrality,
                   options={"time_limit": time_limit, "mip_rel_gap": mip_rel_gap})
     seconds = time.perf_counter() - started
@@ -435,9 +448,7 @@ def plan(
         if found.fits:  # always, unless the solver's tolerances let a byte slip
             candidates.append(found)
             milp_objective = found.value
-    single = best_single_node(cluster, model, objective)
-    proportional = memory_proportional(cluster, model, objective)
-    candidates += [c for c in (single, proportional) if c is not None and c.fits]
+    candidates += heuristics
     if not candidates:
         if result.status == 2:  # proven infeasible
             raise _does_not_fit(cluster, model, time_limit)
@@ -449,6 +460,8 @@ def plan(
     value = _objective_with_tie_break(best)
     gap = max(0.0, (value - lower) / value) if value > 0 else 0.0
     status = {0: "optimal", 1: "time limit"}.get(result.status, result.message)
+    if result.status == 2 and heuristics:  # nothing beats the cutoff: the heuristic is optimal
+        status, lower, gap = "optimal", value, 0.0
     if result.x is None and result.status == 1:
         status = "no solution in time"
     return replace(best, solve=SolveInfo(status, seconds, lower, gap, milp_objective))
