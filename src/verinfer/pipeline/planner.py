@@ -266,8 +266,14 @@ def _build(cluster: Cluster, model: ModelSpec, objective: Objective,
     integrality = np.zeros(p.size)
     integrality[np.concatenate([p.used, p.layers, p.first, p.last])] = 1
     integrality[list(p.arc.values())] = 1
-    hi[p.layers] = layers
     hi[p.start] = layers
+    for i, node in enumerate(nodes):
+        # Presolve: a node's layer count is bounded by its memory (the embedding and head
+        # only add to a stage), and a node that cannot hold one layer is left out.
+        room = (node.free_bytes - model.stage_fixed_bytes) // unit if model.layer_bytes else layers
+        hi[p.layers[i]] = max(0, min(layers, room)) if not with_slack else layers
+        if hi[p.layers[i]] < 1:
+            hi[p.used[i]] = hi[p.first[i]] = hi[p.last[i]] = hi[p.both[i]] = 0
     if p.cycle >= 0:
         hi[p.cycle] = np.inf
     hi[p.slack] = np.inf
