@@ -38,6 +38,12 @@ from verinfer.node.client import NodeBusy, NodeClient, NodeRefused, NodeUnavaila
 from verinfer.protocol import wire
 
 JOB_TTL_S = 600
+# How long a read of an account's spendable funds is reused. Each read is three chain calls
+# (allowance, epoch, balance: about a third of a request's time through the gateway on the dev
+# chain), and a read is stale anyway by the time a generation ends; the cache is also dropped
+# whenever the chain's epoch or the number of epochs this gateway settled changes, the two
+# things that move the allowance or the balance by the gateway's own hand.
+SPENDABLE_TTL_S = 1.0
 MAX_ATTEMPTS = 4  # nodes tried for one request before the user gets a 502
 UserRequest = CompletionRequest | ChatCompletionRequest
 
@@ -177,6 +183,7 @@ class GatewayService:
         self.stats = GatewayStats()
         self._reserved: dict[str, int] = {}  # worst-case fees of requests in flight
         self._reserve_lock = threading.Lock()
+        self._spendable: dict[str, tuple[float, tuple[int | None, int], int]] = {}
 
     # ---------------------------------------------------------------- admission
 
@@ -248,9 +255,24 @@ class GatewayService:
 
     def _reserve(self, account: str, amount: int) -> None:
         """Refuse (402) a request the account could not pay even at its longest."""
-        spendable = self.settler.spendable(account)
+        spendable = self.spendable(account)
         with self._reserve_lock:
             self._reserve_locked(account, amount, spendable)
+
+    def spendable(self, account: str) -> int:
+        """The settler's `spendable(account)`, reused for up to SPENDABLE_TTL_S while the
+        chain's epoch and this gateway's settled epochs stay the same."""
+        clock = self.settler.epoch_clock()
+        now = self.clock()
+        epoch = None if clock is None else \
+            int(now + self.settler.clock_skew() - clock[0]) // clock[1]
+        state = (epoch, self.store.count_epochs("settled"))
+        cached = self._spendable.get(account)
+        if cached is not None and cached[1] == state and now - cached[0] < SPENDABLE_TTL_S:
+            return cached[2]
+        value = self.settler.spendable(account)
+        self._spendable[account] = (now, state, value)
+        return value
 
     def _reserve_locked(self, account: str, amount: int, spendable: int) -> None:
         owed = self.store.unsettled_fees(account) + self._reserved.get(account, 0)
@@ -313,7 +335,13 @@ class GatewayService:
                     or list(bundle.prompt_token_ids) != prepared.prompt_ids
                     or bundle.stop != prepared.stop):
                 raise BadReceipt("the receipt commits to another request")
-            bundle.check()
+            # The job, request, prompt and stop are the gateway's own (compared above), so of
+            # `bundle.check()` only the node's side is left to check: recovering the job's
+            # signer again would cost a second signature recovery per request for nothing.
+            message = job.message
+            assert isinstance(message, wire.Job)
+            wire.check_receipt(self.domain, bundle.receipt, message, bundle.request,
+                               bundle.output_token_ids)
         except (RemoteError, wire.WireFormatError) as exc:
             raise BadReceipt(f"receipt refused: {exc}") from exc
         if streamed is not None and list(bundle.output_token_ids) != streamed:
