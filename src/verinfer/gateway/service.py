@@ -19,12 +19,11 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
+from verinfer.api.commitment import Prompts, commit
 from verinfer.api.schemas import (
-    DEFAULT_COMPLETION_MAX_TOKENS,
     ChatCompletionRequest,
-    ChatMessage,
     CompletionRequest,
     StreamOptions,
     VerinferRequestExtension,
@@ -66,15 +65,6 @@ class UpstreamFailed(RemoteError):
 
 class BadReceipt(RemoteError):
     """A node's receipt does not check out; the node is treated as failed."""
-
-
-class Prompts(Protocol):
-    """How a model's prompts become token ids (`verinfer.api.prompt.PromptBuilder`, which the
-    nodes use too, so both sides commit to the same ids)."""
-
-    def chat(self, messages: list[ChatMessage]) -> list[int]: ...
-
-    def completion(self, prompt: str | list[int]) -> list[int]: ...
 
 
 @dataclass(frozen=True)
@@ -215,32 +205,16 @@ class GatewayService:
             raise GenerationParamsError("n must be 1 through the gateway (one receipt per job)")
         if body.verinfer is not None:
             raise GenerationParamsError("the `verinfer` field is set by the gateway, not by users")
-        if isinstance(body, ChatCompletionRequest):
-            kind, prompt_ids = "chat", spec.prompts.chat(body.messages)
-            max_tokens = body.max_new_tokens
-            logprobs = body.logprobs
-        else:
-            kind, prompt_ids = "completion", spec.prompts.completion(body.prompt)
-            max_tokens = body.max_tokens or DEFAULT_COMPLETION_MAX_TOKENS
-            logprobs = body.logprobs is not None
-        room = spec.context_length - len(prompt_ids)
-        if room < 1:
-            raise GenerationParamsError(f"the prompt has {len(prompt_ids)} tokens; the model's "
-                                        f"context is {spec.context_length}")
-        max_tokens = room if max_tokens is None else max_tokens
-        if max_tokens > room:
-            raise GenerationParamsError(
-                f"prompt ({len(prompt_ids)} tokens) plus max_tokens ({max_tokens}) exceed the "
-                f"model's context of {spec.context_length} tokens: lower max_tokens")
-        seed = body.seed if body.seed is not None else secrets.randbits(63)
-        temperature_milli = round(body.temperature * 1000)
-        if body.temperature > 0 and temperature_milli == 0:
-            raise GenerationParamsError("temperature must be 0 (greedy) or at least 0.001")
+        # One implementation of the commitment for node and gateway: the job signed here then
+        # commits to exactly what an honest node runs.
         model_id = self.model_id_of(spec)
-        request = wire.Request.build(
-            model_id, prompt_ids, max_tokens=max_tokens, temperature_milli=temperature_milli,
-            top_k=max(body.top_k, 0), top_p_micro=round(body.top_p * 1_000_000), seed=seed,
-            stop=body.stop_sequences, ignore_eos=body.ignore_eos)
+        committed = commit(body, model_id, spec.prompts, spec.context_length)
+        [row] = committed.rows
+        request, max_tokens, seed = row.request, row.params.max_tokens, row.params.seed
+        prompt_ids = committed.prompt_ids
+        kind = "chat" if isinstance(body, ChatCompletionRequest) else "completion"
+        logprobs = body.logprobs if isinstance(body, ChatCompletionRequest) \
+            else body.logprobs is not None
         update: dict[str, Any] = {"seed": seed, "max_tokens": max_tokens, "stream": True,
                                   "stream_options": StreamOptions(include_usage=True),
                                   "user": None}
