@@ -37,6 +37,7 @@ import dataclasses
 import os
 import random
 import secrets
+import shutil
 import sqlite3
 import statistics
 import sys
@@ -58,6 +59,7 @@ PROMPT_LEN = 16
 STREAMS = (1, 4, 8)
 SLOTS = 8
 TIMEOUT_S = 600.0
+PROMPT_VOCAB = 4096  # prompt ids are drawn below it: the demo's vocabulary, which 1b shares
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,7 +124,16 @@ def concurrently(count: int, workers: int, one: Callable[[int], int]) -> float:
 
 
 def model_path(model: str) -> Path:
-    return DEMO_MODEL if model == "demo" else verinfer_quantized("1b", random_1b_checkpoint())
+    """The demo model, or the 1B shape quantized once (nodes then load int8 directly)."""
+    if model == "demo":
+        return DEMO_MODEL
+    hf_dir = random_1b_checkpoint()
+    out = verinfer_quantized("1b", hf_dir)
+    # `verinfer up` checks for a config.json; a quantized directory keeps its config in its
+    # manifest (which nodes and gateway read), so the copy is only there to pass that check.
+    if not (out / "config.json").is_file():
+        shutil.copyfile(hf_dir / "config.json", out / "config.json")
+    return out
 
 
 def start_gateway_network(data_dir: Path, model_dir: Path, p_ppm: int, nodes: int,
@@ -158,11 +169,9 @@ def verdict_count(network: Any) -> tuple[int, int]:
 
 def measure_gateway(model: str, p_ppm: int, args: argparse.Namespace, work: Path,
                     console: Console) -> dict[str, Any]:
-    from verinfer.engine.config import load_config
-
     model_dir = model_path(model)
     name = model_dir.resolve().name
-    vocab = min(load_config(model_dir).vocab_size, 4096)
+    vocab = PROMPT_VOCAB
     n = args.requests if model == "demo" else args.requests_1b
     network = start_gateway_network(work / f"net-{model}-p{p_ppm}", model_dir, p_ppm,
                                     args.gateway_nodes, args.epoch_seconds, console)
@@ -274,10 +283,8 @@ def measure_node(model: str, args: argparse.Namespace, work: Path,
                  console: Console) -> dict[str, Any]:
     from eth_account import Account
 
-    from verinfer.engine.config import load_config
-
     model_dir = model_path(model)
-    vocab = min(load_config(model_dir).vocab_size, 4096)
+    vocab = PROMPT_VOCAB
     name = model_dir.resolve().name
     supervisor, node, domain = start_one_node(work / f"node-{model}", model_dir, console)
     try:
@@ -414,9 +421,15 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="verinfer-netbench-") as tmp:
         work = args.work_dir or Path(tmp)
-        gateway_rows = [measure_gateway("demo", p, args, work, console) for p in args.ps]
-        gateway_rows += [measure_gateway("1b", p, args, work, console) for p in args.ps_1b]
-        node_rows = [measure_node(m, args, work, console) for m in args.models]
+        gateway_rows: list[dict[str, Any]] = []
+        node_rows: list[dict[str, Any]] = []
+        runs = [("demo", p) for p in args.ps] + [("1b", p) for p in args.ps_1b]
+        for model, p in runs:
+            gateway_rows.append(measure_gateway(model, p, args, work, console))
+            print(f"measured: {gateway_rows[-1]}", flush=True)  # kept if a later part fails
+        for model in args.models:
+            node_rows.append(measure_node(model, args, work, console))
+            print(f"measured: {node_rows[-1]}", flush=True)
     print_tables(gateway_rows, node_rows, args)
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"\nload average at the end {load}; {time.monotonic() - started:.0f} s in all")
