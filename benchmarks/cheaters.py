@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--p", type=int, default=200_000, help="challenge rate, ppm")
     parser.add_argument("--detections", type=float, default=6.0,
                         help="expected detections per strategy (sets the cheater's requests)")
-    parser.add_argument("--nodes", type=int, default=2, help="honest nodes per network")
+    parser.add_argument("--nodes", type=int, default=3, help="honest nodes per network")
     parser.add_argument("--max-requests", type=int, default=600, help="per strategy, at most")
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--concurrency", type=int, default=4)
@@ -177,9 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--strategies: some of {', '.join(STRATEGIES)}")
     if not 0 < args.p <= 1_000_000:
         parser.error("--p: 1..1000000 parts per million")
-    if args.nodes < 2:
-        parser.error("--nodes: at least 2 honest (a validator and an arbitrator besides the "
-                     "cheater)")
+    if args.nodes < 3:
+        # the contract's committees: 2 validators, then 3 arbitrators when they disagree with
+        # the asserter; with the cheater asserting, that takes 3 honest nodes besides it
+        parser.error("--nodes: at least 3 honest")
 
     console = wide_console()
     info = machine()
