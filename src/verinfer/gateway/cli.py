@@ -118,7 +118,7 @@ def serve(port: int, host: str, state: Path, models: list[Path], p_ppm: int, val
     from verinfer.gateway.chain_settler import ChainV2Settler
     from verinfer.gateway.epochs import EpochPipeline
     from verinfer.gateway.router import Router
-    from verinfer.gateway.server import HttpValidators, create_app
+    from verinfer.gateway.server import HttpValidators, SharedTransport, create_app
     from verinfer.gateway.service import GatewayService, ModelSpec
     from verinfer.gateway.store import GatewayStore
     from verinfer.keyfile import load_or_create_key
@@ -148,11 +148,13 @@ def serve(port: int, host: str, state: Path, models: list[Path], p_ppm: int, val
     specs = {spec.name: spec for spec in (ModelSpec.from_dir(m) for m in models)}
     store = GatewayStore(state / "gateway.sqlite")
     router = Router(params.min_stake)
+    transport = SharedTransport()  # one connection pool for requests, challenges and probes
     service = GatewayService(store, settler, router, specs, identity, settler.domain, price,
-                             lambda node: NodeClient(node.endpoint, timeout_s=30.0))
-    pipeline = EpochPipeline(store, settler, HttpValidators(), identity, settler.domain, pos,
-                             epoch_seconds)
-    app = create_app(service, pipeline)
+                             lambda node: NodeClient(node.endpoint, timeout_s=30.0,
+                                                     transport=transport))
+    pipeline = EpochPipeline(store, settler, HttpValidators(transport=transport), identity,
+                             settler.domain, pos, epoch_seconds)
+    app = create_app(service, pipeline, node_transport=transport)
     typer.echo(f"gateway {identity.address} on http://{host}:{port}/v1 "
                f"(models: {', '.join(sorted(specs))})")
     uvicorn.run(app, host=host, port=port, log_level="warning")
