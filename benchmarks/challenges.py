@@ -165,18 +165,25 @@ def _hex_id(value: Any) -> str:
 
 def wait_settled(network: Any, receipt_ids: set[str], deadline: float,
                  console: Console) -> dict[str, Any]:
-    """Poll the store until every epoch holding one of the receipts is settled (or deadline)."""
+    """Poll the store until every epoch holding one of the receipts is settled (or deadline,
+    or Ctrl-C: what is known by then is returned)."""
     columns = (TextColumn("receipts settled on chain"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())
+               TimeElapsedColumn(), TextColumn("{task.fields[note]}"))
     with Progress(*columns, console=console) as progress:
-        task = progress.add_task("settled", total=len(receipt_ids))
-        while True:
-            facts = store_facts(network, receipt_ids)
-            progress.update(task, completed=facts["stored"] - facts["unsettled"])
-            if (facts["stored"] == len(receipt_ids) and not facts["unsettled"]) \
-                    or time.monotonic() > deadline:
-                return facts
-            time.sleep(3)
+        task = progress.add_task("settled", total=len(receipt_ids), note="")
+        facts = store_facts(network, receipt_ids)
+        try:
+            while True:
+                facts = store_facts(network, receipt_ids)
+                progress.update(task, completed=facts["stored"] - facts["unsettled"],
+                                note=f"challenge outcomes {dict(facts['outcomes'])}")
+                if (facts["stored"] == len(receipt_ids) and not facts["unsettled"]) \
+                        or time.monotonic() > deadline:
+                    return facts
+                time.sleep(3)
+        except KeyboardInterrupt:
+            console.print("interrupted: the figures below are those known now")
+            return facts
 
 
 def chain_facts(network: Any, start_block: int) -> dict[str, Any]:
