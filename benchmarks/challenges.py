@@ -138,7 +138,7 @@ def store_facts(network: Any, receipt_ids: set[str]) -> dict[str, Any]:
                          uri=True, timeout=30)
     try:
         rows = db.execute("SELECT r.receipt_id, r.node, r.epoch, e.state FROM receipts r "
-                          "LEFT JOIN epochs e ON e.epoch = r.epoch").fetchall()
+                          "LEFT JOIN epochs e ON e.epoch = r.epoch ORDER BY r.seq").fetchall()
         outcomes = dict(db.execute("SELECT receipt_id, outcome FROM outcomes").fetchall())
         verdicts = Counter(rid for (rid,) in db.execute("SELECT receipt_id FROM verdicts"))
     finally:
@@ -153,6 +153,8 @@ def store_facts(network: Any, receipt_ids: set[str]) -> dict[str, Any]:
         "outcomes": Counter(str(outcomes[r[0]]).upper() for r in mine if r[0] in outcomes),
         "outcome_of": {_hex_id(r[0]): str(outcomes[r[0]]).upper() for r in mine
                        if r[0] in outcomes},
+        "state_of": {_hex_id(r[0]): str(r[3]) for r in mine},
+        "node_of": {_hex_id(r[0]): str(r[1]).lower() for r in mine},  # in the order recorded
         "verdicts": sum(verdicts[r[0]] for r in mine),
     }
 

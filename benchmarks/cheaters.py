@@ -97,6 +97,30 @@ def geometric_chi_square(lengths: list[int], q: float) -> tuple[float, float, li
                                         zip(labels, observed, expected)]
 
 
+def analyse(store: dict[str, Any], order: list[str], cheater: str,
+            honest: set[str]) -> dict[str, Any]:
+    """Detection facts from the gateway's store. `order`: receipt ids in the order served.
+
+    A cheater's receipt counts towards requests until detection only if its epoch was
+    committed (a missed epoch's receipts can never be challenged); a detection is an
+    ASSERTER_FAULT outcome on it. VALIDATOR_FAULT on an honest node's receipt is the cheater
+    caught as a validator (model-level strategies replay with their corrupted weights)."""
+    outcome_of, state_of, node_of = store["outcome_of"], store["state_of"], store["node_of"]
+    mine = [rid for rid in order if node_of.get(rid) == cheater]
+    eligible = [rid for rid in mine if state_of.get(rid) != "missed"]
+    detected = [outcome_of.get(rid) == "ASSERTER_FAULT" for rid in eligible]
+    lengths, unfinished = trial_lengths(detected)
+    return {
+        "served": len(mine), "eligible": len(eligible), "detected": sum(detected),
+        "challenged": sum(1 for rid in eligible if rid in outcome_of),
+        "lengths": lengths, "unfinished": unfinished,
+        "as_validator": sum(1 for rid in order if node_of.get(rid) in honest
+                            and outcome_of.get(rid) == "VALIDATOR_FAULT"),
+        "honest_mismatch": sum(1 for rid in order if node_of.get(rid) in honest
+                               and outcome_of.get(rid) == "ASSERTER_FAULT"),
+    }
+
+
 def run_strategy(strategy: str, args: argparse.Namespace, work: Path,
                  console: Console) -> dict[str, Any]:
     from verinfer.localnet.demo import chain_client
@@ -124,34 +148,25 @@ def run_strategy(strategy: str, args: argparse.Namespace, work: Path,
         receipts, errors = send_traffic(network, Traffic("demo", args.max_tokens, seed=len(strategy)),
                                         args.max_requests, args.concurrency, deadline, console,
                                         label=strategy, stop=enough)
-        ids = {str(r["receiptId"]).lower() for r in receipts}
-        store = wait_settled(network, ids, deadline, console)
-        mine = [str(r["receiptId"]).lower() for r in receipts
-                if str(r["receipt"]["node"]).lower() == cheater]
-        detected = [store["outcome_of"].get(rid, "PASSED") not in ("PASSED", "SKIPPED")
-                    for rid in mine]
+        order = [str(r["receiptId"]).lower() for r in receipts]
+        store = wait_settled(network, set(order), deadline, console)
+        facts = analyse(store, order, cheater, honest)
         # A slash is executed after the appeal window: wait for one per detection.
         with console.status("waiting for the slashes to take effect on chain ..."):
             while True:
                 chain = chain_facts(network, start_block)
-                if chain["slashes"].get(cheater, 0) >= sum(detected) \
+                if chain["slashes"].get(cheater, 0) >= facts["detected"] \
                         or time.monotonic() > deadline:
                     break
                 time.sleep(3)
-        honest_mismatch = sum(
-            1 for r in receipts if str(r["receipt"]["node"]).lower() in honest
-            and store["outcome_of"].get(str(r["receiptId"]).lower(), "PASSED") != "PASSED")
     finally:
         network.stop()
-    lengths, unfinished = trial_lengths(detected)
     return {
         "strategy": strategy, "q": q, "requests": len(receipts), "errors": len(errors),
-        "served": len(mine), "challenged": sum(1 for rid in mine if rid in store["outcome_of"]),
-        "detected": sum(detected), "lengths": lengths, "unfinished": unfinished,
+        **facts, "missed": store["missed"],
         "slashed": chain["slashes"].get(cheater, 0),
         "honest_slashed": sum(n for a, n in chain["slashes"].items() if a in honest),
-        "honest_mismatch": honest_mismatch, "unsettled": store["unsettled"],
-        "seconds": time.monotonic() - began,
+        "unsettled": store["unsettled"], "seconds": time.monotonic() - began,
     }
 
 
@@ -190,18 +205,25 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="verinfer-cheaters-") as tmp:
         work = args.work_dir or Path(tmp)
         rows = [run_strategy(s, args, work, console) for s in strategies]
+    ok = report(rows, args.p, args.nodes, args.max_tokens)
+    print("load average at the end " + " ".join(f"{x:.1f}" for x in os.getloadavg()))
+    return 0 if ok else 1
 
-    print(f"\none cheater and {args.nodes} honest nodes per network, p = {args.p / 1e6:g}, "
-          f"{args.max_tokens} tokens per request\n")
-    print("| strategy | q = p f | requests | served by cheater | challenged | detected "
-          "| slashed on chain | honest slashed | honest mismatches | trials: mean length "
-          "| expected 1/q | 95% CI of 1/q | exact binomial p | verdict | seconds |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|---:|")
+
+def report(rows: list[dict[str, Any]], p_ppm: int, nodes: int, max_tokens: int) -> bool:
+    """Print the table and the statistical checks; True when every verdict is good."""
+    print(f"\none cheater and {nodes} honest nodes per network, p = {p_ppm / 1e6:g}, "
+          f"{max_tokens} tokens per request\n")
+    print("| strategy | q = p f | requests | served by cheater (in committed epochs) "
+          "| challenged | detected | caught as validator | slashed on chain | honest slashed "
+          "| honest found at fault | trials: mean length | expected 1/q | 95% CI of 1/q "
+          "| exact binomial p | verdict | seconds |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|---:|")
     ok = True
-    always = [x for row in rows if row["q"] == args.p / 1e6 for x in row["lengths"]]
+    always = [x for row in rows if row["q"] == p_ppm / 1e6 for x in row["lengths"]]
     alpha = 0.05 / (len(rows) + (1 if always else 0))  # Bonferroni: one verdict for all tests
     for row in rows:
-        k, d, q = row["served"], row["detected"], row["q"]
+        k, d, q = row["eligible"], row["detected"], row["q"]
         pvalue, lo, hi = binomial_check(k, d, q) if k else (math.nan, 0.0, 1.0)
         mean = statistics_mean(row["lengths"])
         consistent = not pvalue < alpha
@@ -212,26 +234,26 @@ def main(argv: list[str] | None = None) -> int:
             ("consistent with geometric" if consistent else "NOT consistent with geometric")
         ok = ok and caught and clean and consistent and not row["errors"]
         ci = f"[{1 / hi:.1f}, {1 / lo:.1f}]" if lo > 0 else f"[{1 / hi:.1f}, inf]"
-        print(f"| {row['strategy']} | {q:.2f} | {row['requests']} | {k} | {row['challenged']} "
-              f"| {d} | {row['slashed']} | {row['honest_slashed']} | {row['honest_mismatch']} "
+        print(f"| {row['strategy']} | {q:.2f} | {row['requests']} | {row['served']} ({k}) "
+              f"| {row['challenged']} | {d} | {row['as_validator']} | {row['slashed']} "
+              f"| {row['honest_slashed']} | {row['honest_mismatch']} "
               f"| {len(row['lengths'])} trials: {mean:.1f} (+{row['unfinished']} unfinished) "
               f"| {1 / q:.1f} | {ci} | {pvalue:.2f} | {verdict} | {row['seconds']:.0f} |")
     if always:
-        stat, pvalue, bins = geometric_chi_square(always, args.p / 1e6)
+        stat, pvalue, bins = geometric_chi_square(always, p_ppm / 1e6)
         fits = not pvalue < alpha
         print(f"\npooled trial lengths of the strategies that always cheat ({len(always)} trials, "
-              f"mean {statistics_mean(always):.2f}, expected {1e6 / args.p:.2f}): "
+              f"mean {statistics_mean(always):.2f}, expected {1e6 / p_ppm:.2f}): "
               + "; ".join(bins)
               + (f"; chi-square {stat:.2f}, p = {pvalue:.2f}: "
-                 f"{'consistent with' if fits else 'REJECTS'} Geometric({args.p / 1e6:g})"
+                 f"{'consistent with' if fits else 'REJECTS'} Geometric({p_ppm / 1e6:g})"
                  if not math.isnan(stat) else "; too few trials for a chi-square"))
         ok = ok and fits
     print(f"\nverdicts at level {alpha:.4f} per test (0.05 over all {len(rows) + bool(always)} "
           "tests, Bonferroni)")
-    print("load average at the end " + " ".join(f"{x:.1f}" for x in os.getloadavg()))
     print("verdict: " + ("every cheater caught and slashed, no honest node hurt, detection "
                          "consistent with the geometric law" if ok else "NOT MET: see above"))
-    return 0 if ok else 1
+    return ok
 
 
 def statistics_mean(values: list[int]) -> float:
