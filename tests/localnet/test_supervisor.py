@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import sys
@@ -10,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from verinfer.localnet.layout import Layout, Ports
 from verinfer.localnet.supervisor import ServiceFailed, ServiceSpec, Supervisor
+from verinfer.localnet.up import UpOptions, gateway_spec
 
 PY = sys.executable
 
@@ -87,3 +90,52 @@ def test_start_all_launches_side_by_side(tmp_path: Path) -> None:
 
     # The last one was started before the first one was ready: none waited for another.
     assert stamp("n2", "born") < stamp("n0", "ready")
+
+
+def test_another_programs_health_is_not_the_childs(tmp_path: Path) -> None:
+    # A port chosen as free can be taken by another program before the child binds it: that
+    # program's /health answers 200, but the child never prints its line and exits.
+    import http.server
+    import threading
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the standard library's name
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    foreign = http.server.HTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=foreign.serve_forever, daemon=True).start()
+    port = foreign.server_address[1]
+    script = (f"import sys, time; time.sleep(1); print('cannot listen on 127.0.0.1:{port}'); "
+              "sys.exit(2)")
+    # The localnet's own gateway spec, with a child that fails as the gateway would.
+    spec = gateway_spec(Layout(tmp_path), Ports(chain=1, gateway=port, nodes=(2,)),
+                        UpOptions(data_dir=tmp_path, model=tmp_path), "http://127.0.0.1:1", "0x0")
+    spec = dataclasses.replace(spec, argv=[PY, "-c", script], env={}, timeout_s=20)
+    try:
+        with Supervisor(tmp_path) as sup, pytest.raises(ServiceFailed, match="exited with status 2"):
+            sup.start(spec)
+    finally:
+        foreign.shutdown()
+        foreign.server_close()
+
+
+def test_gateway_on_a_taken_port_is_a_one_line_error(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        repo = Path(__file__).resolve().parents[2]
+        done = subprocess.run(
+            [PY, "-m", "verinfer.cli", "gateway", "--port", str(port), "--data-dir",
+             str(tmp_path), "--model", str(repo / "models" / "demo")],
+            capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
