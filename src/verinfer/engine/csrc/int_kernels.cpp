@@ -14,26 +14,40 @@
 #include <immintrin.h>
 #endif
 
+#include "products_neon.h"
+
 #include <algorithm>
 #include <cstdint>
 #include <map>
 #include <string>
 #include <vector>
 
-// Routes: the instruction sets a kernel may use, best first. Every route computes the same
+// Routes: the instruction sets a kernel may use, slowest first. Every route computes the same
 // integers; which one runs is the CPU's best unless set_isa forces another (VERINFER_ISA).
-// `scalar` is the portable C++ compiled for the build's baseline target (x86-64: SSE2, which
-// the compiler may still vectorize with); `avx2` x86-64-v3; `avx512` x86-64-v4 (AVX-512 F, BW,
-// DQ, VL); `avx512vnni` adds the VNNI byte products.
+// `scalar` is the portable C++ compiled for the build's baseline target (x86-64: SSE2; aarch64:
+// NEON, which the compiler may vectorize with). On x86-64, `avx2` is x86-64-v3; `avx512`
+// x86-64-v4 (AVX-512 F, BW, DQ, VL); `avx512vnni` adds the VNNI byte products. On aarch64,
+// `neon` and `neon-dotprod` are the weight products of products_neon.h (the other kernels are
+// the scalar route's, vectorized by the compiler for the baseline NEON).
 namespace {
 
-enum Isa : int { ISA_SCALAR = 0, ISA_AVX2 = 1, ISA_AVX512 = 2, ISA_AVX512VNNI = 3 };
+#if defined(__x86_64__)
+enum Isa : int { ISA_SCALAR = 0, ISA_AVX2 = 1, ISA_AVX512 = 2, ISA_AVX512VNNI = 3, ISA_COUNT = 4 };
 const char* const ISA_NAMES[] = {"scalar", "avx2", "avx512", "avx512vnni"};
+#elif defined(__aarch64__)
+enum Isa : int { ISA_SCALAR = 0, ISA_NEON = 1, ISA_NEON_DOTPROD = 2, ISA_COUNT = 3 };
+const char* const ISA_NAMES[] = {"scalar", "neon", "neon-dotprod"};
+#else
+enum Isa : int { ISA_SCALAR = 0, ISA_COUNT = 1 };
+const char* const ISA_NAMES[] = {"scalar"};
+#endif
 
 Isa best_isa() {
 #if defined(__x86_64__)
   if (__builtin_cpu_supports("x86-64-v4")) return __builtin_cpu_supports("avx512vnni") ? ISA_AVX512VNNI : ISA_AVX512;
   if (__builtin_cpu_supports("x86-64-v3")) return ISA_AVX2;
+#elif defined(__aarch64__)
+  return verinfer_neon::has_dotprod() ? ISA_NEON_DOTPROD : ISA_NEON;
 #endif
   return ISA_SCALAR;
 }
@@ -620,7 +634,7 @@ bool within_127(const int8_t* x, int64_t count) {
 // The int32 products x . w[c] of int8 rows x (R, K) with the rows of an int8 weight (N, K), by
 // the route in use (all give the same integers): VNNI byte products; without VNNI, the AVX2
 // byte products for rows in [-127, 127] (every row the engine makes), 16-bit ones otherwise
-// and on the scalar route. `columns` writes those of columns c0..c1-1 to acc[r * stride + c - c0].
+// and on the scalar route; on aarch64, NEON's (any row). `columns` writes those of columns c0..c1-1 to acc[r * stride + c - c0].
 //
 // No route hands products to a library: torch._int_mm runs ~3.5 G int-ops/s without VNNI or
 // AMX, and float32 BLAS products over K-chunks of 1024 (exact: partial sums below 2**24) ran at
@@ -629,6 +643,8 @@ class Products {
  public:
   Products(const torch::Tensor& x, const torch::Tensor& w)
       : rows(x.size(0)), k(x.size(1)), n(w.size(0)), x_(x.data_ptr<int8_t>()), w_(w.data_ptr<int8_t>()) {
+    route_ = Route::int16;
+#if defined(__x86_64__)
     if (isa == ISA_AVX512VNNI) {
       route_ = Route::vnni;
       x_sums_.assign(rows, 0);
@@ -636,10 +652,12 @@ class Products {
         for (int64_t i = 0; i < k; ++i) x_sums_[r] += x_[r * k + i];
     } else if (isa >= ISA_AVX2 && within_127(x_, rows * k)) {
       route_ = Route::avx2;
-    } else {
-      route_ = Route::int16;
-      x16_.assign(x_, x_ + rows * k);
     }
+#elif defined(__aarch64__)
+    if (isa == ISA_NEON_DOTPROD) route_ = Route::neon_dotprod;
+    else if (isa == ISA_NEON) route_ = Route::neon;
+#endif
+    if (route_ == Route::int16) x16_.assign(x_, x_ + rows * k);
   }
 
   void columns(int64_t c0, int64_t c1, int32_t* acc, int64_t stride) const {
@@ -647,6 +665,9 @@ class Products {
 #if defined(__x86_64__)
       case Route::vnni: return products_vnni(x_, x_sums_.data(), w_, acc, stride, rows, k, c0, c1);
       case Route::avx2: return products_avx2(x_, w_, acc, stride, rows, k, c0, c1);
+#elif defined(__aarch64__)
+      case Route::neon_dotprod: return verinfer_neon::products_sdot(x_, w_, acc, stride, rows, k, c0, c1);
+      case Route::neon: return verinfer_neon::products_mull(x_, w_, acc, stride, rows, k, c0, c1);
 #endif
       default: return products_int16(x16_.data(), w_, acc, stride, rows, k, c0, c1);
     }
@@ -658,7 +679,7 @@ class Products {
   const int64_t rows, k, n;
 
  private:
-  enum class Route { vnni, avx2, int16 };
+  enum class Route { vnni, avx2, neon, neon_dotprod, int16 };
   Route route_;
   const int8_t* x_;
   const int8_t* w_;
@@ -1138,7 +1159,11 @@ std::vector<torch::Tensor> attend(const torch::Tensor& q, const torch::Tensor& k
   const int64_t group = heads / n_kv, width = heads * hd;
   // Rotated queries are saturated below 2**20 (QK_LIMIT): 32 bits hold them, which lets the
   // dot products use 32 x 32 -> 64-bit vector multiplies, or float64 ones (see key_dots_f64).
+#if defined(__x86_64__)
   const bool f64 = (isa >= ISA_AVX512 ? hd % 8 == 0 : isa == ISA_AVX2 && hd % 4 == 0) && hd <= 256;
+#else
+  const bool f64 = false;
+#endif
   const int64_t* q64 = q.data_ptr<int64_t>();
   std::vector<int32_t> q32(q.numel());
   std::vector<double> qf(f64 ? q.numel() : 0);
@@ -1244,13 +1269,15 @@ torch::Tensor floor_divide_fast(const torch::Tensor& a, int64_t d) {
 
 // Forces route `name` for this process (VERINFER_ISA); refuses one this CPU cannot run.
 void set_isa(const std::string& name) {
-  for (int level = ISA_SCALAR; level <= ISA_AVX512VNNI; ++level) {
+  for (int level = ISA_SCALAR; level < ISA_COUNT; ++level) {
     if (name != ISA_NAMES[level]) continue;
     TORCH_CHECK(level <= cpu_isa, "this CPU cannot run the ", name, " route (its best is ", ISA_NAMES[cpu_isa], ")");
     isa = static_cast<Isa>(level);
     return;
   }
-  TORCH_CHECK(false, "unknown route ", name, ": expected scalar, avx2, avx512 or avx512vnni");
+  std::string known;
+  for (int level = ISA_SCALAR; level < ISA_COUNT; ++level) known += std::string(level ? ", " : "") + ISA_NAMES[level];
+  TORCH_CHECK(false, "unknown route ", name, ": expected one of ", known);
 }
 
 // The route in use and the best this CPU can run.
