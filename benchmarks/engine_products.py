@@ -58,6 +58,12 @@ def main() -> int:
                         help="cpu: process CPU time (default with 1 thread); wall: elapsed time (default otherwise)")
     parser.add_argument("--no-float", action="store_true", help="skip the float32 reference")
     args = parser.parse_args()
+    try:
+        rows_list = [int(r) for r in args.rows.split(",") if r]
+    except ValueError:
+        parser.error("--rows takes comma-separated integers")
+    if not rows_list or min(rows_list) < 1 or min(args.k, args.n, args.weights, args.threads, args.repeats) < 1:
+        parser.error("--rows, --k, --n, --weights, --threads and --repeats must be positive")
 
     import torch
 
@@ -76,7 +82,6 @@ def main() -> int:
             print(f"engine_products: route {name!r} is not one this CPU runs ({', '.join(runnable)})",
                   file=sys.stderr)
             return 2
-    rows_list = [int(r) for r in args.rows.split(",")]
     info = machine()
     gen = torch.Generator().manual_seed(0)
     k, n = args.k, args.n
