@@ -225,7 +225,7 @@ class Generation:
                                     forced=list(self.plan.forced), logprobs=self.plan.logprobs)
             try:
                 scheduler.submit(submission)
-            except Exception:
+            except Exception:  # noqa: BLE001 - undo the reservation, then re-raise as it was
                 self.cancel()
                 self.service.release_jobs(self.plan)  # nothing was served: the gateway may retry
                 raise
@@ -334,7 +334,7 @@ def create_app(
             plan = service.plan(body)
             generation = Generation(service, plan)
             generation.submit()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure becomes an OpenAI error envelope
             return envelope(exc)
         metrics.tokens.labels("prompt").inc(len(plan.prompt_ids) * len(plan.rows))
         chat = isinstance(body, ChatCompletionRequest)
@@ -351,7 +351,7 @@ def create_app(
                 await generation.next()
         except ClientGone:
             return error_response(499, "client disconnected", "invalid_request_error", "client_closed")
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure becomes an OpenAI error envelope
             return envelope(exc)
         finally:
             watcher.cancel()
@@ -417,7 +417,7 @@ def create_app(
             while not generation.done:
                 try:
                     index, event = await generation.next()
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - headers are sent: end the stream with an envelope
                     error = json.loads(bytes(envelope(exc).body))
                     yield f"data: {json.dumps(error)}\n\n"
                     yield "data: [DONE]\n\n"
@@ -462,7 +462,7 @@ def create_app(
             outputs = list(body.output_token_ids)
             future = service.worker.call(lambda: service.replay(model, prompt_ids, outputs, params))
             result = await asyncio.wrap_future(future)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure becomes an OpenAI error envelope
             return envelope(exc)
         verdict = service.verdict(challenge, result)
         return JSONResponse(VerifyResponse(verdict=verdict, detail=result.reason).model_dump())

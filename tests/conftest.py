@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny random checkpoints written once per test session."""
+"""Fixtures shared by every test directory: a tiny random checkpoint and its engine, once per session."""
 
 from __future__ import annotations
 
