@@ -289,6 +289,70 @@ def test_a_cheating_asserter_is_slashed_after_the_appeal_window(challenging: Net
     conserved(net)
 
 
+WRONG_VERDICT = 3
+
+
+def test_a_validator_who_vouched_for_a_cheat_is_slashed_once(challenging: Net) -> None:
+    net = challenging
+    cheat = net.node()
+    judges = [net.node() for _ in range(3)]
+    voucher = net.node()
+    user = net.user()
+    r = net.receipt(cheat, user, fee=100)
+    e = net.settle([r])
+    digest = net.digest(r.message())
+    with boa.reverts("no arbitration outcome"):  # open: nothing is decided yet
+        net.evidence(WRONG_VERDICT, e, r, [voucher])
+    net.evidence(ACCUSE, e, r, judges, signer=cheat, logits=b"\x99" * 32)
+    with boa.reverts("no arbitration outcome"):  # accused: it may still be appealed
+        net.evidence(WRONG_VERDICT, e, r, [voucher])
+    boa.env.time_travel(seconds=PARAMS.appeal_window + 1)
+    net.c.finalize(e, digest)
+    treasury = net.c.treasury()
+    net.evidence(WRONG_VERDICT, e, r, [voucher])  # it signed "valid" on the cheat
+    assert net.c.stakes(voucher.address) == 2000 - PARAMS.slash
+    assert net.c.treasury() == treasury + PARAMS.slash
+    assert net.c.reputation(voucher.address)[3] == 1
+    with boa.reverts("verdict already slashed"):
+        net.evidence(WRONG_VERDICT, e, r, [voucher])
+    with boa.reverts("verdict against the claim"):  # the arbitrators' verdicts stand
+        net.evidence(WRONG_VERDICT, e, r, [judges[0]], logits=b"\x99" * 32)
+    conserved(net)
+
+
+def test_a_validator_who_accused_an_honest_node_is_slashed_after_the_appeal(
+        challenging: Net) -> None:
+    net = challenging
+    honest = net.node()
+    framers = [net.node() for _ in range(3)]
+    witnesses = [net.node() for _ in range(4)]
+    liar = net.node()
+    user = net.user()
+    r = net.receipt(honest, user)
+    e = net.settle([r])
+    net.evidence(ACCUSE, e, r, framers, signer=honest, valid=False)
+    net.evidence(APPEAL, e, r, witnesses)
+    net.evidence(WRONG_VERDICT, e, r, [liar], valid=False)
+    assert net.c.stakes(liar.address) == 2000 - PARAMS.slash
+    with boa.reverts("verdict against the claim"):  # an agreeing verdict was right
+        net.evidence(WRONG_VERDICT, e, r, witnesses[:1])
+    conserved(net)
+
+
+def test_a_pass_quorum_cannot_slash_a_dissenting_validator(challenging: Net) -> None:
+    net = challenging
+    node = net.node()
+    passers = [net.node() for _ in range(2)]
+    dissenter = net.node()
+    user = net.user()
+    r = net.receipt(node, user)
+    e = net.settle([r])
+    net.evidence(PASS, e, r, passers)
+    with boa.reverts("no arbitration outcome"):
+        net.evidence(WRONG_VERDICT, e, r, [dissenter], valid=False)
+    assert net.c.stakes(dissenter.address) == 2000
+
+
 # ---------------------------------------------------------------- nodes
 
 
@@ -367,6 +431,24 @@ def test_one_users_shortfall_does_not_revert_the_batch(net: Net) -> None:
     assert net.c.unpaid(broke.address) == 90
     assert spendable(net, payer.address) == 900
     assert net.c.balances(node.address) == 9 + 90  # paid what was collected, less the cut
+
+
+def test_a_user_cannot_escape_paying_by_moving_to_another_settler(net: Net) -> None:
+    node = net.node()
+    other_gateway = Party(904)
+    start = int(net.c.GENESIS()) + net.epoch() * EPOCH
+    user = net.user(deposit=1000, cap=1000, expiry=start + EPOCH - 1)
+    served = net.receipt(node, user, fee=100)
+    boa.env.time_travel(seconds=EPOCH)  # the allowance expired; the user moves on
+    net.allow(user, cap=1000, settler=other_gateway.address)
+    assert net.c.allowance_of(user.address) == (other_gateway.address, 1000,
+                                                boa.env.timestamp + 10**6)
+    net.settle([served], epoch=net.epoch() - 1)  # served under the old grant: paid
+    assert spendable(net, user.address) == 900
+    # The old grant covers no epoch that began after it expired.
+    net.settle([net.receipt(node, user, fee=100)])
+    assert spendable(net, user.address) == 900
+    assert net.c.unpaid(user.address) == 100
 
 
 def test_a_user_cannot_shrink_its_allowance_before_it_expires(net: Net) -> None:

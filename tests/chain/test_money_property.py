@@ -2,7 +2,8 @@
 
 Hypothesis drives the contract in titanoboa through deposits, stakes, unstakes, withdrawal
 requests and withdrawals, committed and settled epochs (half of the receipts challenged by the
-beacon), passes on validators' verdicts, accusations, appeals, finalizations, pauses and waits,
+beacon), passes on validators' verdicts, accusations, appeals, finalizations, slashes of
+validators whose verdicts arbitration refuted, pauses and waits,
 with real EIP-712 signatures, including operations that must revert. After every step: the
 contract holds exactly Σ balance + Σ stake + Σ unbonding + Σ escrow + treasury; the ether of
 all parties plus the contract never changes; and balances, stakes, unbonding, treasury,
@@ -29,7 +30,8 @@ from verinfer.protocol.settlement import Reputation, SettlementRevert, Unbonding
 PARAMS = with_params(challenge_ppm=500_000)
 START_ETH = 10**12
 amounts = st.sampled_from([100 * k for k in range(1, 31)] + [1, 7, 999, 0])
-fees = st.integers(min_value=0, max_value=400)
+# Fees near 2^256 too: a shortfall that large saturates `unpaid`, never reverts the batch.
+fees = st.integers(min_value=0, max_value=400) | st.just(rules.UINT256_MAX)
 
 
 def revert_reason(exc: boa.BoaError) -> str:
@@ -44,10 +46,7 @@ class MoneyMachine(RuleBasedStateMachine):
         super().__init__()
         boa.env.timestamp = 1_000_000
         self.net: Net = deploy(None, PARAMS)
-        self.model = rules.Ledger()
-        self.paused_total = 0
-        self.paused_since = 0
-        self.pause_started = 0
+        self.model = rules.Ledger(pauses=rules.PauseClock(max_pause=MAX_PAUSE))
         self.settled: set[int] = set()
         self.receipts: dict[bytes, Any] = {}
         self.epochs: dict[bytes, int] = {}
@@ -56,15 +55,15 @@ class MoneyMachine(RuleBasedStateMachine):
     # -------------------------------------------------------------- clock and plumbing
 
     def now(self) -> int:
-        """The contract's clock: wall time less paused time (a pause lasts MAX_PAUSE at most)."""
-        wall = boa.env.timestamp
-        elapsed = 0
-        if self.paused_since:
-            elapsed = min(wall, self.paused_since + MAX_PAUSE) - self.paused_since
-        return wall - self.paused_total - elapsed
+        """The contract's clock, as the rules keep it (wall time less paused time)."""
+        return rules.clock(self.model, boa.env.timestamp)
 
     def is_paused(self) -> bool:
-        return bool(self.paused_since) and boa.env.timestamp < self.paused_since + MAX_PAUSE
+        return rules.paused(self.model, boa.env.timestamp)
+
+    def running(self) -> rules.Ledger:
+        """The model, or the rules' refusal while paused."""
+        return rules.running(self.model, boa.env.timestamp)
 
     def _run(self, chain_call: Any, model_call: Any) -> None:
         try:
@@ -105,22 +104,18 @@ class MoneyMachine(RuleBasedStateMachine):
 
     @rule(who=st.integers(0, 8), amount=amounts)
     def deposit(self, who: int, amount: int) -> None:
-        if self.is_paused():
-            return
         a = self.parties[who]
         if amount == 0:
             return  # the contract's zero check; covered in the attack suite
         self._run(lambda: self.net.c.deposit(a, value=amount, sender=a),
-                  lambda: rules.deposit(self.model, a, amount))
+                  lambda: rules.deposit(self.running(), a, amount))
 
     @rule(node=st.integers(0, 5), amount=amounts)
     def stake(self, node: int, amount: int) -> None:
-        if self.is_paused():
-            return
         a = self.parties[node]
         before = self.model
         self._run(lambda: self.net.c.stake(amount, sender=a),
-                  lambda: rules.stake(self.model, a, amount))
+                  lambda: rules.stake(self.running(), a, amount))
         if self.model is not before:
             self.stake_block[a] = boa.env.evm.patch.block_number
         boa.env.time_travel(blocks=1)
@@ -148,17 +143,12 @@ class MoneyMachine(RuleBasedStateMachine):
         boa.env.time_travel(seconds=seconds)
 
     @rule()
-    def pause_or_unpause(self) -> None:
-        wall = boa.env.timestamp
-        if self.is_paused():
-            self.net.c.unpause()
-            self.paused_total += wall - self.paused_since
-            self.paused_since = 0
-        elif not self.pause_started or wall >= self.pause_started + 2 * MAX_PAUSE:
-            self.net.c.pause()
-            if self.paused_since:
-                self.paused_total += MAX_PAUSE
-            self.paused_since = self.pause_started = wall
+    def pause(self) -> None:
+        self._run(self.net.c.pause, lambda: rules.pause(self.model, boa.env.timestamp))
+
+    @rule()
+    def unpause(self) -> None:
+        self._run(self.net.c.unpause, lambda: rules.unpause(self.model, boa.env.timestamp))
 
     # -------------------------------------------------------------- epochs and evidence
 
@@ -167,6 +157,8 @@ class MoneyMachine(RuleBasedStateMachine):
     def settle(self, entries: list[tuple[int, int, int]]) -> None:
         net = self.net
         if self.is_paused():
+            self._run(lambda: net.c.commit_epoch(net.epoch(), b"\0" * 32, 0),
+                      self.running)
             return
         if net.epoch() in self.settled:
             boa.env.time_travel(seconds=EPOCH)
@@ -193,8 +185,6 @@ class MoneyMachine(RuleBasedStateMachine):
     @precondition(lambda self: bool(self.model.cases))
     @rule(pick=st.integers(0, 10**6), kind=st.sampled_from([PASS, ACCUSE, APPEAL]))
     def evidence(self, pick: int, kind: int) -> None:
-        if self.is_paused():
-            return
         rid = self._case_ids()[pick % len(self.model.cases)]
         r, epoch = self.receipts[rid], self.epochs[rid]
         commitment = self.net.c.commitments(self.net.owner, epoch)
@@ -215,17 +205,33 @@ class MoneyMachine(RuleBasedStateMachine):
         self._run(
             lambda: self.net.evidence(kind, epoch, r, chosen, signer=signer,
                                       valid=kind != ACCUSE),
-            lambda: call(self.model, PARAMS, rid, names, self.now()),
+            lambda: call(self.running(), PARAMS, rid, names, self.now()),
+        )
+
+    @precondition(lambda self: bool(self.model.cases))
+    @rule(pick=st.integers(0, 10**6), who=st.integers(0, 5))
+    def wrong_verdict(self, pick: int, who: int) -> None:
+        """A drawn validator's verdict that the case's arbitration outcome contradicts."""
+        rid = self._case_ids()[pick % len(self.model.cases)]
+        r, epoch = self.receipts[rid], self.epochs[rid]
+        commitment = self.net.c.commitments(self.net.owner, epoch)
+        judge = self.net.nodes[who]
+        if judge.address == r.node or self.stake_block.get(judge.address, 0) >= commitment[2] \
+                or not is_drawn(VALIDATOR_TAG, bytes(commitment[3]), rid, judge.address.lower(),
+                                self.model.stake.get(judge.address, 0), commitment[4], 255):
+            return
+        agree = self.model.cases[rid].status != rules.CLEARED
+        self._run(
+            lambda: self.net.evidence(3, epoch, r, [judge], valid=agree),
+            lambda: rules.slash_wrong_verdicts(self.running(), PARAMS, rid, [judge.address]),
         )
 
     @precondition(lambda self: bool(self.model.cases))
     @rule(pick=st.integers(0, 10**6))
     def finalize(self, pick: int) -> None:
-        if self.is_paused():
-            return
         rid = self._case_ids()[pick % len(self.model.cases)]
         self._run(lambda: self.net.c.finalize(self.epochs[rid], rid),
-                  lambda: rules.finalize(self.model, PARAMS, rid, self.now()))
+                  lambda: rules.finalize(self.running(), PARAMS, rid, self.now()))
 
     # -------------------------------------------------------------- the property
 
@@ -247,6 +253,7 @@ class MoneyMachine(RuleBasedStateMachine):
             r = m.reputation.get(a, Reputation())
             assert tuple(c.reputation(a)) == (r.served, r.challenged, r.passed, r.failed), a
         assert c.treasury() == m.treasury
+        assert c.paused() == self.is_paused()
         assert c.escrow_total() == m.escrow()
         for rid, case in m.cases.items():
             assert c.case_of(self.epochs[rid], rid)[0] == case.status

@@ -113,12 +113,15 @@ class FakeSettler(Settler):
 
 class ScriptedValidators(ValidatorTransport):
     """Validators that replay by looking up the true logits hash of an output (`truth`);
-    `liars` sign a wrong hash, `silent` never answer."""
+    `liars` sign a wrong hash, `silent` never answer, `vouchers` (colluding with asserters)
+    sign whatever hash the receipt claims."""
 
     def __init__(self, truth: dict[bytes, bytes], keys: dict[str, Identity],
                  liars: set[str] = frozenset(), silent: set[str] = frozenset(),
-                 domain: wire.Domain = DOMAIN, gateway: Identity = GATEWAY) -> None:
+                 domain: wire.Domain = DOMAIN, gateway: Identity = GATEWAY,
+                 vouchers: set[str] = frozenset()) -> None:
         self.truth, self.keys, self.liars, self.silent = truth, keys, set(liars), set(silent)
+        self.vouchers = set(vouchers)
         self.domain, self.gateway = domain, gateway
         self.asked: list[tuple[str, bytes]] = []
 
@@ -134,6 +137,10 @@ class ScriptedValidators(ValidatorTransport):
         true_hash = self.truth[message.output_hash]
         logits = hashlib.sha256(b"lie" + true_hash).digest() if node.address in self.liars \
             else true_hash
+        if node.address in self.vouchers:
+            claimed = bundle.receipt.message
+            assert isinstance(claimed, wire.Receipt)
+            logits = claimed.logits_hash
         verdict = wire.Verdict(message.receipt, message.request, message.output_hash, logits,
                                True, 0, node.address, message.gateway)
         key = self.keys[node.address]

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from verinfer.chain.artifact import ARTIFACT_PATH, SOURCE_PATH
+from verinfer.chain.artifact import ARTIFACT_PATH, SOURCE_PATH, _cbor_item
 from verinfer.errors import ChainError
 
 
@@ -27,15 +27,26 @@ def compile_artifact(source_path: Path = SOURCE_PATH) -> dict[str, Any]:
             "the Vyper compiler is not installed: install the dev extras (pip install -e '.[dev]')"
         ) from exc
     source = source_path.read_text()
-    out = vyper.compile_code(source, output_formats=["abi", "bytecode", "bytecode_runtime"])
+    out = vyper.compile_code(source, output_formats=["abi", "bytecode"])
     return {
         "contract": source_path.stem,
         "compiler": f"vyper {vyper.__version__}",
         "source_sha256": hashlib.sha256(source.encode()).hexdigest(),
         "abi": out["abi"],
         "bytecode": out["bytecode"],
-        "bytecode_runtime": out["bytecode_runtime"],
+        "bytecode_runtime": "0x" + embedded_runtime(bytes.fromhex(out["bytecode"][2:])).hex(),
     }
+
+
+def embedded_runtime(initcode: bytes) -> bytes:
+    """The runtime code the initcode deploys: just before Vyper's metadata trailer, as long as
+    the trailer says. Taken from there, not from the compiler's separate runtime output, which
+    the experimental (Venom) code generator lays out a few bytes differently from what it
+    deploys."""
+    length = int.from_bytes(initcode[-2:], "big")
+    trailer, _ = _cbor_item(initcode[-length:-2], 0)
+    size = int(trailer[1])
+    return initcode[-length - size : -length]
 
 
 def render(artifact: dict[str, Any]) -> str:

@@ -50,7 +50,7 @@ from verinfer.protocol.settlement import (
 T = TypeVar("T")
 
 # Kinds of `submit_evidence` and states of a challenged receipt, as the contract numbers them.
-EVIDENCE_PASS, EVIDENCE_ACCUSE, EVIDENCE_APPEAL = 0, 1, 2
+EVIDENCE_PASS, EVIDENCE_ACCUSE, EVIDENCE_APPEAL, EVIDENCE_WRONG_VERDICT = 0, 1, 2, 3
 CASE_STATES = {0: "none", 1: "open", 2: "passed", 3: "accused", 4: "slashed", 5: "cleared",
                6: "lapsed"}
 RECEIPT_FIELDS = ("request", "job", "outputHash", "logitsHash", "outputLength", "node",
@@ -391,7 +391,8 @@ class SettlementClient:
             kind, epoch, message_args(receipt, RECEIPT_FIELDS), receipt_signature,
             [message_args(v, VERDICT_FIELDS) for v, _ in ordered], [sig for _, sig in ordered],
         )
-        return self._send(("pass challenge", "accuse", "appeal")[kind], call)
+        return self._send(("pass challenge", "accuse", "appeal", "slash wrong verdicts")[kind],
+                          call)
 
     def pass_challenge(
         self, epoch: int, receipt: Mapping[str, Any],
@@ -413,6 +414,13 @@ class SettlementClient:
     ) -> Any:
         """Overturn an accusation: more drawn arbitrators agreeing than accused."""
         return self._evidence(EVIDENCE_APPEAL, epoch, receipt, verdicts)
+
+    def slash_wrong_verdicts(
+        self, epoch: int, receipt: Mapping[str, Any],
+        verdicts: Sequence[tuple[Mapping[str, Any], bytes]],
+    ) -> Any:
+        """Slash drawn validators whose verdicts the case's arbitration outcome contradicts."""
+        return self._evidence(EVIDENCE_WRONG_VERDICT, epoch, receipt, verdicts)
 
     def finalize(self, epoch: int, receipt_id: bytes) -> Any:
         """Lapse an unanswered challenge or execute an accusation whose appeal window closed."""
@@ -450,6 +458,14 @@ class SettlementClient:
 
     def params(self) -> SettlementParams:
         return params_from_args(self._read("read params", self.contract.functions.params().call))
+
+    def committees(self) -> tuple[int, int, int, int]:
+        """(expected validators, pass quorum, expected arbitrators, accusation quorum)."""
+        ve, vq, ae, aq = self._read("read committees", self.contract.functions.committees().call)
+        return int(ve), int(vq), int(ae), int(aq)
+
+    def epoch_seconds(self) -> int:
+        return int(self._read("read epoch length", self.contract.functions.EPOCH_SECONDS().call))
 
     def balance_of(self, address: str) -> int:
         a = Web3.to_checksum_address(address)

@@ -10,17 +10,21 @@ before the commit, total stake at the commit); `settle` sends `settle_epoch` wit
 then per challenged receipt the validators' agreeing verdicts (`pass_challenge`) or the node's
 signed receipt with the arbitrators' conflicting verdicts (`accuse`), and finally `finalize`s
 what is due (an accusation after its appeal window, an unanswered challenge after its
-deadline). Every step reads the chain first, so calling `settle` again after a crash or before
-a window closed does only what is left; it returns None until the epoch is final.
+deadline). It appeals, within the window, an accusation (by anyone) that its own arbitration
+refutes, and sends the verdicts of validators that an arbitration outcome contradicts. Every
+step reads the chain first, so calling `settle` again after a crash or before a window closed
+does only what is left; it returns None until the epoch is final.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
-from verinfer.chain.client import COMMITTEES, ChainRevert, SettlementClient
+from verinfer.chain.client import ChainRevert, SettlementClient
 from verinfer.chain.devkeys import DEV_CHAIN_ID
 from verinfer.errors import ChainError
 from verinfer.gateway.router import RegisteredNode
@@ -41,14 +45,29 @@ def message_fields(message: wire.Message) -> dict[str, Any]:
     return {f.name: getattr(message, f.attr) for f in message.FIELDS}
 
 
+@dataclass(frozen=True)
+class _Member:
+    """A registered node as the registry and the sortition need it, read at one block."""
+
+    node: RegisteredNode
+    stake_block: int  # the block of its last bonding: stake bonded at or after a commit is not drawn
+
+
 class ChainV2Settler(Settler):
-    def __init__(self, client: SettlementClient,
-                 committees: tuple[int, int, int, int] = COMMITTEES) -> None:
+    def __init__(self, client: SettlementClient) -> None:
         self.client = client
+        # Chain reads are the cost of a challenge (tens of milliseconds each on a busy dev
+        # chain): what cannot change is read once, what can is read once per block.
+        self._lock = threading.Lock()
+        self._directory: list[tuple[str, str]] = []  # (address, endpoint) in registration order
+        self._members: tuple[int, tuple[_Member, ...]] = (-1, ())
+        self._commits: dict[int, dict[str, Any]] = {}  # committed epochs with their beacon
         self.me = client.signer.address
         self.chain_id = client._read("read chain id", lambda: client.w3.eth.chain_id)
-        # The contract keeps its committee sizes private: they are the deployment's constants.
-        self.committees = committees
+        # Expected sizes and quorums of the two sortitions: the deployment's, as the contract
+        # checks them.
+        self.committees = client.committees()
+        self._reported: set[tuple[int, bytes]] = set()  # cases whose wrong verdicts were sent
         fns = client.contract.functions
         self._clock = (int(client._read("read genesis", fns.GENESIS().call)),
                        int(client._read("read epoch length", fns.EPOCH_SECONDS().call)))
@@ -72,24 +91,66 @@ class ChainV2Settler(Settler):
         self._skew = max(0.0, float(latest["timestamp"]) - time.time())
 
     def registry(self) -> list[RegisteredNode]:
-        return [RegisteredNode(wire.check_address(n.address), n.endpoint, n.stake, n.reputation)
-                for n in self.client.nodes() if n.endpoint]
+        return [m.node for m in self._members_now()]
+
+    def _members_now(self) -> tuple[_Member, ...]:
+        """Every registered node with an endpoint, as of the latest block (cached per block:
+        a key registers once, so addresses and endpoints are read only when the count grows)."""
+        client, fns = self.client, self.client.contract.functions
+        block = int(client._read("read block number", lambda: client.w3.eth.block_number))
+        with self._lock:
+            if self._members[0] == block:
+                return self._members[1]
+            count = int(client._read("read node count", fns.node_count().call))
+            if count != len(self._directory):
+                endpoints = {info.address.lower(): info.endpoint for info in client.nodes()}
+                addresses = [client._read("read node", fns.node_at(i).call) for i in range(count)]
+                self._directory = [(wire.check_address(a), endpoints.get(a.lower(), ""))
+                                   for a in addresses]
+            members = []
+            for address, endpoint in self._directory:
+                if not endpoint:
+                    continue
+                _, stake_block = client._read("read node", fns.nodes(address).call)
+                node = RegisteredNode(address, endpoint, client.stake_of(address),
+                                      client.reputation_of(address))
+                members.append(_Member(node, int(stake_block)))
+            self._members = (block, tuple(members))
+            return self._members[1]
+
+    def _commitment(self, epoch: int) -> dict[str, Any] | None:
+        """The epoch's commitment once its beacon exists (the fields the sortition reads,
+        block, beacon and total stake, never change after that), else None."""
+        with self._lock:
+            known = self._commits.get(epoch)
+        if known is not None:
+            return known
+        commitment = self.client.commitment(self.me, epoch)
+        if commitment is None:
+            return None
+        beacon = self.client.beacon(self.me, epoch)
+        if beacon is None:
+            return None
+        known = dict(commitment, beacon=beacon)
+        with self._lock:
+            self._commits[epoch] = known
+        return known
 
     def min_stake(self) -> int:
         return self.client.params().min_stake
 
     def spendable(self, user: str) -> int:
-        """The deposit, within what this gateway's allowance leaves of the current epoch."""
+        """The deposit, within this gateway's allowance for the current epoch (what the
+        gateway has served in it and not yet settled is the caller's to count)."""
         fns = self.client.contract.functions
         address = wire.check_address(user)
-        settler, cap, expiry, spent_epoch, spent = self.client._read(
-            "read allowance", fns.allowance_of(address).call)
+        settler, cap, expiry = self.client._read("read allowance",
+                                                 fns.allowance_of(address).call)
         epoch = self.client.current_epoch()
         start = self._clock[0] + epoch * self._clock[1]
         if settler.lower() != self.me.lower() or start >= expiry:
             return 0
-        left = cap - (spent if spent_epoch == epoch else 0)
-        return max(0, min(left, self.client.balance_of(address)))
+        return max(0, min(cap, self.client.balance_of(address)))
 
     def commit(self, epoch: int, receipts_root: bytes, count: int) -> str:
         if self.client.commitment(self.me, epoch) is not None:
@@ -120,19 +181,16 @@ class ChainV2Settler(Settler):
     def committee(self, epoch: int, receipt_id: bytes, asserter: str,
                   role: str) -> tuple[tuple[str, ...], int] | None:
         """The members the contract would accept for `role` (sorted), and the quorum."""
-        commitment = self.client.commitment(self.me, epoch)
-        beacon = self.client.beacon(self.me, epoch)
-        if commitment is None or beacon is None:
+        commitment = self._commitment(epoch)
+        if commitment is None:
             return None
+        beacon = commitment["beacon"]
         tag, at = ROLE_TAGS[role]
         expected, quorum = self.committees[at], self.committees[at + 1]
-        fns = self.client.contract.functions
         members = []
-        for node in self.client.nodes():
-            if node.address.lower() == asserter.lower() or not node.endpoint:
-                continue
-            _, stake_block = self.client._read("read node", fns.nodes(node.address).call)
-            if stake_block >= commitment["block"]:
+        for member in self._members_now():
+            node = member.node
+            if node.address.lower() == asserter.lower() or member.stake_block >= commitment["block"]:
                 continue
             if is_drawn(tag, beacon, receipt_id, node.address.lower(), node.stake,
                         commitment["total_stake"], expected):
@@ -162,12 +220,62 @@ class ChainV2Settler(Settler):
                 except ChainRevert as exc:  # the case lapses at its deadline: the node is paid
                     log.warning("receipt %s: evidence refused (%s)", rid.hex(), exc)
                 case = self.client.case(settlement.epoch, rid)
+            if (case.state == "accused" and rid in evidence
+                    and evidence[rid].outcome != Outcome.ASSERTER_FAULT.value
+                    and now + DEADLINE_MARGIN_S <= case.appeal_deadline):
+                self._appeal(settlement.epoch, evidence[rid], bundles[rid])
+                case = self.client.case(settlement.epoch, rid)
             lapsed = case.state == "open" and now > case.deadline
             if lapsed or (case.state == "accused" and now > case.appeal_deadline):
                 self.client.finalize(settlement.epoch, rid)
+                case = self.client.case(settlement.epoch, rid)
+            if case.state in ("slashed", "cleared") and rid in evidence:
+                self._report_wrong_verdicts(settlement.epoch, evidence[rid], bundles[rid],
+                                            case.state)
             elif case.state in ("open", "accused"):
                 final = False
         return f"epoch {settlement.epoch} final" if final else None
+
+    def _appeal(self, epoch: int, e: ChallengeEvidence, bundle: dict[str, Any]) -> None:
+        """Someone accused a receipt that this gateway's arbitration found honest: appeal with
+        the drawn arbitrators' verdicts that agree with it (the contract wants more of them
+        than there were accusers)."""
+        receipt = _receipt(bundle)
+        chosen = [(message_fields(_verdict(v)), sig) for v, sig in _signed_verdicts(e.arbitration)
+                  if wire.verdict_agrees(_verdict(v), receipt, e.receipt_id)]
+        if not chosen:
+            log.warning("receipt %s is accused; this gateway found it %s but holds no "
+                        "arbitrators' verdicts to appeal with", e.receipt_id.hex(), e.outcome)
+            return
+        try:
+            self.client.appeal(epoch, message_fields(receipt), chosen)
+            log.info("receipt %s: accusation appealed with %d arbitrators' verdicts",
+                     e.receipt_id.hex(), len(chosen))
+        except ChainRevert as exc:
+            log.warning("receipt %s: appeal refused (%s)", e.receipt_id.hex(), exc)
+
+    def _report_wrong_verdicts(self, epoch: int, e: ChallengeEvidence, bundle: dict[str, Any],
+                               state: str) -> None:
+        """Once arbitration decided a case, the validators' signed verdicts it contradicts:
+        "valid" on a receipt whose node was slashed, "invalid" on one cleared on appeal. Each
+        is sent on its own, so one already slashed (by anyone) does not hold up the others."""
+        if (epoch, e.receipt_id) in self._reported:
+            return
+        receipt = _receipt(bundle)
+        for verdict, signature in _signed_verdicts(e.verdicts):
+            agrees = wire.verdict_agrees(_verdict(verdict), receipt, e.receipt_id)
+            if agrees != (state == "slashed"):
+                continue
+            try:
+                self.client.slash_wrong_verdicts(
+                    epoch, message_fields(receipt), [(message_fields(_verdict(verdict)),
+                                                      signature)])
+                log.info("receipt %s: validator %s slashed for its verdict",
+                         e.receipt_id.hex(), _verdict(verdict).validator)
+            except ChainRevert as exc:
+                log.info("receipt %s: verdict of %s not slashed (%s)", e.receipt_id.hex(),
+                         _verdict(verdict).validator, exc)
+        self._reported.add((epoch, e.receipt_id))
 
     def _submit(self, epoch: int, e: ChallengeEvidence, bundle: dict[str, Any]) -> None:
         """PASSED and VALIDATOR_FAULT: the drawn validators' verdicts that agree with the

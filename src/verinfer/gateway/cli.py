@@ -79,14 +79,18 @@ def gateway(
     data_dir: DataDirOpt = None,
     model: Annotated[list[Path] | None, typer.Option(
         "--model", help="model directory whose tokenizer commits prompts (repeatable)")] = None,
-    p: Annotated[int, typer.Option("--p", help="challenge probability in ppm")] = 10_000,
+    p: Annotated[int | None, typer.Option(
+        "--p", help="challenge probability in ppm: on settlement v2 the contract's "
+        "challenge_ppm; given, it must match it")] = None,
     validators: Annotated[int, typer.Option("--validators", help="validators per challenge")]
     = 3,
     arbitrators: Annotated[int, typer.Option("--arbitrators", help="arbitration committee (odd)")]
     = 5,
     price: Annotated[int, typer.Option("--price", help="wei per prompt or output token")]
     = 10**9,
-    epoch_seconds: Annotated[float, typer.Option("--epoch-seconds", help="epoch length")] = 60.0,
+    epoch_seconds: Annotated[float | None, typer.Option(
+        "--epoch-seconds", help="epoch length: on settlement v2 the contract's EPOCH_SECONDS; "
+        "given, it must match it")] = None,
     rpc_url: Annotated[str | None, typer.Option("--rpc-url", help="[env VERINFER_CHAIN_RPC]")]
     = None,
     contract: Annotated[str | None, typer.Option("--contract")] = None,
@@ -105,14 +109,16 @@ def gateway(
           epoch_seconds, rpc_url, contract, cost, force, data_dir)
 
 
-def serve(port: int, host: str, state: Path, models: list[Path], p_ppm: int, validators: int,
-          arbitrators: int, price: int, epoch_seconds: float, rpc_url: str | None,
+def serve(port: int, host: str, state: Path, models: list[Path], p_ppm: int | None,
+          validators: int, arbitrators: int, price: int, epoch_seconds: float | None,
+          rpc_url: str | None,
           contract: str | None, cost: int | None, force: bool, data_dir: Path | None) -> None:
     import logging
 
     import uvicorn
     from eth_account import Account
 
+    from verinfer.api.listen import listen
     from verinfer.chain.settings import ChainSettings, connect
     from verinfer.econ.check import econ_params_for, enforce
     from verinfer.gateway.chain_settler import ChainV2Settler
@@ -125,6 +131,8 @@ def serve(port: int, host: str, state: Path, models: list[Path], p_ppm: int, val
     from verinfer.node.client import NodeClient
     from verinfer.protocol.params import PosParams
 
+    sock = listen(host, port)  # a taken port fails now, before any chain transaction
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per node call drowns the log
     identity, created = load_or_create_key(state / "key")
@@ -135,10 +143,18 @@ def serve(port: int, host: str, state: Path, models: list[Path], p_ppm: int, val
     client.account = Account.from_key(identity.private_key)
     settler = ChainV2Settler(client)
     params = client.params()
-    if p_ppm != params.challenge_ppm:
-        typer.echo(f"the contract challenges p = {params.challenge_ppm} ppm of the receipts; "
-                   f"that is used, not --p {p_ppm}")
-        p_ppm = params.challenge_ppm
+    contract_epoch = client.epoch_seconds()
+    # On settlement v2 both are the contract's parameters: a different value is refused, not
+    # silently replaced.
+    if p_ppm is not None and p_ppm != params.challenge_ppm:
+        raise LocalError(f"--p {p_ppm}: on settlement v2 p is a contract parameter; the "
+                         f"contract at {client.address} challenges {params.challenge_ppm} ppm "
+                         "(drop --p, or propose new parameters as the owner)")
+    if epoch_seconds is not None and epoch_seconds != contract_epoch:
+        raise LocalError(f"--epoch-seconds {epoch_seconds:g}: on settlement v2 the epoch length "
+                         f"is a contract parameter; the contract at {client.address} has "
+                         f"{contract_epoch} s epochs (drop --epoch-seconds)")
+    p_ppm = params.challenge_ppm
     pos = PosParams(p_ppm, validators, arbitrators, params).validate()
     cost = cost if cost is not None else max(params.reward_validators // validators, 1)
     verdict = enforce(econ_params_for(pos, cost=float(cost)), pos.challenge_probability,
@@ -151,11 +167,11 @@ def serve(port: int, host: str, state: Path, models: list[Path], p_ppm: int, val
     service = GatewayService(store, settler, router, specs, identity, settler.domain, price,
                              lambda node: NodeClient(node.endpoint, timeout_s=30.0))
     pipeline = EpochPipeline(store, settler, HttpValidators(), identity, settler.domain, pos,
-                             epoch_seconds)
+                             contract_epoch)
     app = create_app(service, pipeline)
-    typer.echo(f"gateway {identity.address} on http://{host}:{port}/v1 "
+    typer.echo(f"gateway {identity.address} on http://{host}:{sock.getsockname()[1]}/v1 "
                f"(models: {', '.join(sorted(specs))})")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
 
 
 def register(app: typer.Typer) -> None:

@@ -40,6 +40,7 @@ log = logging.getLogger("verinfer.gateway.epochs")
 
 CHALLENGE_TTL_S = 600  # a validator has this long to answer a challenge
 MAX_DRAWS = 3  # redraws when drawn validators do not answer, before retrying next tick
+CONCURRENT_CHALLENGES = 8  # challenges in flight at once (each asks its whole committee at once)
 SKIPPED = "SKIPPED"  # challenged, but too few other nodes to draw a committee from
 CLOSE_GRACE = 0.25  # of an epoch: how long after its end a chain-clocked epoch stays open
 _SEED_DOMAIN = b"verinfer/committee/v1"
@@ -132,7 +133,9 @@ class EpochPipeline:
             now = self.clock() + self.settler.clock_skew()
             for epoch in self.store.epochs_in("open"):
                 # Receipts of jobs accepted just before the epoch's end still arrive for a
-                # while; the contract takes the commit until the end of the next epoch.
+                # while; the contract takes the commit for an epoch or a minute after its end
+                # (`settlement.commit_grace`), whichever is longer: a tick that comes late
+                # under load still commits, and a failed commit is retried on the next tick.
                 end = genesis + (epoch.epoch + 1) * length
                 due = now >= end + length * CLOSE_GRACE
                 if (due or force_close) and self.store.receipts_of_epoch(epoch.epoch):
@@ -199,11 +202,15 @@ class EpochPipeline:
         """Challenge the selected receipts; True once every one has an outcome."""
         if await self.fix_beacon(epoch) is None or not await self.open_challenges(epoch):
             return False
+        pending = [r for r in self.challenged(epoch) if self.store.outcome(r.receipt_id) is None]
         done = True
-        for receipt in self.challenged(epoch):
+        # A few challenges at once: each waits mostly on validators' replays and chain reads,
+        # and nodes batch replays like any other request.
+        for start in range(0, len(pending), CONCURRENT_CHALLENGES):
             await self.close_and_commit()
-            if self.store.outcome(receipt.receipt_id) is None:
-                done = await self.challenge(receipt) and done
+            batch = pending[start:start + CONCURRENT_CHALLENGES]
+            results = await asyncio.gather(*(self.challenge(r) for r in batch))
+            done = all(results) and done
         return done
 
     def _candidates(self) -> tuple[list[Candidate], dict[str, RegisteredNode]]:
@@ -316,9 +323,11 @@ class EpochPipeline:
         assert isinstance(receipt, wire.Receipt)
         answered = {v.validator.lower(): v.verdict for v in self.store.verdicts(stored.receipt_id)
                     if v.role == role}
-        for member in members:
-            if member not in answered and member in nodes:
-                answered[member] = await self._ask(stored, bundle, nodes[member], role)
+        # Drawn members are asked at once; one whose last answer was an error (down, busy, a
+        # timeout) is asked again: the chain's committee is fixed, it cannot be replaced.
+        ask = [m for m in members if m in nodes and (m not in answered or "error" in answered[m])]
+        answers = await asyncio.gather(*(self._ask(stored, bundle, nodes[m], role) for m in ask))
+        answered.update(zip(ask, answers))
         present = tuple(m for m in members if m in answered and "error" not in answered[m])
         if len(present) < quorum:
             return None

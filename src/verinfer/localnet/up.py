@@ -132,7 +132,10 @@ def node_spec(layout: Layout, ports: Ports, role: NodeRole, options: UpOptions,
         verinfer_command(*args),
         env={**role.env, "VERINFER_DATA_DIR": str(layout.data_dir),
              "VERINFER_CHAIN_RPC": rpc_url, "VERINFER_CHAIN_CONTRACT": contract},
-        ready_url=f"http://127.0.0.1:{port}/health",
+        # Its own "listening on" line first: the port could have been taken by another program
+        # since it was chosen, and that program's /health must not pass for this node's.
+        ready_line=r"listening on (http://\S+)",
+        ready_url="{match}/health",
         timeout_s=NODE_START_S,
     )
 
@@ -142,7 +145,7 @@ def gateway_spec(layout: Layout, ports: Ports, options: UpOptions, rpc_url: str,
     args = ["gateway", "--port", str(ports.gateway), "--data-dir", str(layout.data_dir),
             "--model", str(options.model), "--p", str(options.challenge_ppm),
             "--validators", str(options.validators), "--arbitrators", str(options.arbitrators),
-            "--epoch-seconds", str(options.epoch_seconds)]
+            "--epoch-seconds", str(max(int(options.epoch_seconds), 1))]  # as deployed
     if options.force:
         args.append("--force")
     return ServiceSpec(
@@ -150,7 +153,8 @@ def gateway_spec(layout: Layout, ports: Ports, options: UpOptions, rpc_url: str,
         verinfer_command(*args),
         env={"VERINFER_DATA_DIR": str(layout.data_dir), "VERINFER_CHAIN_RPC": rpc_url,
              "VERINFER_CHAIN_CONTRACT": contract},
-        ready_url=f"http://127.0.0.1:{ports.gateway}/health",
+        ready_line=r"gateway 0x[0-9a-fA-F]{40} on (http://\S+)/v1",  # printed once bound
+        ready_url="{match}/health",
         timeout_s=GATEWAY_START_S,
     )
 
@@ -213,16 +217,17 @@ def network_params(options: UpOptions) -> tuple[Any, int]:
     from dataclasses import replace
 
     from verinfer.chain.settings import DEV_PARAMS
+    from verinfer.protocol.settlement import settle_span
 
     epoch = max(int(options.epoch_seconds), 1)
     challenge_window = max(DEV_PARAMS.challenge_window, 6 * epoch)
     appeal_window = 2 * epoch
-    settle_span = 3 * epoch + challenge_window
+    span = settle_span(epoch, challenge_window)
     params = replace(
         DEV_PARAMS, challenge_ppm=options.challenge_ppm, challenge_window=challenge_window,
         appeal_window=appeal_window,
-        withdrawal_delay=max(DEV_PARAMS.withdrawal_delay, settle_span + epoch),
-        unbonding_delay=max(DEV_PARAMS.unbonding_delay, settle_span + appeal_window + epoch))
+        withdrawal_delay=max(DEV_PARAMS.withdrawal_delay, span + epoch),
+        unbonding_delay=max(DEV_PARAMS.unbonding_delay, span + appeal_window + epoch))
     return params, epoch
 
 
@@ -303,8 +308,8 @@ def allow_gateway(submitter: Any, user: Identity, gateway: str) -> bool:
     from verinfer.protocol import wire
 
     fns = submitter.contract.functions
-    settler, cap, expiry, _, _ = submitter._read("read allowance",
-                                                 fns.allowance_of(user.address).call)
+    settler, cap, expiry = submitter._read("read allowance",
+                                           fns.allowance_of(user.address).call)
     now = int(time.time())
     if settler.lower() == gateway.lower() and cap >= USER_DEPOSIT_WEI \
             and expiry > now + ALLOWANCE_S // 2:

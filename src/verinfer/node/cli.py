@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from verinfer.api.listen import listen
 from verinfer.chain.cli import ContractOpt, RpcOpt
 from verinfer.errors import LocalError
 
@@ -34,20 +35,6 @@ def _say(line: str) -> None:
 
 def _advance(bar: Any, task: Any, _tensor_name: str) -> None:
     bar.advance(task)
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise LocalError(f"cannot listen on {host}:{port}: {exc.strerror} (try another --port)") from exc
-    sock.listen(128)
-    sock.set_inheritable(True)
-    return sock
 
 
 def _url(host: str, port: int) -> str:
@@ -77,6 +64,11 @@ DevStakeOpt = Annotated[str | None, typer.Option(
 CheatOpt = Annotated[str | None, typer.Option(
     "--cheat", help="DEMONSTRATIONS ONLY: behave dishonestly (wrong-tokens, skip-layers, "
     "substitute-model, sometimes, late-divergence); such a node is caught and slashed")]
+LayersOpt = Annotated[str | None, typer.Option(
+    "--layers", help="serve decoder layers START:END of one --model as a pipeline stage "
+    "(no chain registration; see docs/pipeline.md)")]
+ThrottleOpt = Annotated[float, typer.Option(
+    "--throttle-ms", hidden=True, help="TESTS ONLY: a stage sleeps this long per layer per frame")]
 
 
 def node(
@@ -94,9 +86,16 @@ def node(
     dev_funder: DevFunderOpt = 0,
     dev_stake: DevStakeOpt = None,
     cheat: CheatOpt = None,
+    layers: LayersOpt = None,
+    throttle_ms: ThrottleOpt = 0.0,
 ) -> None:
-    """Serve models over the OpenAI-compatible API (and /verify as a validator)."""
+    """Serve models over the OpenAI-compatible API (and /verify as a validator), or with
+    --layers A:B one pipeline stage of a split model (docs/pipeline.md)."""
     import os
+
+    if layers is not None:
+        _stage(model, layers, host, port, data_dir, threads, device, cheat, throttle_ms)
+        return
 
     from eth_account import Account
 
@@ -127,7 +126,7 @@ def node(
     settings = ChainSettings.load(rpc_url=rpc_url, contract=contract, data_dir=network_dir)
     client = connect(settings, with_key=False)
     client.account = Account.from_key(identity.private_key)
-    sock = _listen(host, port)
+    sock = listen(host, port)
     endpoint = _url(host, sock.getsockname()[1])
     if dev_register:
         from verinfer.chain.cli import parse_amount
@@ -141,6 +140,49 @@ def node(
     if dishonest is not None:
         _say(f"warning: this node cheats ({cheat}); it will be caught and slashed")
     _serve(sock, endpoint, identity, domain, model, state_dir, slots, max_queue, device, dishonest)
+
+
+def _stage(model_dirs: list[Path], layers: str, host: str, port: int, data_dir: Path | None,
+           threads: int | None, device: str, cheat: str | None, throttle_ms: float) -> None:
+    """`verinfer node --layers A:B`: one stage of a split model (verinfer.pipeline.stage)."""
+    import os
+
+    from verinfer.keyfile import load_or_create_key
+    from verinfer.pipeline import stage
+
+    if len(model_dirs) != 1:
+        raise LocalError("--layers serves a range of exactly one --model")
+    if cheat is not None and cheat not in stage.CHEATS:
+        raise LocalError(f"a stage's --cheat is one of: {', '.join(stage.CHEATS)}")
+    if throttle_ms < 0:
+        raise LocalError("--throttle-ms must be >= 0")
+    try:
+        stage.parse_layers(layers)
+    except ValueError as exc:
+        raise LocalError(str(exc)) from exc
+    if threads is not None:
+        if threads < 1:
+            raise LocalError("--threads must be at least 1")
+        import torch
+
+        torch.set_num_threads(threads)
+    from verinfer.engine import selftest
+
+    # A stage whose arithmetic differs from the golden bytes would sign wrong frames: refuse.
+    report = selftest.run_once(device)
+    _say(f"self-test passed: {len(report.checks)} checks on {', '.join(report.routes)} "
+         f"({report.seconds:.1f} s)")
+    network_dir = Path(os.environ.get("VERINFER_DATA_DIR") or "~/.verinfer").expanduser()
+    state_dir = (data_dir or network_dir / "node").expanduser()
+    identity, created = load_or_create_key(state_dir / "node.key")
+    if created:
+        _say(f"created node key {state_dir / 'node.key'} (mode 0600) for {identity.address}")
+    if cheat is not None:
+        _say(f"warning: this stage cheats ({cheat}); its signed output will pin it")
+    try:
+        stage.run(model_dirs[0], layers, host, port, identity, device, throttle_ms, cheat)
+    except ValueError as exc:
+        raise LocalError(str(exc)) from exc
 
 
 def _serve(sock: socket.socket, endpoint: str, identity: object, domain: object,

@@ -1,11 +1,13 @@
-"""verinfer.pipeline: split inference across nodes — the partition planner and node profiles.
+"""verinfer.pipeline: split inference across nodes — planner, node profiles, and execution.
 
 Public API: the planner's inputs (`Cluster`, `NodeSpec`, `Link`, `ModelSpec`,
 `model_spec_from_config`), `plan`, `replan`, `evaluate`, the baselines
 (`memory_proportional`, `best_single_node`), `Plan`, `ModelDoesNotFit`, and the node's
 start-up measurements (`profile_config`, `profile_model`, `measure_link`). The planner is pure:
-measured figures in, a plan out. Resolved lazily (PEP 562): importing the package loads
-neither SciPy nor torch.
+measured figures in, a plan out. Execution (docs/pipeline.md): `RouteDriver` drives a
+generation through `StageSpec` stages (`PipelineResult`), `Rebalancer` re-plans at run time,
+`check_stages` pins a stage whose signed output is wrong. Resolved lazily (PEP 562): importing
+the package loads neither SciPy nor torch.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from verinfer.pipeline.checker import check_stages
     from verinfer.pipeline.cluster import Cluster, Link, ModelSpec, NodeSpec, model_spec_from_config
+    from verinfer.pipeline.driver import PipelineResult, RouteDriver, StageSpec
     from verinfer.pipeline.planner import (
         ModelDoesNotFit,
         Plan,
@@ -25,6 +29,7 @@ if TYPE_CHECKING:
         replan,
     )
     from verinfer.pipeline.profile import measure_link, profile_config, profile_model
+    from verinfer.pipeline.rebalance import Rebalancer
 
 _EXPORTS = {
     "Cluster": "verinfer.pipeline.cluster",
@@ -42,12 +47,18 @@ _EXPORTS = {
     "measure_link": "verinfer.pipeline.profile",
     "profile_config": "verinfer.pipeline.profile",
     "profile_model": "verinfer.pipeline.profile",
+    "PipelineResult": "verinfer.pipeline.driver",
+    "RouteDriver": "verinfer.pipeline.driver",
+    "StageSpec": "verinfer.pipeline.driver",
+    "Rebalancer": "verinfer.pipeline.rebalance",
+    "check_stages": "verinfer.pipeline.checker",
 }
 
 __all__ = [
-    "Cluster", "Link", "ModelDoesNotFit", "ModelSpec", "NodeSpec", "Plan", "best_single_node",
-    "evaluate", "measure_link", "memory_proportional", "model_spec_from_config", "plan",
-    "profile_config", "profile_model", "replan",
+    "Cluster", "Link", "ModelDoesNotFit", "ModelSpec", "NodeSpec", "PipelineResult", "Plan",
+    "Rebalancer", "RouteDriver", "StageSpec", "best_single_node", "check_stages", "evaluate",
+    "measure_link", "memory_proportional", "model_spec_from_config", "plan", "profile_config",
+    "profile_model", "replan",
 ]
 
 

@@ -154,6 +154,93 @@ def profile(
     typer.echo(f"free_gib = {measured.free_bytes / 2**30:.2f}")
 
 
+def split(
+    model: Annotated[Path, typer.Option("--model", "-m", help="Model directory (config and tokenizer; weights only for --check).")],
+    stage: Annotated[list[str], typer.Option("--stage", help="A stage, in route order: HOST:PORT=START:END (repeat).")],
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="The prompt text.")],
+    spare: Annotated[list[str] | None, typer.Option("--spare", help="A stage that takes over a failed one: HOST:PORT (repeat).")] = None,
+    max_tokens: Annotated[int, typer.Option(help="Tokens to generate.")] = 32,
+    temperature: Annotated[float, typer.Option(help="0: greedy; else seeded sampling.")] = 0.0,
+    top_k: Annotated[int, typer.Option(help="0: no top-k cut.")] = 0,
+    top_p: Annotated[float, typer.Option(help="Nucleus mass.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    check: Annotated[bool, typer.Option("--check", help="Recompute every stage from its signed input (loads the weights) and name any stage that lied.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (with every signed stage commitment).")] = False,
+) -> None:
+    """Generate through stage nodes (`verinfer node --layers A:B`): the single engine's bytes,
+    with every stage's signed commitments."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from verinfer.engine.sampler import SamplingParams
+    from verinfer.errors import LocalError
+    from verinfer.pipeline.cluster import load_model_config
+    from verinfer.pipeline.driver import RouteDriver, StageSpec, parse_stage
+    from verinfer.pipeline.transport import StageUnavailable
+
+    route = [parse_stage(text) for text in stage]
+    spares = []
+    for text in spare or []:
+        host, _, port = text.rpartition(":")
+        if not host or not port.isdigit():
+            raise LocalError(f"a spare is HOST:PORT, got {text!r}")
+        spares.append(StageSpec(host, int(port), 0, 1))
+    config = load_model_config(model)
+    from verinfer.engine.api import _load_tokenizer
+
+    tokenizer = _load_tokenizer(model / "tokenizer.json")
+    params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_k=top_k,
+                            top_p=top_p, seed=seed)
+    ids = tokenizer.encode(prompt).ids
+    try:
+        driver = RouteDriver(route, config, tokenizer, spares=spares)
+    except StageUnavailable as exc:
+        raise LocalError(f"{exc}: is the stage running (verinfer node --layers ...)?") from exc
+    try:
+        result = driver.generate([ids], [params])
+    finally:
+        driver.close()
+    faults = []
+    if check:
+        from verinfer.engine import Engine
+        from verinfer.pipeline.checker import check_stages
+
+        faults = check_stages(Engine.load(model), result.stages, result.frames)
+    out = result.results[0]
+    if as_json:
+        typer.echo(json.dumps({
+            "text": out.text, "token_ids": out.token_ids, "finish_reason": out.finish_reason,
+            "output_hash": out.output_hash, "logits_hash": out.logits_hash,
+            "session": result.session.hex(), "events": result.events,
+            "stages": [s.to_json() for s in result.stages],
+            "faults": [{"stage": f.stage, "node": f.node, "layers": list(f.layers), "step": f.seq,
+                        "reason": f.reason, "evidence": f.evidence.to_json()} for f in faults],
+        }, indent=2))
+    else:
+        console = Console()
+        console.print(out.text, markup=False, highlight=False)
+        console.print(f"tokens {len(out.token_ids)} ({out.finish_reason}), output hash "
+                      f"{out.output_hash}, logits hash {out.logits_hash}", highlight=False)
+        table = Table(title="stages")
+        for col in ("node", "endpoint", "layers", "steps signed"):
+            table.add_column(col)
+        for record in result.stages:
+            table.add_row(record.node, record.endpoint, f"{record.layer_start}:{record.layer_end}",
+                          str(len(record.commitments)))
+        console.print(table)
+        for event in result.events:
+            console.print(f"event: {event}", highlight=False)
+        if check:
+            console.print("check: every stage's signed output equals an honest recomputation"
+                          if not faults else "check: FAULT")
+            for f in faults:
+                console.print(f"  stage {f.stage} {f.node} layers {f.layers[0]}:{f.layers[1]} "
+                              f"step {f.seq}: {f.reason}", highlight=False)
+    if faults:
+        raise typer.Exit(3)
+
+
 def register(app: typer.Typer) -> None:
     app.command("plan", help=_PLAN_HELP)(plan)
+    app.command("split")(split)
     app.command("profile")(profile)

@@ -25,6 +25,7 @@ from verinfer.protocol.settlement import (
 )
 
 CAP_LIMIT = (1 << 96) - 1
+UINT256_MAX = (1 << 256) - 1
 OPEN, PASSED, ACCUSED, SLASHED, CLEARED, LAPSED = 1, 2, 3, 4, 5, 6
 
 
@@ -34,12 +35,21 @@ class Refused(ProtocolError):
 
 @dataclass
 class Allowance:
+    """A user's current allowance (the last one it signed)."""
+
     settler: str = ""
     cap: int = 0
     expiry: int = 0
     nonce: int = 0
-    spent_epoch: int = 0
-    spent: int = 0
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What an allowance grants one settler: a cap per epoch, for epochs that begin before the
+    expiry. A grant to a previous settler stays (it only covers epochs before its expiry)."""
+
+    cap: int = 0
+    expiry: int = 0
 
 
 @dataclass
@@ -52,11 +62,23 @@ class Case:
     status: int = OPEN
     appeal_deadline: int = 0
     accusers: tuple[str, ...] = ()
+    wrong_verdicts: tuple[str, ...] = ()  # validators slashed for a verdict the outcome refutes
+
+
+@dataclass
+class PauseClock:
+    """The pauses: a pause lasts `max_pause` at most (fixed at deployment) and may start only
+    `2 * max_pause` after the previous one started; delays and deadlines stand still meanwhile."""
+
+    max_pause: int = 1
+    paused_since: int = 0
+    paused_total: int = 0
+    started_at: int = 0
 
 
 @dataclass
 class Ledger:
-    """The contract's money state; `now` is its clock (wall time less paused time)."""
+    """The contract's money state; `now` is its clock (`clock`: wall time less paused time)."""
 
     balance: dict[str, int] = field(default_factory=dict)
     withdrawal: dict[str, Unbonding] = field(default_factory=dict)
@@ -66,8 +88,10 @@ class Ledger:
     reputation: dict[str, Reputation] = field(default_factory=dict)
     unpaid: dict[str, int] = field(default_factory=dict)
     allowance: dict[str, Allowance] = field(default_factory=dict)
+    grants: dict[tuple[str, str], Grant] = field(default_factory=dict)
     cases: dict[bytes, Case] = field(default_factory=dict)
     open_cases: dict[str, int] = field(default_factory=dict)
+    pauses: PauseClock = field(default_factory=PauseClock)
 
     def total_funds(self) -> int:
         """What the contract must hold."""
@@ -77,6 +101,61 @@ class Ledger:
 
     def escrow(self) -> int:
         return sum(c.escrow for c in self.cases.values() if c.status in (OPEN, ACCUSED))
+
+
+# ---------------------------------------------------------------- the pause clock
+
+
+def _pause_elapsed(p: PauseClock, wall: int) -> int:
+    if p.paused_since == 0:
+        return 0
+    return min(wall, p.paused_since + p.max_pause) - p.paused_since
+
+
+def paused(state: Ledger, wall: int) -> bool:
+    """Whether a pause is in force at `wall` (block time): it ends by itself after max_pause."""
+    p = state.pauses
+    return p.paused_since != 0 and wall < p.paused_since + p.max_pause
+
+
+def clock(state: Ledger, wall: int) -> int:
+    """The clock of every delay and deadline: wall time less the time spent paused, so a
+    pause neither lets a delay run out nor makes a deadline pass, and at most `max_pause` of
+    each pause counts (a pause cannot stop unbonding forever)."""
+    p = state.pauses
+    return wall - p.paused_total - _pause_elapsed(p, wall)
+
+
+def running(state: Ledger, wall: int) -> Ledger:
+    """`state`, unless paused: inflows, commits, settlement and evidence stop during a pause."""
+    if paused(state, wall):
+        raise Refused("paused")
+    return state
+
+
+def pause(state: Ledger, wall: int) -> Ledger:
+    if paused(state, wall):
+        raise Refused("paused")
+    p = state.pauses
+    if p.started_at != 0 and wall < p.started_at + 2 * p.max_pause:
+        raise Refused("pause cooldown")
+    s = copy.deepcopy(state)
+    if p.paused_since != 0:
+        s.pauses.paused_total += p.max_pause  # the previous pause ran out on its own
+    s.pauses.paused_since = s.pauses.started_at = wall
+    return s
+
+
+def unpause(state: Ledger, wall: int) -> Ledger:
+    if not paused(state, wall):
+        raise Refused("not paused")
+    s = copy.deepcopy(state)
+    s.pauses.paused_total += wall - state.pauses.paused_since
+    s.pauses.paused_since = 0
+    return s
+
+
+# ---------------------------------------------------------------- funds, stake, allowances
 
 
 def _add(table: dict[str, int], key: str, amount: int) -> None:
@@ -89,9 +168,15 @@ def _bump(state: Ledger, node: str, **counts: int) -> None:
                                            for k in ("served", "challenged", "passed", "failed")})
 
 
+def _is_zero(address: str) -> bool:
+    return int(address, 16) == 0
+
+
 def deposit(state: Ledger, who: str, amount: int) -> Ledger:
     if amount == 0:
         raise ZeroAmount()
+    if _is_zero(who):
+        raise Refused("zero beneficiary")
     s = copy.deepcopy(state)
     _add(s.balance, who, amount)
     return s
@@ -179,7 +264,8 @@ def set_allowance(
     ):
         raise Refused("allowance can only grow until it expires")
     s = copy.deepcopy(state)
-    s.allowance[user] = Allowance(settler, cap, expiry, nonce, old.spent_epoch, old.spent)
+    s.allowance[user] = Allowance(settler, cap, expiry, nonce)
+    s.grants[(user, settler)] = Grant(cap, expiry)
     return s
 
 
@@ -204,11 +290,20 @@ def settle_epoch(
     now: int,
 ) -> Ledger:
     """Pay unchallenged receipts within each user's allowance and balance; escrow the others."""
-    s = copy.deepcopy(state)
     for r in receipts:
-        take = _charge(s, r.user, settler, epoch, epoch_start, r.fee)
+        if not 0 <= r.fee <= UINT256_MAX:
+            raise Refused("fee above uint256")
+    for r in receipts:
+        if _is_zero(r.node) or _is_zero(r.user):
+            raise Refused("zero address in receipt")  # no entry may credit the zero address
+    s = copy.deepcopy(state)
+    # A settler settles each of its epochs once: the cap bounds what this call takes per user.
+    spent: dict[str, int] = {}
+    for r in receipts:
+        take = _charge(s, spent, r.user, settler, epoch_start, r.fee)
         if take < r.fee:
-            _add(s.unpaid, r.user, r.fee - take)
+            # Saturates: fees near 2^256 never make the batch revert on an overflow.
+            s.unpaid[r.user] = min(s.unpaid.get(r.user, 0) + r.fee - take, UINT256_MAX)
         if r.challenged:
             s.cases[r.receipt_id] = Case(r.node, r.user, r.fee, take, now + params.challenge_window)
             _add(s.open_cases, r.node, 1)
@@ -217,15 +312,16 @@ def settle_epoch(
     return s
 
 
-def _charge(s: Ledger, user: str, settler: str, epoch: int, start: int, fee: int) -> int:
-    a = s.allowance.get(user)
-    if a is None or a.settler != settler or start >= a.expiry:
+def _charge(s: Ledger, spent: dict[str, int], user: str, settler: str, start: int,
+            fee: int) -> int:
+    grant = s.grants.get((user, settler), Grant())
+    if start >= grant.expiry:
         return 0
-    spent = a.spent if a.spent_epoch == epoch else 0
-    take = min(fee, a.cap - min(a.cap, spent), s.balance.get(user, 0))
+    so_far = spent.get(user, 0)
+    take = min(fee, grant.cap - min(grant.cap, so_far), s.balance.get(user, 0))
     if take:
         s.balance[user] -= take
-    a.spent_epoch, a.spent = epoch, spent + take
+        spent[user] = so_far + take
     return take
 
 
@@ -347,4 +443,28 @@ def finalize(state: Ledger, params: SettlementParams, receipt_id: bytes, now: in
         _add(s.balance, a, share)
     s.treasury += rest - share * len(case.accusers)
     _bump(s, case.node, challenged=1, failed=1)
+    return s
+
+
+def slash_wrong_verdicts(state: Ledger, params: SettlementParams, receipt_id: bytes,
+                         validators: list[str]) -> Ledger:
+    """Drawn validators whose signed verdicts the arbitration outcome contradicts (checked:
+    agreeing with a receipt whose node was slashed, or conflicting with one cleared on
+    appeal): each is slashed `slash` once per receipt, to the treasury. A pass is not an
+    arbitration outcome: a pass quorum cannot slash the validators who disagreed."""
+    case = state.cases.get(receipt_id)
+    if case is None:
+        raise Refused("no challenge")
+    if case.status not in (SLASHED, CLEARED):
+        raise Refused("no arbitration outcome")
+    if not validators:
+        raise Refused("too few verdicts")
+    s = copy.deepcopy(state)
+    case = s.cases[receipt_id]
+    for v in validators:
+        if v in case.wrong_verdicts:
+            raise Refused("verdict already slashed")
+        case.wrong_verdicts += (v,)
+        s.treasury += _slash(s, v, params.slash)
+        _bump(s, v, failed=1)
     return s

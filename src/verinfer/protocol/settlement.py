@@ -139,15 +139,16 @@ class SettlementParams:
 
     def check_delays(self, epoch_seconds: int) -> SettlementParams:
         """Version 2: no deposit or stake leaves before every epoch that could touch it settled."""
-        settle_span = 3 * epoch_seconds + self.challenge_window
-        if self.withdrawal_delay <= settle_span:
+        span = settle_span(epoch_seconds, self.challenge_window)
+        if self.withdrawal_delay <= span:
             raise InvalidParams(
-                f"withdrawal_delay must exceed 3 epochs + challenge_window ({settle_span} s)"
+                "withdrawal_delay must exceed an epoch + 2 commit graces + challenge_window "
+                f"({span} s)"
             )
-        if self.unbonding_delay <= settle_span + self.appeal_window:
+        if self.unbonding_delay <= span + self.appeal_window:
             raise InvalidParams(
-                "unbonding_delay must exceed 3 epochs + challenge_window + appeal_window "
-                f"({settle_span + self.appeal_window} s)"
+                "unbonding_delay must exceed an epoch + 2 commit graces + challenge_window + "
+                f"appeal_window ({span + self.appeal_window} s)"
             )
         return self
 
@@ -444,3 +445,17 @@ def apply_batch(state: LedgerState, params: SettlementParams, batch: Batch) -> L
         _apply_challenge(draft, params, challenge)
     return draft.freeze()
 
+
+
+MIN_COMMIT_GRACE = 60  # seconds; the contract's constant
+
+
+def commit_grace(epoch_seconds: int) -> int:
+    """Version 2: how long after an epoch's end its commit is accepted (its settlement: twice
+    that). At least a minute, so that short epochs under load keep their receipts."""
+    return max(epoch_seconds, MIN_COMMIT_GRACE)
+
+
+def settle_span(epoch_seconds: int, challenge_window: int) -> int:
+    """Version 2: from an epoch's start to the last moment its challenges can be answered."""
+    return epoch_seconds + 2 * commit_grace(epoch_seconds) + challenge_window

@@ -1,5 +1,6 @@
 # pragma version 0.4.3
 # pragma optimize codesize
+# pragma experimental-codegen
 """
 @title verinfer settlement (rules version 2)
 @notice Stakes, user deposits and allowances, committed epochs, challenges settled on signed
@@ -24,9 +25,11 @@ MAX_ENDPOINT_BYTES: constant(uint256) = 256
 MERKLE_STACK: constant(uint256) = 16
 SORTITION_BITS: constant(uint256) = 64
 BEACON_LOOKBACK: constant(uint256) = 256
-CAP_BITS: constant(uint256) = 96
 CAP_MASK: constant(uint256) = (1 << 96) - 1
 U64_MASK: constant(uint256) = (1 << 64) - 1
+# A settler may commit an epoch until this long after its end (or one epoch, if longer), and
+# settle it until twice that: short epochs under load must not lose their receipts.
+MIN_COMMIT_GRACE: constant(uint256) = 60
 SECP256K1N_HALF: constant(uint256) = 57896044618658097711785492504343953926418782139537452191302581570759080747168
 
 DOMAIN_TYPEHASH: constant(bytes32) = keccak256(
@@ -54,6 +57,7 @@ LAPSED: constant(uint8) = 6
 EVIDENCE_PASS: constant(uint8) = 0
 EVIDENCE_ACCUSE: constant(uint8) = 1
 EVIDENCE_APPEAL: constant(uint8) = 2
+EVIDENCE_WRONG_VERDICT: constant(uint8) = 3
 
 flag Role:
     SETTLER
@@ -301,12 +305,14 @@ reputation: public(HashMap[address, Reputation])
 unpaid: public(HashMap[address, uint256])
 open_cases: public(HashMap[address, uint256])
 
-# Allowance of a user: settler (160 bits) | expiry (64 bits) in one slot, nonce in another; the
-# cap (96 bits), the epoch of the last debit (64 bits) and what that epoch spent (96 bits) share
-# a third, so a debit reads three slots and writes one.
+# A user's current allowance: settler (160 bits) | expiry (64 bits), and its nonce. What an
+# allowance grants is kept per (user, settler): cap (96 bits) | expiry (64 bits), the one slot a
+# debit reads. What a settlement has taken from a user within the cap lives in transient storage,
+# keyed by (epoch, settler): a settler settles each of its epochs once, in one call.
 allowance_head: HashMap[address, uint256]
 allowance_nonce: public(HashMap[address, uint256])
-allowance_spend: HashMap[address, uint256]
+grants: HashMap[address, HashMap[address, uint256]]
+spent_in_settlement: transient(HashMap[uint256, HashMap[address, uint256]])
 
 nodes: public(HashMap[address, Node])
 node_count: public(uint256)
@@ -316,6 +322,8 @@ commitments: public(HashMap[address, HashMap[uint256, Commitment]])
 cases: HashMap[uint256, HashMap[bytes32, Case]]
 # The arbitrators whose verdicts carried an accusation: paid from its slash, or slashed on appeal.
 accusers: HashMap[uint256, HashMap[bytes32, DynArray[address, MAX_VERDICTS]]]
+# Validators slashed for a verdict the arbitration outcome of the receipt contradicts.
+wrong_verdicts: HashMap[uint256, HashMap[bytes32, HashMap[address, bool]]]
 
 
 @deploy
@@ -375,8 +383,32 @@ def _now() -> uint256:
 
 @external
 @view
+def committees() -> uint256[4]:
+    """
+    @notice Expected validators, verdicts a pass needs, expected arbitrators, verdicts an
+            accusation needs (fixed at deployment).
+    """
+    return [self.validators_expected, self.validators_quorum, self.arbitrators_expected, self.arbitrators_quorum]
+
+
+@external
+@view
 def paused() -> bool:
     return self._paused()
+
+
+@internal
+@view
+def _grace() -> uint256:
+    return max(EPOCH_SECONDS, MIN_COMMIT_GRACE)
+
+
+@internal
+@view
+def _since_end(epoch: uint256) -> uint256:
+    # Seconds since the end of `epoch` (zero before it ends).
+    end: uint256 = GENESIS + (epoch + 1) * EPOCH_SECONDS
+    return block.timestamp - min(block.timestamp, end)
 
 
 @internal
@@ -422,7 +454,7 @@ def _check_delays(p: Params):
     # A user's deposit can leave only after every epoch that could still debit it has been
     # settled (commit window + settlement window + challenge window); a node's stake only after
     # a slash of such an epoch could also have gone through its appeal window.
-    settle_span: uint256 = 3 * EPOCH_SECONDS + p.challenge_window
+    settle_span: uint256 = EPOCH_SECONDS + 2 * self._grace() + p.challenge_window
     assert p.withdrawal_delay > settle_span, "withdrawal delay too short"
     assert p.unbonding_delay > settle_span + p.appeal_window, "unbonding delay too short"
 
@@ -660,51 +692,41 @@ def set_allowance(a: Allowance, signature: Bytes[65]):
     head: uint256 = self.allowance_head[a.user]
     old_settler: address = convert(convert(head >> 96, uint160), address)
     old_expiry: uint256 = head & U64_MASK
-    spend: uint256 = self.allowance_spend[a.user]
-    old_cap: uint256 = spend >> 160
     cap: uint256 = min(a.capPerEpoch, CAP_MASK)
+    expiry: uint256 = convert(a.expiry, uint256)
     if old_settler != empty(address) and block.timestamp < old_expiry:
-        assert a.settler == old_settler and cap >= old_cap and convert(a.expiry, uint256) >= old_expiry, "allowance can only grow until it expires"
+        assert a.settler == old_settler and cap >= self.grants[a.user][old_settler] >> 64 and expiry >= old_expiry, "allowance can only grow until it expires"
     self.allowance_nonce[a.user] = a.nonce
-    self.allowance_head[a.user] = (convert(convert(a.settler, uint160), uint256) << 96) | convert(a.expiry, uint256)
-    self.allowance_spend[a.user] = (cap << 160) | (spend & ((1 << 160) - 1))
+    self.allowance_head[a.user] = (convert(convert(a.settler, uint160), uint256) << 96) | expiry
+    # A grant to a previous settler stays: it covers only epochs that began before it expired.
+    self.grants[a.user][a.settler] = (cap << 64) | expiry
     log AllowanceSet(user=a.user, settler=a.settler, cap_per_epoch=cap, expiry=a.expiry, nonce=a.nonce)
 
 
 @external
 @view
-def allowance_of(user: address) -> (address, uint256, uint256, uint256, uint256):
+def allowance_of(user: address) -> (address, uint256, uint256):
     """
-    @notice (settler, cap per epoch, expiry, epoch of the last debit, spent in that epoch).
+    @notice The user's current allowance: (settler, cap per epoch, expiry).
     """
-    head: uint256 = self.allowance_head[user]
-    spend: uint256 = self.allowance_spend[user]
-    return (
-        convert(convert(head >> 96, uint160), address),
-        spend >> 160,
-        head & U64_MASK,
-        (spend >> 96) & U64_MASK,
-        spend & CAP_MASK,
-    )
+    settler: address = convert(convert(self.allowance_head[user] >> 96, uint160), address)
+    grant: uint256 = self.grants[user][settler]
+    return (settler, grant >> 64, grant & U64_MASK)
 
 
 @internal
-def _charge(user: address, settler: address, epoch: uint256, fee: uint256) -> uint256:
-    # What can be taken: within the allowance for this epoch, then within the balance.
-    head: uint256 = self.allowance_head[user]
-    if convert(convert(head >> 96, uint160), address) != settler:
+def _charge(user: address, settler: address, epoch: uint256, spend_key: uint256, fee: uint256) -> uint256:
+    # What can be taken: within the settler's grant for an epoch that began before it expired,
+    # less what this settlement took from the user already, then within the balance.
+    grant: uint256 = self.grants[user][settler]
+    if GENESIS + epoch * EPOCH_SECONDS >= grant & U64_MASK:
         return 0
-    if GENESIS + epoch * EPOCH_SECONDS >= head & U64_MASK:
-        return 0
-    spend: uint256 = self.allowance_spend[user]
-    cap: uint256 = spend >> 160
-    spent: uint256 = spend & CAP_MASK
-    if (spend >> 96) & U64_MASK != epoch:
-        spent = 0
+    cap: uint256 = grant >> 64
+    spent: uint256 = self.spent_in_settlement[spend_key][user]
     take: uint256 = min(min(fee, cap - min(cap, spent)), self.balances[user])
     if take > 0:
         self.balances[user] -= take
-    self.allowance_spend[user] = (cap << 160) | (epoch << 96) | (spent + take)
+        self.spent_in_settlement[spend_key][user] = spent + take
     return take
 
 
@@ -785,7 +807,8 @@ def _slash(node: address, amount: uint256) -> uint256:
 @external
 def commit_epoch(epoch: uint256, receipts_root: bytes32, count: uint256):
     """
-    @notice Commit the receipts of `epoch` (this epoch or the one before) before the beacon that
+    @notice Commit the receipts of `epoch` (this epoch, or a closed one within its grace: one
+            epoch or 60 seconds after its end, whichever is longer) before the beacon that
             decides their challenges exists: the root over their digests in strictly increasing
             order, and their number. Once per settler and epoch.
     """
@@ -793,7 +816,7 @@ def commit_epoch(epoch: uint256, receipts_root: bytes32, count: uint256):
     self._not_paused()
     current: uint256 = self._current_epoch()
     assert epoch <= current, "epoch in the future"
-    assert epoch + 1 >= current, "commit window closed"
+    assert self._since_end(epoch) < self._grace(), "commit window closed"
     assert count <= MAX_RECEIPTS, "too many receipts"
     assert self.commitments[msg.sender][epoch].block == 0, "epoch already committed"
     self.commitments[msg.sender][epoch] = Commitment(
@@ -863,12 +886,15 @@ def settle_epoch(epoch: uint256, receipts: DynArray[Receipt, MAX_RECEIPTS]):
     c: Commitment = self.commitments[msg.sender][epoch]
     assert c.block != 0, "epoch not committed"
     assert not c.settled, "epoch already settled"
-    assert self._current_epoch() <= epoch + 2, "settlement window closed"
+    assert self._since_end(epoch) < 2 * self._grace(), "settlement window closed"
     assert len(receipts) == c.count, "count differs from commitment"
     beacon: bytes32 = self._beacon(msg.sender, epoch)
     pv: uint256 = c.version
     start: uint256 = GENESIS + epoch * EPOCH_SECONDS
-    deadline: uint256 = self._now() + self.params_at[pv].challenge_window
+    ppm: uint256 = self.params_at[pv].challenge_ppm
+    fee_bps: uint256 = self.params_at[pv].protocol_fee_bps
+    # The epoch is below 2^64 (not beyond the current one): the key is exact.
+    spend_key: uint256 = (epoch << 160) | convert(convert(msg.sender, uint160), uint256)
 
     # Merkle root over the digests as verinfer.protocol.merkle builds it (an odd node is carried
     # up), folded as a stack of perfect subtrees so that memory stays O(log n).
@@ -885,8 +911,7 @@ def settle_epoch(epoch: uint256, receipts: DynArray[Receipt, MAX_RECEIPTS]):
         previous = digest
         assert r.gateway == msg.sender, "receipt names another gateway"
         assert r.node != empty(address) and r.user != empty(address), "zero address in receipt"
-        deadline_at: uint256 = convert(r.deadline, uint256)
-        assert deadline_at >= start and deadline_at < start + EPOCH_SECONDS, "receipt outside its epoch"
+        assert convert(r.deadline, uint256) >= start and convert(r.deadline, uint256) < start + EPOCH_SECONDS, "receipt outside its epoch"
 
         h: bytes32 = sha256(concat(b"\x00", digest))
         height: uint256 = 0
@@ -900,11 +925,14 @@ def settle_epoch(epoch: uint256, receipts: DynArray[Receipt, MAX_RECEIPTS]):
         heights[depth] = height
         depth += 1
 
-        take: uint256 = self._charge(r.user, msg.sender, epoch, r.fee)
+        take: uint256 = self._charge(r.user, msg.sender, epoch, spend_key, r.fee)
         if take < r.fee:
-            self.unpaid[r.user] += r.fee - take
+            # Saturates: fees near 2^256 never make the batch revert on an overflow.
+            owed: uint256 = self.unpaid[r.user]
+            self.unpaid[r.user] = owed + min(r.fee - take, max_value(uint256) - owed)
             log Shortfall(user=r.user, node=r.node, receipt=digest, owed=r.fee, paid=take)
-        if self._is_challenged(digest, beacon, self.params_at[pv].challenge_ppm):
+        if self._is_challenged(digest, beacon, ppm):
+            deadline: uint256 = self._now() + self.params_at[pv].challenge_window
             self.cases[epoch][digest] = Case(
                 settler=msg.sender, node=r.node, user=r.user, fee=r.fee, escrow=take,
                 status=OPEN, deadline=deadline, appeal_deadline=0,
@@ -914,7 +942,7 @@ def settle_epoch(epoch: uint256, receipts: DynArray[Receipt, MAX_RECEIPTS]):
             challenged += 1
             log ChallengeOpened(epoch=epoch, receipt=digest, node=r.node, deadline=deadline)
         else:
-            cut: uint256 = take * self.params_at[pv].protocol_fee_bps // BPS
+            cut: uint256 = take * fee_bps // BPS
             self.balances[r.node] += take - cut
             cut_total += cut
             self.reputation[r.node].served += 1
@@ -1033,9 +1061,13 @@ def submit_evidence(
             slash waits out `appeal_window` (see `execute_slash`).
             kind APPEAL (2), within the appeal window: more drawn arbitrators agreeing with the
             receipt than accused it. The node is paid its fee; each accuser is slashed.
+            kind WRONG_VERDICT (3), once arbitration decided the case: verdicts of drawn
+            validators that the outcome contradicts (agreeing with a receipt whose node was
+            slashed, or conflicting with one cleared on appeal). Each validator is slashed
+            once per receipt, to the treasury.
     """
     self._not_paused()
-    assert kind <= EVIDENCE_APPEAL, "unknown evidence kind"
+    assert kind <= EVIDENCE_WRONG_VERDICT, "unknown evidence kind"
     digest: bytes32 = self._receipt_digest(receipt)
     case: Case = self.cases[epoch][digest]
     assert case.status != 0, "no challenge"
@@ -1044,18 +1076,21 @@ def submit_evidence(
     now: uint256 = self._now()
     tag: Bytes[32] = b"verinfer/sortition/v2/arbitrator"
     expected: uint256 = self.arbitrators_expected
-    if kind == EVIDENCE_PASS:
+    agree: bool = kind != EVIDENCE_ACCUSE
+    if kind == EVIDENCE_PASS or kind == EVIDENCE_WRONG_VERDICT:
         tag = b"verinfer/sortition/v2/validator"
         expected = self.validators_expected
-    if kind == EVIDENCE_APPEAL:
+    if kind == EVIDENCE_WRONG_VERDICT:
+        assert case.status == SLASHED or case.status == CLEARED, "no arbitration outcome"
+        agree = case.status == SLASHED
+    elif kind == EVIDENCE_APPEAL:
         assert case.status == ACCUSED, "wrong challenge state"
         assert now <= case.appeal_deadline, "appeal window closed"
     else:
         assert case.status == OPEN, "wrong challenge state"
         assert now <= case.deadline, "deadline passed"
     members: DynArray[address, MAX_VERDICTS] = self._committee(
-        tag, c, case.settler, digest, receipt, verdicts, signatures, expected,
-        kind != EVIDENCE_ACCUSE,
+        tag, c, case.settler, digest, receipt, verdicts, signatures, expected, agree
     )
     n: uint256 = len(members)
 
@@ -1078,6 +1113,15 @@ def submit_evidence(
         self.cases[epoch][digest].appeal_deadline = appeal_deadline
         self.accusers[epoch][digest] = members
         log Accused(epoch=epoch, receipt=digest, node=receipt.node, appeal_deadline=appeal_deadline)
+    elif kind == EVIDENCE_WRONG_VERDICT:
+        assert n > 0, "too few verdicts"
+        for v: address in members:
+            assert not self.wrong_verdicts[epoch][digest][v], "verdict already slashed"
+            self.wrong_verdicts[epoch][digest][v] = True
+            taken: uint256 = self._slash(v, self.params_at[pv].slash)
+            self.treasury += taken
+            self.reputation[v].failed += 1
+            self._log_slash(v, digest, taken, self.params_at[pv].slash, 0, 0, taken)
     else:
         accusers: DynArray[address, MAX_VERDICTS] = self.accusers[epoch][digest]
         assert n > len(accusers), "appeal needs more arbitrators"

@@ -1,0 +1,95 @@
+"""The gateway appeals a framing accusation within the appeal window, with its own evidence.
+
+Real dev chain and contract, the gateway's pipeline and settler. Three colluding nodes accuse
+an honest asserter's receipt with their signed conflicting verdicts as soon as its challenge
+opens. The gateway's own challenge draws every node: the colluders disagree, so arbitration
+runs, and the four honest arbitrators agree with the receipt. The gateway appeals with their
+verdicts (more than accused): the case is cleared, the asserter is paid, each colluder is
+slashed as an accuser, and again for its wrong verdict as a validator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from dataclasses import replace
+from pathlib import Path
+
+from eth_account import Account
+from gateway_fakes import PARAMS, ScriptedValidators, make_bundle, pos
+from web3 import Web3
+
+from verinfer.chain.client import SettlementClient
+from verinfer.chain.devchain import DevChain, DevChainProvider
+from verinfer.chain.devkeys import dev_private_key
+from verinfer.gateway.chain_settler import ChainV2Settler, message_fields
+from verinfer.gateway.epochs import EpochPipeline
+from verinfer.gateway.store import GatewayStore
+from verinfer.keyfile import Identity
+from verinfer.protocol import wire
+
+EPOCH = 10**6
+COMMITTEES = (255, 2, 255, 3)
+CHAIN_PARAMS = replace(PARAMS, withdrawal_delay=4 * EPOCH, unbonding_delay=5 * EPOCH,
+                       challenge_ppm=1_000_000, challenge_window=600, appeal_window=300)
+
+
+def dev_identity(i: int) -> Identity:
+    key = bytes(dev_private_key(i))
+    return Identity(key, wire.address_of(key))
+
+
+def test_the_gateway_appeals_a_framing_accusation(tmp_path: Path) -> None:
+    chain = DevChain(tmp_path / "chain")
+    w3 = Web3(DevChainProvider(chain))
+    gateway = dev_identity(0)
+    owner, _ = SettlementClient.deploy(w3, Account.from_key(gateway.private_key), CHAIN_PARAMS,
+                                       epoch_seconds=EPOCH, committees=COMMITTEES)
+    nodes = [dev_identity(i) for i in range(1, 9)]
+    for i, node in enumerate(nodes):
+        client = SettlementClient(w3, owner.address, Account.from_key(node.private_key))
+        client.register(f"http://127.0.0.1:{9100 + i}")
+        client.stake(2000, value=2000)
+    user = dev_identity(9)
+    SettlementClient(w3, owner.address, Account.from_key(user.private_key)).deposit(10**6)
+    settler = ChainV2Settler(owner)
+    domain = settler.domain
+    allowance = wire.Allowance(user.address, gateway.address, 5000, 2**40, 1)
+    owner.set_allowance({f.name: getattr(allowance, f.attr) for f in allowance.FIELDS},
+                        wire.sign(domain, allowance, user.private_key))
+    genesis, length = settler.epoch_clock()
+    epoch = owner.current_epoch()
+    asserter, framers, honest = nodes[0], nodes[1:4], nodes[4:]
+    output = [5, 6]
+    truth = {wire.output_hash(output): hashlib.sha256(bytes(output)).digest()}
+    bundle = make_bundle(asserter, output, truth[wire.output_hash(output)], nonce=1, price=3,
+                         user=user, domain=domain, gateway=gateway,
+                         deadline=genesis + epoch * length + length // 2)
+    receipt = bundle.receipt.message
+    assert isinstance(receipt, wire.Receipt)
+    store = GatewayStore(tmp_path / "gateway.sqlite")
+    store.add_receipt(bundle.receipt_id, user.address, receipt.node, receipt.fee,
+                      bundle.to_json(), epoch)
+    validators = ScriptedValidators(truth, {n.address: n for n in nodes}, domain=domain,
+                                    gateway=gateway, liars={f.address for f in framers})
+    pipeline = EpochPipeline(store, settler, validators, gateway, domain, pos(validators=1),
+                             epoch_seconds=3600)
+    asyncio.run(pipeline.close_and_commit(force_close=True))  # committed; the case is open
+    assert owner.case(epoch, bundle.receipt_id).state == "open"
+
+    framing = []
+    for framer in framers:
+        v = wire.Verdict(bundle.receipt_id, receipt.request, receipt.output_hash, b"\x66" * 32,
+                         False, 1, framer.address, gateway.address)
+        framing.append((message_fields(v), wire.sign(domain, v, framer.private_key)))
+    owner.accuse(epoch, message_fields(receipt), bundle.receipt.signature, framing)
+    assert owner.case(epoch, bundle.receipt_id).state == "accused"
+
+    asyncio.run(pipeline.step())
+    assert owner.case(epoch, bundle.receipt_id).state == "cleared"
+    assert owner.stake_of(asserter.address) == 2000
+    assert owner.balance_of(asserter.address) > 0  # its fee, and a share of the slashes
+    assert all(owner.stake_of(f.address) == 2000 - 2 * CHAIN_PARAMS.slash for f in framers)
+    assert all(owner.stake_of(n.address) == 2000 for n in honest)
+    chain.close()
+    store.close()
