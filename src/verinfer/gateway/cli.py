@@ -131,8 +131,6 @@ def serve(port: int, host: str, state: Path, models: list[Path], p_ppm: int | No
     from verinfer.node.client import NodeClient
     from verinfer.protocol.params import PosParams
 
-    sock = listen(host, port)  # a taken port fails now, before any chain transaction
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per node call drowns the log
     identity, created = load_or_create_key(state / "key")
@@ -171,6 +169,7 @@ def serve(port: int, host: str, state: Path, models: list[Path], p_ppm: int | No
     pipeline = EpochPipeline(store, settler, HttpValidators(transport=transport), identity,
                              settler.domain, pos, contract_epoch)
     app = create_app(service, pipeline, node_transport=transport)
+    sock = listen(host, port)  # bound before the line that says so: a taken port fails here
     typer.echo(f"gateway {identity.address} on http://{host}:{sock.getsockname()[1]}/v1 "
                f"(models: {', '.join(sorted(specs))})")
     uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
