@@ -52,7 +52,8 @@ info, and a build that still uses AVX-512 is flagged in the notes:
     .venv/bin/python benchmarks/engine.py --models 1b --isa avx2 --llama-python /tmp/llama-avx2/bin/python
 
 On a CPU with AVX-512, `--isa avx2` measures the AVX2 route on an AVX-512 machine: the same
-instructions as an AVX2-only CPU, not the same memory system or clock.
+instructions as an AVX2-only CPU, not the same memory system or clock. The weight products alone,
+per route and row count, are measured by `benchmarks/engine_products.py`.
 
 llama.cpp's worker threads spin while they wait: on a 2-core machine where anything else runs,
 its figures collapse. Run the benchmark on an otherwise idle machine (the table's title shows

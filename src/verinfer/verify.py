@@ -7,6 +7,13 @@ gateway's settlement record (`"settlement": {"epoch", "receiptsRoot", "proof"}`)
 proof must lead from the receipt id to the root, and when a chain is reachable the root must be
 the one the epoch settled with. `--replay --model DIR` runs the request on the local engine and
 compares model_id, output tokens and logits hash. Any failure is one line saying why.
+
+A node called directly (no gateway) issues its own job: gateway and user are the zero address,
+the price is 0 and the job's signature is 65 zero bytes, since nobody signed it. Such a
+*direct* receipt is checked for everything the node signed (its signature, the model_id and the
+request commitment, the output hash) and is reported as not settled through a gateway: no
+fee, no epoch, nothing on chain. A receipt whose job is half direct (zero gateway with a
+signature, or a signed job without one) or that claims an epoch is rejected.
 """
 
 from __future__ import annotations
@@ -39,10 +46,40 @@ class Inclusion:
     proof: tuple[tuple[bool, bytes], ...]
 
 
-def load_bundle(data: Any) -> tuple[wire.ReceiptBundle, wire.Receipt]:
-    """Parse and check a receipt bundle offline; raises `ReceiptRejected` with the reason."""
+UNSIGNED_JOB = bytes(65)  # the signature field of a job a node issued itself
+
+
+def is_direct(bundle: wire.ReceiptBundle) -> bool:
+    """The job was issued by the node itself (no gateway): the rule in the module docstring."""
+    job = bundle.job.message
+    return isinstance(job, wire.Job) and job.gateway == wire.ZERO_ADDRESS \
+        and bundle.job.signature == UNSIGNED_JOB
+
+
+def check_direct(bundle: wire.ReceiptBundle) -> wire.Receipt:
+    """`ReceiptBundle.check` without the gateway's signature, which a direct job has not."""
+    job = bundle.job.message
+    assert isinstance(job, wire.Job)
+    if wire.prompt_root(bundle.prompt_token_ids) != bundle.request.prompt_root:
+        raise wire.MessageMismatch("the prompt token ids do not match the request's promptRoot")
+    if len(bundle.prompt_token_ids) != bundle.request.prompt_length:
+        raise wire.MessageMismatch("the prompt length does not match the request")
+    if wire.stop_root(bundle.stop) != bundle.request.stop_root:
+        raise wire.MessageMismatch("the stop sequences do not match the request's stopRoot")
+    if job.user != wire.ZERO_ADDRESS or job.price_per_token != 0:
+        raise wire.MessageMismatch("a job without a gateway bills nobody: its user must be the "
+                                   "zero address and its price 0")
+    return wire.check_receipt(bundle.domain, bundle.receipt, job, bundle.request,
+                              bundle.output_token_ids)
+
+
+def load_bundle(data: Any, allow_direct: bool = False) -> tuple[wire.ReceiptBundle, wire.Receipt]:
+    """Parse and check a receipt bundle offline (a direct one too with `allow_direct`);
+    raises `ReceiptRejected` with the reason."""
     try:
         bundle = wire.ReceiptBundle.from_json(data)
+        if allow_direct and is_direct(bundle):
+            return bundle, check_direct(bundle)
         return bundle, bundle.check()
     except VerinferError as exc:
         raise ReceiptRejected(str(exc)) from exc
@@ -113,16 +150,27 @@ def verify_command(
         raise ReceiptRejected(f"cannot read {path}: {exc.strerror}") from exc
     except ValueError as exc:
         raise ReceiptRejected(f"{path} is not JSON: {exc}") from exc
-    bundle, receipt = load_bundle(data)
+    bundle, receipt = load_bundle(data, allow_direct=True)
     rid = bundle.receipt_id
     job = bundle.job.message
     assert isinstance(job, wire.Job)
-    typer.echo(f"receipt 0x{rid.hex()}: signatures and commitments OK")
-    typer.echo(f"  node {receipt.node}, gateway {job.gateway}, user {receipt.user}")
+    direct = is_direct(bundle)
+    inclusion = inclusion_of(data)
+    if direct and inclusion is not None:
+        raise ReceiptRejected("a direct receipt (no gateway) cannot be in a gateway's epoch")
+    if direct:
+        typer.echo(f"receipt 0x{rid.hex()}: node signature and commitments OK (DIRECT: the node "
+                   "was called without a gateway)")
+        typer.echo(f"  node {receipt.node}; no gateway, no user, no fee")
+    else:
+        typer.echo(f"receipt 0x{rid.hex()}: signatures and commitments OK")
+        typer.echo(f"  node {receipt.node}, gateway {job.gateway}, user {receipt.user}")
     typer.echo(f"  model_id 0x{bundle.request.model_id.hex()}, {bundle.request.prompt_length} "
                f"prompt + {receipt.output_length} output tokens, fee {receipt.fee} wei")
-    inclusion = inclusion_of(data)
-    if inclusion is None:
+    if direct:
+        typer.echo("  not settled through a gateway: this receipt is never committed or "
+                   "settled on chain")
+    elif inclusion is None:
         typer.echo("  batch inclusion: not yet committed (fetch it later from the gateway)")
     else:
         check_inclusion(rid, inclusion)

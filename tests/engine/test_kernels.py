@@ -203,7 +203,7 @@ def test_rms_norm_quantize(shape: tuple[int, int, int], levels: int, gain_bits: 
                      _reference(monkeypatch, m.rms_norm_quantize, h, gain, eps_scaled, levels))
 
 
-@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 16, 17, 40, 130])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 17, 40, 130])
 @pytest.mark.parametrize(("k", "n"), [(1, 1), (7, 3), (64, 96), (130, 9), (200, 97), (2048, 40)])
 def test_int8_matmul(rows: int, k: int, n: int, route: str) -> None:
     weight = torch.randint(-128, 128, (n, k), generator=GEN, dtype=torch.int8)
@@ -216,13 +216,14 @@ def test_int8_matmul(rows: int, k: int, n: int, route: str) -> None:
     _assert_same(kernels.int8_matmul(x, weight.t()), fp.int8_matmul(x, weight.t()))
 
 
-@pytest.mark.parametrize("k", [1024, 1025, 3000])  # the float32 route's chunk of 1024, and past it
-def test_int8_matmul_largest_sums(k: int, route: str) -> None:
-    """Every product at its extreme (-128 * -128 and -128 * 127): sums of up to 2**24 per chunk."""
-    rows = 40  # past the integer loops' row limit: the float32 route without VNNI
+@pytest.mark.parametrize("k", [1024, 1025, 3000])
+@pytest.mark.parametrize("low", [-128, -127])  # -127: rows within +-127, the AVX2 byte products
+def test_int8_matmul_largest_sums(k: int, low: int, route: str) -> None:
+    """Every product at its extreme (low * -128 and low * 127): the largest sums, in every row tile."""
+    rows = 40  # several tiles of rows and a partial one
     weight = torch.full((3, k), -128, dtype=torch.int8)
     weight[1] = 127
-    x = torch.full((rows, k), -128, dtype=torch.int8)
+    x = torch.full((rows, k), low, dtype=torch.int8)
     x[1::2] = 127
     _assert_same(kernels.int8_matmul(x, weight.t()), fp.int8_matmul(x, weight.t()))
 

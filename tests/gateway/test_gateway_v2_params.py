@@ -44,12 +44,12 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, 
     dev.close()
 
 
-def gateway(chain: tuple[str, str, Path], tmp_path: Path, *args: str
+def gateway(chain: tuple[str, str, Path], tmp_path: Path, *args: str, model: Path | None = None
             ) -> subprocess.CompletedProcess[str]:
     rpc, contract, _ = chain
     env = {**os.environ, "PYTHONPATH": str(SRC), "VERINFER_CHAIN_RPC": rpc}
     return subprocess.run(
-        [sys.executable, "-m", "verinfer.cli", "gateway", "--model", str(tmp_path / "none"),
+        [sys.executable, "-m", "verinfer.cli", "gateway", "--model", str(model or tmp_path / "none"),
          "--data-dir", str(tmp_path), "--contract", contract, *args],
         capture_output=True, text=True, env=env, timeout=120, check=False)
 
@@ -72,3 +72,18 @@ def test_the_contracts_own_values_are_accepted(chain: tuple[str, str, Path],
     # Past the parameter checks: it stops at the missing model directory.
     assert "contract parameter" not in done.stderr
     assert "none" in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_a_taken_port_is_a_one_line_error(chain: tuple[str, str, Path], tmp_path: Path) -> None:
+    import socket
+
+    demo = Path(__file__).parents[2] / "models" / "demo"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        done = gateway(chain, tmp_path, "--port", str(port), model=demo)
+    assert done.returncode != 0
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    assert " on http://" not in done.stdout  # never announced as listening

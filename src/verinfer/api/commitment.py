@@ -18,11 +18,12 @@ import secrets
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-from verinfer.api.prompt import PromptBuilder
 from verinfer.api.schemas import (
     DEFAULT_COMPLETION_MAX_TOKENS,
     ChatCompletionRequest,
+    ChatMessage,
     CompletionRequest,
     SamplingRequest,
 )
@@ -35,6 +36,15 @@ CHOICE_SEED_DOMAIN = b"verinfer-choice-v1"
 
 class ContextExceeded(GenerationParamsError):
     """Prompt plus max_tokens do not fit in the model's context."""
+
+
+class Prompts(Protocol):
+    """How a model's prompts become token ids (`verinfer.api.prompt.PromptBuilder`, which node
+    and gateway both use, so both sides commit to the same ids)."""
+
+    def chat(self, messages: list[ChatMessage]) -> list[int]: ...
+
+    def completion(self, prompt: str | list[int]) -> list[int]: ...
 
 
 def choice_seed(seed: int, index: int) -> int:
@@ -60,7 +70,7 @@ class RequestCommitment:
     rows: list[RowCommitment]
 
 
-def prompt_ids_of(request: CompletionRequest | ChatCompletionRequest, prompts: PromptBuilder) -> list[int]:
+def prompt_ids_of(request: CompletionRequest | ChatCompletionRequest, prompts: Prompts) -> list[int]:
     if isinstance(request, ChatCompletionRequest):
         return prompts.chat(request.messages)
     return prompts.completion(request.prompt)
@@ -113,7 +123,7 @@ def request_commitment(model_id: bytes, prompt_ids: Sequence[int], params: Sampl
 def commit(
     request: CompletionRequest | ChatCompletionRequest,
     model_id: bytes,
-    prompts: PromptBuilder,
+    prompts: Prompts,
     context: int,
 ) -> RequestCommitment:
     """Prompt ids and every row's parameters and `Request` commitment. A gateway that wants to

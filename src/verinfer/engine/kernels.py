@@ -13,6 +13,7 @@ the extension loads; a route the CPU cannot run is refused with a clear error.
 from __future__ import annotations
 
 import os
+import platform
 import threading
 import warnings
 from collections.abc import Iterator
@@ -29,7 +30,13 @@ SOURCE = Path(__file__).resolve().parent / "csrc" / "int_kernels.cpp"
 EXTENSION_NAME = "verinfer_int_kernels"
 ENV_VAR = "VERINFER_KERNELS"  # "torch" selects the reference torch path
 ISA_ENV_VAR = "VERINFER_ISA"  # forces one of ISAS (for tests and benchmarks)
-ISAS = ("scalar", "avx2", "avx512", "avx512vnni")  # the extension's routes, slowest first
+# The extension's routes on this machine's architecture, slowest first (csrc/int_kernels.cpp).
+_ROUTES = {
+    "x86_64": ("scalar", "avx2", "avx512", "avx512vnni"),
+    "aarch64": ("scalar", "neon", "neon-dotprod"),
+}
+_ROUTES["amd64"], _ROUTES["arm64"] = _ROUTES["x86_64"], _ROUTES["aarch64"]
+ISAS = _ROUTES.get(platform.machine().lower(), ("scalar",))
 
 _lock = threading.Lock()
 _extension: ModuleType | None = None

@@ -124,14 +124,12 @@ def serve(port: int, host: str, state: Path, models: list[Path], p_ppm: int | No
     from verinfer.gateway.chain_settler import ChainV2Settler
     from verinfer.gateway.epochs import EpochPipeline
     from verinfer.gateway.router import Router
-    from verinfer.gateway.server import HttpValidators, create_app
+    from verinfer.gateway.server import HttpValidators, SharedTransport, create_app
     from verinfer.gateway.service import GatewayService, ModelSpec
     from verinfer.gateway.store import GatewayStore
     from verinfer.keyfile import load_or_create_key
     from verinfer.node.client import NodeClient
     from verinfer.protocol.params import PosParams
-
-    sock = listen(host, port)  # a taken port fails now, before any chain transaction
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per node call drowns the log
@@ -164,11 +162,14 @@ def serve(port: int, host: str, state: Path, models: list[Path], p_ppm: int | No
     specs = {spec.name: spec for spec in (ModelSpec.from_dir(m) for m in models)}
     store = GatewayStore(state / "gateway.sqlite")
     router = Router(params.min_stake)
+    transport = SharedTransport()  # one connection pool for requests, challenges and probes
     service = GatewayService(store, settler, router, specs, identity, settler.domain, price,
-                             lambda node: NodeClient(node.endpoint, timeout_s=30.0))
-    pipeline = EpochPipeline(store, settler, HttpValidators(), identity, settler.domain, pos,
-                             contract_epoch)
-    app = create_app(service, pipeline)
+                             lambda node: NodeClient(node.endpoint, timeout_s=30.0,
+                                                     transport=transport))
+    pipeline = EpochPipeline(store, settler, HttpValidators(transport=transport), identity,
+                             settler.domain, pos, contract_epoch)
+    app = create_app(service, pipeline, node_transport=transport)
+    sock = listen(host, port)  # bound before the line that says so: a taken port fails here
     typer.echo(f"gateway {identity.address} on http://{host}:{sock.getsockname()[1]}/v1 "
                f"(models: {', '.join(sorted(specs))})")
     uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])

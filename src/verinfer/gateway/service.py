@@ -19,12 +19,11 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
+from verinfer.api.commitment import Prompts, commit
 from verinfer.api.schemas import (
-    DEFAULT_COMPLETION_MAX_TOKENS,
     ChatCompletionRequest,
-    ChatMessage,
     CompletionRequest,
     StreamOptions,
     VerinferRequestExtension,
@@ -38,6 +37,12 @@ from verinfer.node.client import NodeBusy, NodeClient, NodeRefused, NodeUnavaila
 from verinfer.protocol import wire
 
 JOB_TTL_S = 600
+# How long a read of an account's spendable funds is reused. Each read is three chain calls
+# (allowance, epoch, balance: about a third of a request's time through the gateway on the dev
+# chain), and a read is stale anyway by the time a generation ends; the cache is also dropped
+# whenever the chain's epoch or the number of epochs this gateway settled changes, the two
+# things that move the allowance or the balance by the gateway's own hand.
+SPENDABLE_TTL_S = 1.0
 MAX_ATTEMPTS = 4  # nodes tried for one request before the user gets a 502
 UserRequest = CompletionRequest | ChatCompletionRequest
 
@@ -60,15 +65,6 @@ class UpstreamFailed(RemoteError):
 
 class BadReceipt(RemoteError):
     """A node's receipt does not check out; the node is treated as failed."""
-
-
-class Prompts(Protocol):
-    """How a model's prompts become token ids (`verinfer.api.prompt.PromptBuilder`, which the
-    nodes use too, so both sides commit to the same ids)."""
-
-    def chat(self, messages: list[ChatMessage]) -> list[int]: ...
-
-    def completion(self, prompt: str | list[int]) -> list[int]: ...
 
 
 @dataclass(frozen=True)
@@ -177,6 +173,7 @@ class GatewayService:
         self.stats = GatewayStats()
         self._reserved: dict[str, int] = {}  # worst-case fees of requests in flight
         self._reserve_lock = threading.Lock()
+        self._spendable: dict[str, tuple[float, tuple[int | None, int], int]] = {}
 
     # ---------------------------------------------------------------- admission
 
@@ -208,32 +205,16 @@ class GatewayService:
             raise GenerationParamsError("n must be 1 through the gateway (one receipt per job)")
         if body.verinfer is not None:
             raise GenerationParamsError("the `verinfer` field is set by the gateway, not by users")
-        if isinstance(body, ChatCompletionRequest):
-            kind, prompt_ids = "chat", spec.prompts.chat(body.messages)
-            max_tokens = body.max_new_tokens
-            logprobs = body.logprobs
-        else:
-            kind, prompt_ids = "completion", spec.prompts.completion(body.prompt)
-            max_tokens = body.max_tokens or DEFAULT_COMPLETION_MAX_TOKENS
-            logprobs = body.logprobs is not None
-        room = spec.context_length - len(prompt_ids)
-        if room < 1:
-            raise GenerationParamsError(f"the prompt has {len(prompt_ids)} tokens; the model's "
-                                        f"context is {spec.context_length}")
-        max_tokens = room if max_tokens is None else max_tokens
-        if max_tokens > room:
-            raise GenerationParamsError(
-                f"prompt ({len(prompt_ids)} tokens) plus max_tokens ({max_tokens}) exceed the "
-                f"model's context of {spec.context_length} tokens: lower max_tokens")
-        seed = body.seed if body.seed is not None else secrets.randbits(63)
-        temperature_milli = round(body.temperature * 1000)
-        if body.temperature > 0 and temperature_milli == 0:
-            raise GenerationParamsError("temperature must be 0 (greedy) or at least 0.001")
+        # One implementation of the commitment for node and gateway: the job signed here then
+        # commits to exactly what an honest node runs.
         model_id = self.model_id_of(spec)
-        request = wire.Request.build(
-            model_id, prompt_ids, max_tokens=max_tokens, temperature_milli=temperature_milli,
-            top_k=max(body.top_k, 0), top_p_micro=round(body.top_p * 1_000_000), seed=seed,
-            stop=body.stop_sequences, ignore_eos=body.ignore_eos)
+        committed = commit(body, model_id, spec.prompts, spec.context_length)
+        [row] = committed.rows
+        request, max_tokens, seed = row.request, row.params.max_tokens, row.params.seed
+        prompt_ids = committed.prompt_ids
+        kind = "chat" if isinstance(body, ChatCompletionRequest) else "completion"
+        logprobs = body.logprobs if isinstance(body, ChatCompletionRequest) \
+            else body.logprobs is not None
         update: dict[str, Any] = {"seed": seed, "max_tokens": max_tokens, "stream": True,
                                   "stream_options": StreamOptions(include_usage=True),
                                   "user": None}
@@ -248,9 +229,24 @@ class GatewayService:
 
     def _reserve(self, account: str, amount: int) -> None:
         """Refuse (402) a request the account could not pay even at its longest."""
-        spendable = self.settler.spendable(account)
+        spendable = self.spendable(account)
         with self._reserve_lock:
             self._reserve_locked(account, amount, spendable)
+
+    def spendable(self, account: str) -> int:
+        """The settler's `spendable(account)`, reused for up to SPENDABLE_TTL_S while the
+        chain's epoch and this gateway's settled epochs stay the same."""
+        clock = self.settler.epoch_clock()
+        now = self.clock()
+        epoch = None if clock is None else \
+            int(now + self.settler.clock_skew() - clock[0]) // clock[1]
+        state = (epoch, self.store.count_epochs("settled"))
+        cached = self._spendable.get(account)
+        if cached is not None and cached[1] == state and now - cached[0] < SPENDABLE_TTL_S:
+            return cached[2]
+        value = self.settler.spendable(account)
+        self._spendable[account] = (now, state, value)
+        return value
 
     def _reserve_locked(self, account: str, amount: int, spendable: int) -> None:
         owed = self.store.unsettled_fees(account) + self._reserved.get(account, 0)
@@ -313,7 +309,13 @@ class GatewayService:
                     or list(bundle.prompt_token_ids) != prepared.prompt_ids
                     or bundle.stop != prepared.stop):
                 raise BadReceipt("the receipt commits to another request")
-            bundle.check()
+            # The job, request, prompt and stop are the gateway's own (compared above), so of
+            # `bundle.check()` only the node's side is left to check: recovering the job's
+            # signer again would cost a second signature recovery per request for nothing.
+            message = job.message
+            assert isinstance(message, wire.Job)
+            wire.check_receipt(self.domain, bundle.receipt, message, bundle.request,
+                               bundle.output_token_ids)
         except (RemoteError, wire.WireFormatError) as exc:
             raise BadReceipt(f"receipt refused: {exc}") from exc
         if streamed is not None and list(bundle.output_token_ids) != streamed:

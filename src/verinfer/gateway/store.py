@@ -246,6 +246,12 @@ class GatewayStore:
             raise StoreError(f"no epoch {epoch}")
         return Epoch(row[0], row[1], row[2], _unhex(row[3]), row[4], _unhex(row[5]), row[6])
 
+    def count_epochs(self, state: str) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT COUNT(*) FROM epochs WHERE state = ?",
+                                   (state,)).fetchone()
+        return int(row[0])
+
     def epochs_in(self, *states: str) -> list[Epoch]:
         marks = ",".join("?" * len(states))
         with self._lock:
