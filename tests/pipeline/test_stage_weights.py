@@ -169,3 +169,48 @@ def test_the_stage_reports_its_weight_bytes_and_loads_on_assign(split_dir: Path)
     hello = call(Msg.ASSIGN, {"start": 0, "end": 8})
     assert hello["layers"] == [0, 8]
     assert isinstance(hello["weight_bytes"], int) and hello["weight_bytes"] > 3 * small
+
+
+def test_a_quantized_directory_with_leaves_reads_only_the_range(
+    split_dir: Path, split_engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = save_quantized(quantize_checkpoint(split_dir), tmp_path / "q", split_dir / "tokenizer.json")
+    assert json.loads((out / "verinfer-model.json").read_text())["tensor_leaves"]
+    from verinfer.engine import quantize
+
+    read: list[str] = []
+    original = quantize._iter_tensors
+
+    def counting(path: Path, wanted=None):  # type: ignore[no-untyped-def]
+        for name, tensor in original(path, wanted):
+            read.append(name)
+            yield name, tensor
+
+    monkeypatch.setattr(quantize, "_iter_tensors", counting)
+    weights = StageWeights(out, 3, 6)
+    assert weights.model_id == split_engine.model_id
+    assert read and all(name.startswith(("model.layers.3.", "model.layers.4.", "model.layers.5."))
+                        for name in read)
+    _assert_holds_exactly(weights.model, split_engine.model, 3, 6)
+    read.clear()
+    weights.serve(5, 8)
+    assert {n.split(".")[2] for n in read if n.startswith("model.layers.")} == {"6", "7"}
+    assert "lm_head.weight" in read and "model.norm.weight" in read
+    _assert_holds_exactly(weights.model, split_engine.model, 5, 8)
+
+
+def test_altered_quantized_weights_or_leaves_are_refused(split_dir: Path, tmp_path: Path) -> None:
+    out = save_quantized(quantize_checkpoint(split_dir), tmp_path / "q", split_dir / "tokenizer.json")
+    manifest_path = out / "verinfer-model.json"
+    honest = manifest_path.read_text()
+    manifest = json.loads(honest)
+    manifest["tensor_leaves"]["model.layers.4.mlp.down_proj.weight"] = "00" * 32
+    manifest_path.write_text(json.dumps(manifest))  # a forged leaf no longer adds up to model_id
+    with pytest.raises(ModelError, match="model_id"):
+        StageWeights(out, 3, 6)
+    manifest_path.write_text(honest)  # honest leaves, but other weights in the file
+    other = write_random_checkpoint(tmp_path / "other", tiny_config(num_hidden_layers=8), seed=4)
+    forged = save_quantized(quantize_checkpoint(other), tmp_path / "q2", split_dir / "tokenizer.json")
+    shutil.copyfile(forged / "weights.safetensors", out / "weights.safetensors")
+    with pytest.raises(ModelError, match="does not match the model_id"):
+        StageWeights(out, 3, 6)

@@ -167,6 +167,9 @@ def save_quantized(model: QuantizedModel, out_dir: str | Path, tokenizer_file: P
         "numerics_version": NUMERICS_VERSION,
         "model_id": model.model_id,
         "config": model.config.to_dict(),
+        # Each tensor's leaf of model_id: a pipeline stage checks the leaves against model_id
+        # and then reads only its own layers' tensors (`verinfer.pipeline.weights`).
+        "tensor_leaves": {n: tensor_leaf_hash(n, model.tensors[n]).hex() for n in sorted(model.tensors)},
     }
     (out / QUANTIZED_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return out
@@ -191,6 +194,18 @@ def read_manifest(model_dir: Path) -> tuple[ModelConfig, str]:
             f"v{NUMERICS_VERSION}: quantize the original checkpoint again"
         )
     return config, str(manifest.get("model_id"))
+
+
+def read_manifest_leaves(model_dir: Path) -> dict[str, bytes] | None:
+    """The per-tensor leaf hashes a quantized directory's manifest lists (None: an older
+    manifest without them). Not checked here: `model_id_of_leaves` checks them."""
+    try:
+        leaves = json.loads((model_dir / QUANTIZED_MANIFEST).read_text()).get("tensor_leaves")
+        if leaves is None:
+            return None
+        return {str(name): bytes.fromhex(str(digest)) for name, digest in leaves.items()}
+    except (OSError, AttributeError, ValueError, TypeError) as exc:
+        raise ModelError(f"{model_dir / QUANTIZED_MANIFEST}: unreadable tensor_leaves ({exc})") from exc
 
 
 def load_quantized(model_dir: str | Path) -> QuantizedModel:

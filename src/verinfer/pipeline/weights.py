@@ -1,17 +1,21 @@
 """The weights a pipeline stage holds: only its layer range's, loaded and freed as the range moves.
 
 A stage serving layers [A, B) keeps layers A..B-1, the embedding if A == 0, and the final norm
-and head if B is the last layer (a head tied to the embedding keeps the embedding). At start it
-reads every checkpoint tensor once, one at a time, to compute the model_id it claims (a Merkle
-root over all quantized tensors, the same one a whole-model node computes), keeping only its
-own; peak memory is its range plus one tensor. The leaf hash of every tensor is remembered
-(32 bytes each), so a later `serve(C, D)` (a re-plan's ASSIGN) reads only the tensors it lacks
-from the checkpoint, checks each against its remembered leaf, and frees those no longer served.
+and head if B is the last layer (a head tied to the embedding keeps the embedding). It needs
+every tensor's leaf hash of the model_id it claims (a Merkle root over all quantized tensors,
+the one a whole-model node computes). A quantized directory's manifest lists them
+(`tensor_leaves`): the stage checks them against the manifest's model_id and reads only its
+range's tensors, each checked against its leaf. A float checkpoint (or an older manifest) has
+no list: the stage reads and quantizes every tensor once, one at a time, to compute the leaves,
+and keeps only its own; peak memory is its range plus one tensor. The leaves (32 bytes a
+tensor) are kept, so a later `serve(C, D)` (a re-plan's ASSIGN) reads only the tensors it lacks,
+checks each against its leaf, and frees those no longer served.
 Quantization is `quantize.quantize_tensor`, the whole-model load's: the same integers.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -25,6 +29,7 @@ from verinfer.engine.quantize import (
     iter_quantized,
     model_id_of_leaves,
     read_manifest,
+    read_manifest_leaves,
     source_name,
     tensor_leaf_hash,
 )
@@ -60,13 +65,19 @@ class StageWeights:
         else:
             config = load_config(self.model_dir)
         _check_range(config, start, end)
-        self.leaves: dict[str, bytes] = {}
+        listed = read_manifest_leaves(self.model_dir) if quantized else None
         kept: dict[str, torch.Tensor] = {}
-        for name, tensor in iter_quantized(self.model_dir, config):
-            self.leaves[name] = tensor_leaf_hash(name, tensor)
-            if range_needs(config, start, end, source_name(name)):
-                kept[name] = tensor
-        model_id = model_id_of_leaves(config, self.leaves)
+        if listed is not None:  # the manifest's leaves: read only the range's tensors
+            self.leaves = listed
+            model_id = model_id_of_leaves(config, self.leaves)
+            kept = self._read(config, lambda name: range_needs(config, start, end, name))
+        else:  # every tensor once, one at a time, to compute model_id
+            self.leaves = {}
+            for name, tensor in iter_quantized(self.model_dir, config):
+                self.leaves[name] = tensor_leaf_hash(name, tensor)
+                if range_needs(config, start, end, source_name(name)):
+                    kept[name] = tensor
+            model_id = model_id_of_leaves(config, self.leaves)
         if quantized and model_id != claimed:
             raise ModelError(f"{self.model_dir}: weights do not match the manifest's model_id "
                              "(corrupt or altered files)")
@@ -94,12 +105,7 @@ class StageWeights:
             return (range_needs(c, start, end, name)
                     and not range_needs(c, old_start, old_end, name))
 
-        loaded: dict[str, torch.Tensor] = {}
-        for name, tensor in iter_quantized(self.model_dir, c, missing):
-            if self.leaves.get(name) != tensor_leaf_hash(name, tensor):
-                raise ModelError(f"{self.model_dir}: tensor {name} changed since this stage "
-                                 "started (its bytes no longer match the model_id)")
-            loaded[name] = tensor
+        loaded = self._read(c, missing)
         model = self.model
         for i in range(c.num_hidden_layers):
             if not start <= i < end:
@@ -108,6 +114,20 @@ class StageWeights:
                         head=end != c.num_hidden_layers)
         model.install(loaded)
         self.start, self.end = start, end
+
+    def _read(self, config: ModelConfig, wanted: Callable[[str], bool]) -> dict[str, torch.Tensor]:
+        """The quantized tensors of the checkpoint tensors `wanted` accepts, each checked
+        against its leaf of model_id; all that the leaves list must be there."""
+        loaded: dict[str, torch.Tensor] = {}
+        for name, tensor in iter_quantized(self.model_dir, config, wanted):
+            if self.leaves.get(name) != tensor_leaf_hash(name, tensor):
+                raise ModelError(f"{self.model_dir}: tensor {name} changed since this stage "
+                                 "started or does not match the model_id (corrupt or altered files)")
+            loaded[name] = tensor
+        absent = sorted(n for n in self.leaves if wanted(source_name(n)) and n not in loaded)
+        if absent:
+            raise ModelError(f"{self.model_dir}: the weights lack tensor {absent[0]}")
+        return loaded
 
     def resident_bytes(self) -> int:
         return self.model.resident_bytes()
