@@ -69,6 +69,11 @@ def test_split_run_is_byte_identical_to_one_engine(
             assert a.commitment.output_hash == b.commitment.input_hash
             assert a.commitment.seq == b.commitment.seq
     assert SPLIT_LAYERS == ranges[-1][1]
+    # Each stage process holds only its range: together about the whole model's weights.
+    held = [s.weight_bytes for s in got.stages]
+    whole = split_engine.model.resident_bytes()
+    assert all(isinstance(b, int) and 0 < b < whole for b in held)
+    assert sum(b for b in held if b is not None) == whole
 
 
 @pytest.mark.slow

@@ -52,6 +52,11 @@ def test_a_slow_stage_triggers_a_replan_and_the_tokens_do_not_change(
     assert event.measured_s >= 2 * THROTTLE_MS / 1e3 > event.planned_s
     assert names[2] not in [s.node for s in event.after.stages]  # its layers moved away
     assert [s.port for s in driver.route] != [p.port for p in procs]
+    # The stages serving after the move loaded their new layers and freed the others: what
+    # they hold adds up to the whole model again (the last records are the live route).
+    live = got.stages[-len(driver.route):]
+    assert [(s.layer_start, s.layer_end) for s in live] == [(r.start, r.end) for r in driver.route]
+    assert sum(s.weight_bytes or 0 for s in live) == split_engine.model.resident_bytes()
     # Throughput before and after, against the planner's prediction of each route.
     step = event.decode_step
     before = statistics.median(got.step_seconds[:step])

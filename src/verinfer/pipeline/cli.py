@@ -230,11 +230,12 @@ def split(
         console.print(f"tokens {len(out.token_ids)} ({out.finish_reason}), output hash "
                       f"{out.output_hash}, logits hash {out.logits_hash}", highlight=False)
         table = Table(title="stages")
-        for col in ("node", "endpoint", "layers", "steps signed"):
+        for col in ("node", "endpoint", "layers", "weights MiB", "steps signed"):
             table.add_column(col)
         for record in result.stages:
+            held = "?" if record.weight_bytes is None else f"{record.weight_bytes / 2**20:.1f}"
             table.add_row(record.node, record.endpoint, f"{record.layer_start}:{record.layer_end}",
-                          str(len(record.commitments)))
+                          held, str(len(record.commitments)))
         console.print(table)
         for event in result.events:
             console.print(f"event: {event}", highlight=False)

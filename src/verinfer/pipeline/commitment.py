@@ -151,8 +151,9 @@ class StageRecord:
     layer_start: int
     layer_end: int
     commitments: tuple[SignedCommitment, ...]
+    weight_bytes: int | None = None  # the weights the stage said it held (HELLO / ASSIGN)
 
     def to_json(self) -> dict[str, Any]:
         return {"node": self.node, "endpoint": self.endpoint,
-                "layers": [self.layer_start, self.layer_end],
+                "layers": [self.layer_start, self.layer_end], "weight_bytes": self.weight_bytes,
                 "commitments": [c.to_json() for c in self.commitments]}

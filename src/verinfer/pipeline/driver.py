@@ -16,6 +16,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer
@@ -104,6 +105,12 @@ class _Live:
     commitments: list[SignedCommitment] = field(default_factory=list)
     pending: dict[int, StageCommitment] = field(default_factory=dict)  # step -> not yet signed
     stats: StageStats = field(default_factory=StageStats)
+    weight_bytes: int | None = None  # what the stage's HELLO said it holds (None: not said)
+
+
+def _weight_bytes(hello: dict[str, Any]) -> int | None:
+    value = hello.get("weight_bytes")
+    return value if isinstance(value, int) and value >= 0 else None
 
 
 @dataclass
@@ -173,7 +180,7 @@ class RouteDriver:
             raise RouteError(f"stage {spec.endpoint} serves model 0x{model_id.hex()}, "
                              f"the route serves 0x{self.model_id.hex()}")
         self.model_id = model_id
-        return _Live(spec, conn, node)
+        return _Live(spec, conn, node, weight_bytes=_weight_bytes(hello))
 
     @property
     def route(self) -> list[StageSpec]:
@@ -220,7 +227,7 @@ class RouteDriver:
             if all(old.conn is not s.conn for s in self.live):
                 old.conn.close()
         self.retired, self.events = [], []
-        self.live = [_Live(s.spec, s.conn, s.node) for s in self.live]
+        self.live = [_Live(s.spec, s.conn, s.node, weight_bytes=s.weight_bytes) for s in self.live]
         self.session = os.urandom(frames.SESSION_BYTES)
         self.seq = 0
         self.kept: dict[int, dict[int, bytes]] = {0: {}}  # layer boundary -> step -> frame
@@ -254,7 +261,7 @@ class RouteDriver:
 
     def _record(self, stage: _Live) -> StageRecord:
         return StageRecord(stage.node, stage.spec.endpoint, stage.spec.start, stage.spec.end,
-                           tuple(stage.commitments))
+                           tuple(stage.commitments), stage.weight_bytes)
 
     def _open(self, stage: _Live) -> None:
         stage.conn.call_json(Msg.OPEN, {"session": self.session.hex(), "batch": self.batch,
@@ -358,10 +365,13 @@ class RouteDriver:
             reuse = kept_live.pop(spec.endpoint, None)
             if reuse is not None:
                 self._close_session(reuse)
-                self.retired.append(_Live(reuse.spec, reuse.conn, reuse.node, reuse.commitments))
-                if reuse.spec != spec:
-                    reuse.conn.call_json(Msg.ASSIGN, {"start": spec.start, "end": spec.end})
-                live = _Live(spec, reuse.conn, reuse.node)
+                self.retired.append(_Live(reuse.spec, reuse.conn, reuse.node, reuse.commitments,
+                                          weight_bytes=reuse.weight_bytes))
+                held = reuse.weight_bytes
+                if reuse.spec != spec:  # the stage loads the layers it lacks, frees the others
+                    hello = reuse.conn.call_json(Msg.ASSIGN, {"start": spec.start, "end": spec.end})
+                    held = _weight_bytes(hello)
+                live = _Live(spec, reuse.conn, reuse.node, weight_bytes=held)
             else:
                 live = self._connect(route, i)
             self._open(live)
