@@ -26,7 +26,7 @@ MAX_MESSAGE = 1 << 31
 
 
 class Msg(IntEnum):
-    HELLO = 1  # -> OK {node, model_id, layers, num_layers, hidden_size}
+    HELLO = 1  # -> OK {node, model_id, layers, num_layers, hidden_size, ..., weight_bytes}
     OPEN = 2  # {session, batch, length} -> OK: a fresh KV cache for a session
     FORWARD = 3  # frame -> RESULT
     CLOSE = 4  # {session} -> OK
