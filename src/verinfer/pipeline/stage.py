@@ -26,15 +26,15 @@ import torch
 
 from verinfer.engine import Engine
 from verinfer.engine.config import ModelConfig, load_config
-from verinfer.engine.quantize import is_quantized_dir, read_manifest
 from verinfer.engine.model import IntModel, KVCache, embed, forward_layers, head
+from verinfer.engine.quantize import is_quantized_dir, read_manifest
 from verinfer.errors import LocalError, ModelError
 from verinfer.keyfile import Identity
 from verinfer.pipeline import frames
 from verinfer.pipeline.commitment import OFFCHAIN_DOMAIN, StageCommitment, batch_of, sign_batch
 from verinfer.pipeline.frames import Frame, FrameError, Kind
-from verinfer.pipeline.weights import StageWeights
 from verinfer.pipeline.transport import BadMessage, Msg, json_body, pack, parse_json, read_message
+from verinfer.pipeline.weights import StageWeights
 from verinfer.protocol import wire
 
 MAX_SESSIONS = 64
