@@ -71,15 +71,42 @@ class Traffic:
         return bool((i // 2) % 2)
 
 
-def send_one(http: httpx.Client, base_url: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    """The receipt (the `verinfer` field) of one answered request; raises if none came."""
+class RetryAfter(Exception):
+    """The gateway answered 503 with Retry-After (its current epoch is full)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"retry after {seconds} s")
+        self.seconds = seconds
+
+
+def _check_full(response: httpx.Response) -> None:
+    if response.status_code == 503 and "retry-after" in response.headers:
+        raise RetryAfter(float(response.headers["retry-after"]))
+
+
+def send_one(http: httpx.Client, base_url: str, path: str, body: dict[str, Any],
+             waits: int = 20) -> dict[str, Any]:
+    """The receipt (the `verinfer` field) of one answered request, waiting as told when the
+    gateway's epoch is full (as a well-behaved client does); raises if none came."""
+    for _ in range(waits):
+        try:
+            return _send_once(http, base_url, path, body)
+        except RetryAfter as full:
+            time.sleep(min(full.seconds, 30.0))
+    raise RuntimeError(f"still refused (epoch full) after {waits} waits")
+
+
+def _send_once(http: httpx.Client, base_url: str, path: str, body: dict[str, Any]
+               ) -> dict[str, Any]:
     if not body["stream"]:
         response = http.post(base_url + path, json=body)
+        _check_full(response)
         if response.status_code != 200:
             raise RuntimeError(f"HTTP {response.status_code}: {response.text[:200]}")
         return dict(response.json()["verinfer"])
     receipt: dict[str, Any] | None = None
     with http.stream("POST", base_url + path, json=body) as response:
+        _check_full(response)
         if response.status_code != 200:
             raise RuntimeError(f"HTTP {response.status_code}")
         for line in response.iter_lines():

@@ -165,3 +165,21 @@ def test_a_replayed_receipt_is_refused_and_not_recorded(tmp_path: Path) -> None:
     assert "not for the job this gateway signed" in replayed.json()["error"]["message"]
     assert state(net) == before and before["receipts"] == 1
 
+
+
+def test_a_full_epoch_answers_503_with_retry_after_and_changes_nothing(tmp_path: Path) -> None:
+    # One settlement transaction carries an epoch's receipts: beyond what it can carry a
+    # receipt could never be paid, so the gateway admits no more in that epoch.
+    net = Network(tmp_path, [FakeNode(n) for n in NODES[:2]])
+    net.settler.epoch_clock = lambda: (0, 3600)  # type: ignore[method-assign]
+    net.service.receipts_per_epoch = 2
+    assert [post(net, "/v1/completions", COMPLETION).status_code for _ in range(2)] == [200, 200]
+    before = state(net)
+    calls = sum(len(n.calls) for n in net.nodes.values())
+    refused = post(net, "/v1/completions", COMPLETION)
+    assert refused.status_code == 503
+    assert refused.json()["error"]["code"] == "epoch_full"
+    assert "retry in" in refused.json()["error"]["message"]
+    assert 1 <= int(refused.headers["retry-after"]) <= 3600
+    assert state(net) == before
+    assert sum(len(n.calls) for n in net.nodes.values()) == calls

@@ -38,6 +38,14 @@ log = logging.getLogger("verinfer.gateway.chain_settler")
 
 DEADLINE_MARGIN_S = 5  # evidence is sent only this long before the contract's deadline at least
 ROLE_TAGS = {"validator": (VALIDATOR_TAG, 0), "arbitrator": (ARBITRATOR_TAG, 2)}
+# `settle_epoch` takes every receipt of an epoch in one transaction: at most MAX_RECEIPTS (the
+# contract's constant) and what fits the block's gas. Its gas per receipt, measured on the dev
+# chain (benchmarks/chain.py and a p = 1 network): about 17,000 for a receipt that is paid, and
+# about 155,000 more for one that is challenged (its case and escrow are stored); with a margin.
+MAX_RECEIPTS = 512
+SETTLE_GAS_PER_RECEIPT = 25_000
+SETTLE_GAS_PER_CHALLENGE = 170_000
+SETTLE_GAS_SHARE = 0.8  # of the block gas limit, for one settlement transaction
 
 
 def message_fields(message: wire.Message) -> dict[str, Any]:
@@ -138,6 +146,12 @@ class ChainV2Settler(Settler):
 
     def min_stake(self) -> int:
         return self.client.params().min_stake
+
+    def receipts_per_epoch(self) -> int:
+        block = self.client._read("read block", lambda: self.client.w3.eth.get_block("latest"))
+        p = self.client.params().challenge_ppm / 1_000_000
+        per_receipt = SETTLE_GAS_PER_RECEIPT + p * SETTLE_GAS_PER_CHALLENGE
+        return max(1, min(MAX_RECEIPTS, int(SETTLE_GAS_SHARE * int(block["gasLimit"]) / per_receipt)))
 
     def spendable(self, user: str) -> int:
         """The deposit, within this gateway's allowance for the current epoch (what the

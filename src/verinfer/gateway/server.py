@@ -36,6 +36,7 @@ from verinfer.gateway.router import NoNodeAvailable, RegisteredNode
 from verinfer.gateway.service import (
     Delta,
     Done,
+    EpochFull,
     GatewayService,
     PaymentRequired,
     Prepared,
@@ -72,6 +73,10 @@ def envelope(exc: Exception) -> JSONResponse:
     if isinstance(exc, NodeRefused):  # a user error the node found (e.g. a bad stop sequence)
         return error_response(exc.status, exc.message, "invalid_request_error",
                               exc.code or "node_refused")
+    if isinstance(exc, EpochFull):
+        response = error_response(503, str(exc), "service_unavailable", "epoch_full")
+        response.headers["Retry-After"] = str(exc.retry_after_s)
+        return response
     for kind, status, type_, code in _ERRORS:
         if isinstance(exc, kind):
             return error_response(status, str(exc), type_, code)

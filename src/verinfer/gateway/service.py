@@ -55,6 +55,14 @@ class PaymentRequired(LocalError):
     """402: the account cannot pay for the request."""
 
 
+class EpochFull(LocalError):
+    """The current epoch holds as many requests as one settlement can carry: retry in the next."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class UnknownModel(LocalError):
     """404: the gateway does not serve this model."""
 
@@ -174,6 +182,10 @@ class GatewayService:
         self._reserved: dict[str, int] = {}  # worst-case fees of requests in flight
         self._reserve_lock = threading.Lock()
         self._spendable: dict[str, tuple[float, tuple[int | None, int], int]] = {}
+        # Requests admitted per chain epoch, against what one settlement can carry (a receipt
+        # beyond it could never be paid, and an epoch over it could not even be committed).
+        self.receipts_per_epoch = settler.receipts_per_epoch()
+        self._admitted: dict[int, int] = {}
 
     # ---------------------------------------------------------------- admission
 
@@ -222,10 +234,30 @@ class GatewayService:
             update["max_completion_tokens"] = None
         forwarded = body.model_copy(update=update)
         max_fee = wire.receipt_fee(self.price_per_token, len(prompt_ids), max_tokens)
+        self._admit_to_epoch()
         self._reserve(account, max_fee)
         return Prepared(kind, body.model, account, forwarded, prompt_ids, request,
                         body.stop_sequences, model_id, max_fee, body.stream,
                         body.include_usage_in_stream, logprobs)
+
+    def _admit_to_epoch(self) -> None:
+        """Count the request in the epoch its first job falls in; 503 once that epoch holds as
+        many as one settlement can carry (fail-over jobs of admitted requests are not counted:
+        the limit keeps a margin for them)."""
+        clock = self.settler.epoch_clock()
+        if self.receipts_per_epoch is None or clock is None:
+            return
+        genesis, length = clock
+        deadline = self.job_deadline()
+        epoch = (deadline - genesis) // length
+        with self._reserve_lock:
+            if epoch not in self._admitted:  # after a restart: what the store already holds
+                self._admitted = {epoch: len(self.store.receipts_of_epoch(epoch))}
+            if self._admitted[epoch] >= self.receipts_per_epoch:
+                wait = max(1, genesis + (epoch + 1) * length - int(self.clock()))
+                raise EpochFull(f"this epoch holds {self.receipts_per_epoch} requests, the most one "
+                                f"settlement can carry: retry in {wait} s", wait)
+            self._admitted[epoch] += 1
 
     def _reserve(self, account: str, amount: int) -> None:
         """Refuse (402) a request the account could not pay even at its longest."""

@@ -66,6 +66,11 @@ class Settler(ABC):
     def spendable(self, user: str) -> int:
         """What `user` may still be debited by this gateway (deposit within its allowance)."""
 
+    def receipts_per_epoch(self) -> int | None:
+        """The most receipts one epoch can settle (one settlement transaction carries them
+        all); None: no limit."""
+        return None
+
     def epoch_clock(self) -> tuple[int, int] | None:
         """(genesis, epoch length) in unix seconds when the chain numbers the epochs (a
         receipt then belongs to the epoch its deadline falls in); None: the gateway's own."""
