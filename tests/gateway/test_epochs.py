@@ -212,3 +212,41 @@ def test_chain_clocked_epochs_close_on_the_chains_time_and_a_missed_commit_is_re
     asyncio.run(pipeline.step())
     assert store.epoch(5).state == "settled" and 5 in settler.commits
     assert 3 not in settler.commits
+
+
+def test_every_committed_epoch_is_opened_on_chain_before_any_challenge_is_decided(
+        tmp_path: Path) -> None:
+    # Deciding one epoch's challenges takes time; a later epoch's receipts must reach the chain
+    # within their own window meanwhile (its beacon is fixed, and its receipts settled on chain,
+    # between the challenges of the earlier epoch).
+    store, settler, validators, pipeline, truth = setup(tmp_path)
+    settler.beacon_ready = False  # commit two epochs without deciding either
+    first = serve(store, truth, 0, nonce=1)
+    asyncio.run(pipeline.step(force_close=True))
+    second = serve(store, truth, 1, nonce=2)
+    asyncio.run(pipeline.step(force_close=True))
+    assert [store.receipt(r).epoch for r in (first, second)] == [0, 1]  # type: ignore[union-attr]
+    assert [e.epoch for e in store.epochs_in("committed")] == [0, 1]
+    events: list[tuple[str, object]] = []
+    opened = settler.open_challenges
+
+    def recording_open(epoch: int, bundles: tuple[tuple[bytes, dict[str, object]], ...]) -> None:
+        events.append(("open", epoch))
+        opened(epoch, bundles)  # type: ignore[arg-type]
+
+    asked = validators.verify
+
+    async def recording_verify(node: RegisteredNode, challenge: wire.Signed,
+                               bundle: wire.ReceiptBundle) -> dict[str, object]:
+        message = challenge.message
+        assert isinstance(message, wire.Challenge)
+        events.append(("ask", message.receipt))
+        return await asked(node, challenge, bundle)
+
+    settler.open_challenges = recording_open  # type: ignore[method-assign]
+    validators.verify = recording_verify  # type: ignore[method-assign]
+    settler.beacon_ready = True
+    asyncio.run(pipeline.step())
+    first_ask = next(i for i, e in enumerate(events) if e[0] == "ask")
+    assert ("open", 0) in events[:first_ask] and ("open", 1) in events[:first_ask]
+    assert store.epoch(0).state == store.epoch(1).state == "settled"
