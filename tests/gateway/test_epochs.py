@@ -232,7 +232,7 @@ def test_every_committed_epoch_is_opened_on_chain_before_any_challenge_is_decide
 
     def recording_open(epoch: int, bundles: tuple[tuple[bytes, dict[str, object]], ...]) -> None:
         events.append(("open", epoch))
-        opened(epoch, bundles)  # type: ignore[arg-type]
+        opened(epoch, bundles)
 
     asked = validators.verify
 
