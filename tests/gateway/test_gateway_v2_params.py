@@ -44,8 +44,8 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, 
     dev.close()
 
 
-def gateway(chain: tuple[str, str, Path], tmp_path: Path, *args: str, model: Path | None = None
-            ) -> subprocess.CompletedProcess[str]:
+def gateway(chain: tuple[str, str, Path], tmp_path: Path, *args: str,
+            model: Path | None = None) -> subprocess.CompletedProcess[str]:
     rpc, contract, _ = chain
     env = {**os.environ, "PYTHONPATH": str(SRC), "VERINFER_CHAIN_RPC": rpc}
     return subprocess.run(

@@ -14,17 +14,12 @@ import hashlib
 from dataclasses import replace
 from pathlib import Path
 
-from eth_account import Account
+from gateway_chain import deploy
 from gateway_fakes import PARAMS, ScriptedValidators, make_bundle, pos
-from web3 import Web3
 
-from verinfer.chain.client import SettlementClient
-from verinfer.chain.devchain import DevChain, DevChainProvider
-from verinfer.chain.devkeys import dev_private_key
 from verinfer.gateway.chain_settler import ChainV2Settler
 from verinfer.gateway.epochs import EpochPipeline
 from verinfer.gateway.store import GatewayStore
-from verinfer.keyfile import Identity
 from verinfer.protocol import wire
 
 EPOCH = 10**6
@@ -33,24 +28,10 @@ CHAIN_PARAMS = replace(PARAMS, withdrawal_delay=4 * EPOCH, unbonding_delay=5 * E
                        challenge_ppm=1_000_000, challenge_window=600, appeal_window=50)
 
 
-def dev_identity(i: int) -> Identity:
-    key = bytes(dev_private_key(i))
-    return Identity(key, wire.address_of(key))
-
-
 def test_a_validator_that_vouched_for_a_cheat_is_slashed(tmp_path: Path) -> None:
-    chain = DevChain(tmp_path / "chain")
-    w3 = Web3(DevChainProvider(chain))
-    gateway = dev_identity(0)
-    owner, _ = SettlementClient.deploy(w3, Account.from_key(gateway.private_key), CHAIN_PARAMS,
-                                       epoch_seconds=EPOCH, committees=COMMITTEES)
-    nodes = [dev_identity(i) for i in range(1, 6)]
-    for i, node in enumerate(nodes):
-        client = SettlementClient(w3, owner.address, Account.from_key(node.private_key))
-        client.register(f"http://127.0.0.1:{9100 + i}")
-        client.stake(2000, value=2000)
-    user = dev_identity(7)
-    SettlementClient(w3, owner.address, Account.from_key(user.private_key)).deposit(10**6)
+    net = deploy(tmp_path, CHAIN_PARAMS, EPOCH, nodes=5, committees=COMMITTEES, user=7)
+    chain, w3, owner, gateway, nodes, user = (net.chain, net.w3, net.owner, net.gateway, net.nodes,
+                                              net.user)
     owner.fund_treasury(10**6)
     settler = ChainV2Settler(owner)
     domain = settler.domain

@@ -24,6 +24,7 @@ from verinfer.chain.cli import ContractOpt, RpcOpt
 from verinfer.errors import LocalError
 
 if TYPE_CHECKING:  # the engine imports torch: not for `verinfer --help`
+    from verinfer.keyfile import Identity
     from verinfer.node.cheats import Cheat
 
 DEFAULT_PORT = 9001
@@ -91,8 +92,6 @@ def node(
 ) -> None:
     """Serve models over the OpenAI-compatible API (and /verify as a validator), or with
     --layers A:B one pipeline stage of a split model (docs/pipeline.md)."""
-    import os
-
     if layers is not None:
         _stage(model, layers, host, port, data_dir, threads, device, cheat, throttle_ms)
         return
@@ -100,29 +99,13 @@ def node(
     from eth_account import Account
 
     from verinfer.chain.settings import ChainSettings, connect
-    from verinfer.engine import selftest
-    from verinfer.keyfile import load_or_create_key
     from verinfer.node.cheats import Cheat
     from verinfer.node.registration import check_registration, registered_endpoint
     from verinfer.node.registration import dev_register as do_dev_register
     from verinfer.protocol import wire
 
     dishonest = Cheat(cheat) if cheat is not None else None  # a bad name fails before anything
-    if threads is not None:
-        if threads < 1:
-            raise LocalError("--threads must be at least 1")
-        import torch
-
-        torch.set_num_threads(threads)
-    # Arithmetic that differs from the golden bytes would get an honest operator slashed: refuse.
-    report = selftest.run_once(device)
-    _say(f"self-test passed: {len(report.checks)} checks on {', '.join(report.routes)} "
-         f"({report.seconds:.1f} s)")
-    network_dir = Path(os.environ.get("VERINFER_DATA_DIR") or "~/.verinfer").expanduser()
-    state_dir = (data_dir or network_dir / "node").expanduser()
-    identity, created = load_or_create_key(state_dir / "node.key")
-    if created:
-        _say(f"created node key {state_dir / 'node.key'} (mode 0600) for {identity.address}")
+    network_dir, state_dir, identity = _start_up(threads, device, data_dir)
     settings = ChainSettings.load(rpc_url=rpc_url, contract=contract, data_dir=network_dir)
     client = connect(settings, with_key=False)
     client.account = Account.from_key(identity.private_key)
@@ -142,12 +125,36 @@ def node(
     _serve(sock, endpoint, identity, domain, model, state_dir, slots, max_queue, device, dishonest)
 
 
+def _start_up(threads: int | None, device: str, data_dir: Path | None
+              ) -> tuple[Path, Path, Identity]:
+    """What a full node and a stage do first: threads, the engine's self-test (arithmetic that
+    differs from the golden bytes would get an honest operator slashed: refuse to serve), and
+    the node key; (network dir, state dir, identity)."""
+    import os
+
+    from verinfer.engine import selftest
+    from verinfer.keyfile import load_or_create_key
+
+    if threads is not None:
+        if threads < 1:
+            raise LocalError("--threads must be at least 1")
+        import torch
+
+        torch.set_num_threads(threads)
+    report = selftest.run_once(device)
+    _say(f"self-test passed: {len(report.checks)} checks on {', '.join(report.routes)} "
+         f"({report.seconds:.1f} s)")
+    network_dir = Path(os.environ.get("VERINFER_DATA_DIR") or "~/.verinfer").expanduser()
+    state_dir = (data_dir or network_dir / "node").expanduser()
+    identity, created = load_or_create_key(state_dir / "node.key")
+    if created:
+        _say(f"created node key {state_dir / 'node.key'} (mode 0600) for {identity.address}")
+    return network_dir, state_dir, identity
+
+
 def _stage(model_dirs: list[Path], layers: str, host: str, port: int, data_dir: Path | None,
            threads: int | None, device: str, cheat: str | None, throttle_ms: float) -> None:
     """`verinfer node --layers A:B`: one stage of a split model (verinfer.pipeline.stage)."""
-    import os
-
-    from verinfer.keyfile import load_or_create_key
     from verinfer.pipeline import stage
 
     if len(model_dirs) != 1:
@@ -160,23 +167,7 @@ def _stage(model_dirs: list[Path], layers: str, host: str, port: int, data_dir: 
         stage.parse_layers(layers)
     except ValueError as exc:
         raise LocalError(str(exc)) from exc
-    if threads is not None:
-        if threads < 1:
-            raise LocalError("--threads must be at least 1")
-        import torch
-
-        torch.set_num_threads(threads)
-    from verinfer.engine import selftest
-
-    # A stage whose arithmetic differs from the golden bytes would sign wrong frames: refuse.
-    report = selftest.run_once(device)
-    _say(f"self-test passed: {len(report.checks)} checks on {', '.join(report.routes)} "
-         f"({report.seconds:.1f} s)")
-    network_dir = Path(os.environ.get("VERINFER_DATA_DIR") or "~/.verinfer").expanduser()
-    state_dir = (data_dir or network_dir / "node").expanduser()
-    identity, created = load_or_create_key(state_dir / "node.key")
-    if created:
-        _say(f"created node key {state_dir / 'node.key'} (mode 0600) for {identity.address}")
+    _, _, identity = _start_up(threads, device, data_dir)
     if cheat is not None:
         _say(f"warning: this stage cheats ({cheat}); its signed output will pin it")
     try:
