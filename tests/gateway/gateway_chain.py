@@ -13,6 +13,7 @@ from web3 import Web3
 from verinfer.chain.client import SettlementClient
 from verinfer.chain.devchain import DevChain, DevChainProvider
 from verinfer.chain.devkeys import dev_private_key
+from verinfer.gateway.chain_settler import message_fields
 from verinfer.keyfile import Identity
 from verinfer.protocol import wire
 from verinfer.protocol.settlement import SettlementParams
@@ -33,6 +34,13 @@ class Deployment:
     gateway: Identity
     nodes: list[Identity]
     user: Identity
+
+    def allow_gateway(self, cap: int = 5000) -> None:
+        """The user's signed allowance: the gateway may debit up to `cap` per epoch."""
+        domain = wire.Domain(self.w3.eth.chain_id, self.owner.address)
+        allowance = wire.Allowance(self.user.address, self.gateway.address, cap, 2**40, 1)
+        self.owner.set_allowance(message_fields(allowance),
+                                 wire.sign(domain, allowance, self.user.private_key))
 
 
 def deploy(tmp_path: Path, params: SettlementParams, epoch_seconds: int, nodes: int,

@@ -8,7 +8,7 @@ import hashlib
 from dataclasses import replace
 from pathlib import Path
 
-from gateway_chain import deploy
+from gateway_chain import EVERY_NODE_DRAWN, deploy
 from gateway_fakes import PARAMS, ScriptedValidators, make_bundle, pos
 
 from verinfer.gateway.chain_settler import ChainV2Settler
@@ -19,23 +19,20 @@ from verinfer.protocol.challenge import is_challenged
 from verinfer.protocol.merkle import merkle_root
 
 EPOCH = 10**6  # one long epoch: the test never crosses an epoch boundary
-COMMITTEES = (255, 2, 255, 3)  # every staked node is drawn
 CHAIN_PARAMS = replace(PARAMS, withdrawal_delay=4 * EPOCH, unbonding_delay=5 * EPOCH,
                        challenge_ppm=1_000_000, challenge_window=600, appeal_window=50)
 
 
 def test_an_epoch_commits_challenges_and_settles_on_the_dev_chain(tmp_path: Path) -> None:
-    net = deploy(tmp_path, CHAIN_PARAMS, EPOCH, nodes=5, committees=COMMITTEES, user=7)
+    net = deploy(tmp_path, CHAIN_PARAMS, EPOCH, nodes=5, user=7)
     chain, w3, owner, gateway, nodes, user = (net.chain, net.w3, net.owner, net.gateway, net.nodes,
                                               net.user)
     owner.fund_treasury(10**6)
     settler = ChainV2Settler(owner)
-    assert settler.committees == COMMITTEES  # read from the contract, not assumed
+    assert settler.committees == EVERY_NODE_DRAWN  # read from the contract, not assumed
     domain = settler.domain
     assert settler.spendable(user.address) == 0  # no allowance yet
-    allowance = wire.Allowance(user.address, gateway.address, 5000, 2**40, 1)
-    owner.set_allowance({f.name: getattr(allowance, f.attr) for f in allowance.FIELDS},
-                        wire.sign(domain, allowance, user.private_key))
+    net.allow_gateway(5000)
     assert settler.spendable(user.address) == 5000  # the cap, below the deposit
     assert {n.address for n in settler.registry()} == {n.address for n in nodes}
 

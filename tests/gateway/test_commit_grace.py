@@ -15,7 +15,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from gateway_chain import deploy
+from gateway_chain import EVERY_NODE_DRAWN, deploy
 from gateway_fakes import PARAMS, ScriptedValidators, make_bundle, pos
 
 from verinfer.gateway.chain_settler import ChainV2Settler
@@ -26,22 +26,19 @@ from verinfer.protocol.settlement import commit_grace
 
 EPOCH = 5
 LAG = 8  # seconds after the epoch's end when the gateway gets to commit it
-COMMITTEES = (255, 2, 255, 3)
 CHAIN_PARAMS = replace(PARAMS, withdrawal_delay=400, unbonding_delay=500,
                        challenge_ppm=1_000_000, challenge_window=200, appeal_window=50)
 
 
 def test_a_late_commit_of_a_short_epoch_is_accepted_and_settled(tmp_path: Path) -> None:
     assert EPOCH < LAG < commit_grace(EPOCH)
-    net = deploy(tmp_path, CHAIN_PARAMS, EPOCH, nodes=4, committees=COMMITTEES, user=7)
+    net = deploy(tmp_path, CHAIN_PARAMS, EPOCH, nodes=4, user=7)
     chain, w3, owner, gateway, nodes, user = (net.chain, net.w3, net.owner, net.gateway, net.nodes,
                                               net.user)
     settler = ChainV2Settler(owner)
-    assert settler.committees == COMMITTEES  # read from the contract, not assumed
+    assert settler.committees == EVERY_NODE_DRAWN  # read from the contract, not assumed
     domain = settler.domain
-    allowance = wire.Allowance(user.address, gateway.address, 5000, 2**40, 1)
-    owner.set_allowance({f.name: getattr(allowance, f.attr) for f in allowance.FIELDS},
-                        wire.sign(domain, allowance, user.private_key))
+    net.allow_gateway(5000)
 
     genesis, length = settler.epoch_clock()
     epoch = owner.current_epoch() + 1  # an epoch whose whole length is ahead

@@ -24,19 +24,16 @@ from verinfer.gateway.store import GatewayStore
 from verinfer.protocol import wire
 
 EPOCH = 10**6
-COMMITTEES = (255, 2, 255, 3)
 CHAIN_PARAMS = replace(PARAMS, withdrawal_delay=4 * EPOCH, unbonding_delay=5 * EPOCH,
                        challenge_ppm=1_000_000, challenge_window=600, appeal_window=300)
 
 
 def test_the_gateway_appeals_a_framing_accusation(tmp_path: Path) -> None:
-    net = deploy(tmp_path, CHAIN_PARAMS, EPOCH, nodes=8, committees=COMMITTEES, user=9)
+    net = deploy(tmp_path, CHAIN_PARAMS, EPOCH, nodes=8, user=9)
     chain, owner, gateway, nodes, user = net.chain, net.owner, net.gateway, net.nodes, net.user
     settler = ChainV2Settler(owner)
     domain = settler.domain
-    allowance = wire.Allowance(user.address, gateway.address, 5000, 2**40, 1)
-    owner.set_allowance({f.name: getattr(allowance, f.attr) for f in allowance.FIELDS},
-                        wire.sign(domain, allowance, user.private_key))
+    net.allow_gateway(5000)
     genesis, length = settler.epoch_clock()
     epoch = owner.current_epoch()
     asserter, framers, honest = nodes[0], nodes[1:4], nodes[4:]

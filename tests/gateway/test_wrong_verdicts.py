@@ -23,21 +23,18 @@ from verinfer.gateway.store import GatewayStore
 from verinfer.protocol import wire
 
 EPOCH = 10**6
-COMMITTEES = (255, 2, 255, 3)
 CHAIN_PARAMS = replace(PARAMS, withdrawal_delay=4 * EPOCH, unbonding_delay=5 * EPOCH,
                        challenge_ppm=1_000_000, challenge_window=600, appeal_window=50)
 
 
 def test_a_validator_that_vouched_for_a_cheat_is_slashed(tmp_path: Path) -> None:
-    net = deploy(tmp_path, CHAIN_PARAMS, EPOCH, nodes=5, committees=COMMITTEES, user=7)
+    net = deploy(tmp_path, CHAIN_PARAMS, EPOCH, nodes=5, user=7)
     chain, w3, owner, gateway, nodes, user = (net.chain, net.w3, net.owner, net.gateway, net.nodes,
                                               net.user)
     owner.fund_treasury(10**6)
     settler = ChainV2Settler(owner)
     domain = settler.domain
-    allowance = wire.Allowance(user.address, gateway.address, 5000, 2**40, 1)
-    owner.set_allowance({f.name: getattr(allowance, f.attr) for f in allowance.FIELDS},
-                        wire.sign(domain, allowance, user.private_key))
+    net.allow_gateway(5000)
     genesis, length = settler.epoch_clock()
     epoch = owner.current_epoch()
     cheater, colluder, honest = nodes[0], nodes[1], nodes[2:]

@@ -111,10 +111,8 @@ class ChainV2Settler(Settler):
                 return self._members[1]
             count = int(client._read("read node count", fns.node_count().call))
             if count != len(self._directory):
-                endpoints = {info.address.lower(): info.endpoint for info in client.nodes()}
-                addresses = [client._read("read node", fns.node_at(i).call) for i in range(count)]
-                self._directory = [(wire.check_address(a), endpoints.get(a.lower(), ""))
-                                   for a in addresses]
+                self._directory = [(wire.check_address(info.address), info.endpoint)
+                                   for info in client.nodes()]
             members = []
             for address, endpoint in self._directory:
                 if not endpoint:

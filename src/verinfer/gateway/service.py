@@ -252,7 +252,7 @@ class GatewayService:
         epoch = (deadline - genesis) // length
         with self._reserve_lock:
             if epoch not in self._admitted:  # after a restart: what the store already holds
-                self._admitted = {epoch: len(self.store.receipts_of_epoch(epoch))}
+                self._admitted = {epoch: self.store.count_receipts(epoch)}
             if self._admitted[epoch] >= self.receipts_per_epoch:
                 wait = max(1, genesis + (epoch + 1) * length - int(self.clock()))
                 raise EpochFull(f"this epoch holds {self.receipts_per_epoch} requests, the most one "

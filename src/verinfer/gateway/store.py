@@ -213,9 +213,13 @@ class GatewayStore:
                 "WHERE epoch = ? ORDER BY receipt_id", (epoch,)).fetchall()
         return [_receipt_row(r) for r in rows]
 
-    def count_receipts(self) -> int:
+    def count_receipts(self, epoch: int | None = None) -> int:
+        """Receipts recorded, in all or in `epoch`."""
         with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM receipts").fetchone()[0])
+            if epoch is None:
+                return int(self._db.execute("SELECT COUNT(*) FROM receipts").fetchone()[0])
+            return int(self._db.execute("SELECT COUNT(*) FROM receipts WHERE epoch = ?",
+                                        (epoch,)).fetchone()[0])
 
     def unsettled_fees(self, user: str) -> int:
         """What `user` owes for receipts of epochs not yet settled on chain."""
