@@ -99,7 +99,7 @@ def test_another_programs_health_is_not_the_childs(tmp_path: Path) -> None:
     import threading
 
     class Health(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - the standard library's name
+        def do_GET(self) -> None:  # the standard library's name
             self.send_response(200)
             self.end_headers()
 

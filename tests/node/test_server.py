@@ -328,11 +328,11 @@ def test_a_client_that_disconnects_frees_its_slot(node: RunningNode, stream: boo
         body = {"model": node.model.name, "prompt": "x", "max_tokens": 240, "ignore_eos": True,
                 "stream": stream}
         if stream:
-            with httpx.Client(base_url=node.url, timeout=30) as client:
-                with client.stream("POST", "/v1/completions", json=body) as response:
-                    lines = response.iter_lines()
-                    assert next(lines).startswith("data: ")
-                    assert scheduler.active == 1
+            with httpx.Client(base_url=node.url, timeout=30) as client, \
+                    client.stream("POST", "/v1/completions", json=body) as response:
+                lines = response.iter_lines()
+                assert next(lines).startswith("data: ")
+                assert scheduler.active == 1
         else:
             with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes
                 httpx.post(node.url + "/v1/completions", json=body, timeout=0.5)

@@ -205,7 +205,7 @@ class Scheduler:
             try:
                 self._running[slot] = self._prefill(slot, submission)
                 admitted += 1
-            except Exception as exc:  # a failed request must not stop the others
+            except Exception as exc:  # noqa: BLE001 - a failed request must not stop the others
                 submission.sink(StepEvent(error=exc))
         return admitted
 

@@ -225,7 +225,7 @@ class Generation:
                                     forced=list(self.plan.forced), logprobs=self.plan.logprobs)
             try:
                 scheduler.submit(submission)
-            except Exception:  # noqa: BLE001 - undo the reservation, then re-raise as it was
+            except Exception:  # undo the reservation, then re-raise as it was
                 self.cancel()
                 self.service.release_jobs(self.plan)  # nothing was served: the gateway may retry
                 raise

@@ -73,13 +73,13 @@ class EngineWorker:
                 if future.set_running_or_notify_cancel():
                     try:
                         future.set_result(fn())
-                    except Exception as exc:  # delivered to the caller, never kills the thread
+                    except Exception as exc:  # noqa: BLE001 - delivered to the caller, never kills the thread
                         future.set_exception(exc)
             for scheduler in self.schedulers:
                 if scheduler.has_work():
                     try:
                         stats = scheduler.step()
-                    except Exception as exc:  # its requests get the error; the others go on
+                    except Exception as exc:  # noqa: BLE001 - its requests get the error; the others go on
                         scheduler.fail_all(exc)
                         continue
                     if self.observe is not None:
