@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -118,3 +119,43 @@ def test_api_keys_are_stored_hashed(tmp_path: Path) -> None:
         if (tmp_path / "g.sqlite-wal").exists() else (tmp_path / "g.sqlite").read_bytes()
     assert b"vi-secret-key" not in raw
     assert hash_api_key("vi-secret-key").encode() in raw
+
+
+def test_a_member_drawn_as_validator_and_arbitrator_keeps_both_answers(tmp_path: Path) -> None:
+    store = GatewayStore(tmp_path / "gateway.sqlite")
+    rid, member = b"\x01" * 32, "0x" + "ab" * 20
+    store.add_verdict(rid, member, "validator", {"valid": False})
+    store.add_verdict(rid, member, "arbitrator", {"valid": True})
+    store.add_verdict(rid, member, "validator", {"valid": False, "again": 1})  # a re-ask replaces
+    store.close()
+    reopened = GatewayStore(tmp_path / "gateway.sqlite")
+    assert [(v.role, v.verdict) for v in reopened.verdicts(rid)] == [
+        ("arbitrator", {"valid": True}), ("validator", {"valid": False, "again": 1})]
+
+
+def test_a_schema_1_store_is_migrated_with_its_verdicts(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.sqlite"
+    store = GatewayStore(path)
+    store.add_verdict(b"\x02" * 32, "0x" + "cd" * 20, "validator", {"valid": True})
+    store.close()
+    db = sqlite3.connect(path, isolation_level=None)  # make it what schema 1 wrote
+    db.executescript("""
+        ALTER TABLE verdicts RENAME TO v2;
+        CREATE TABLE verdicts (receipt_id TEXT NOT NULL, validator TEXT NOT NULL,
+            role TEXT NOT NULL, verdict TEXT NOT NULL, PRIMARY KEY (receipt_id, validator));
+        INSERT INTO verdicts SELECT * FROM v2; DROP TABLE v2;
+        UPDATE meta SET value = '1' WHERE key = 'schema';
+    """)
+    db.close()
+    migrated = GatewayStore(path)
+    migrated.add_verdict(b"\x02" * 32, "0x" + "cd" * 20, "arbitrator", {"valid": False})
+    assert [(v.role, v.verdict) for v in migrated.verdicts(b"\x02" * 32)] == [
+        ("validator", {"valid": True}), ("arbitrator", {"valid": False})]
+    migrated.close()
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("2",)
+    db.execute("UPDATE meta SET value = '9' WHERE key = 'schema'")
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError, match="schema 9"):
+        GatewayStore(path)

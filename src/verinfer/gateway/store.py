@@ -23,7 +23,9 @@ from typing import Any
 
 from verinfer.errors import LocalError
 
-SCHEMA_VERSION = 1
+# 2: a verdict is keyed by (receipt, member, role): a node drawn as validator and as arbitrator
+# of the same receipt keeps both answers (1 kept the later one only).
+SCHEMA_VERSION = 2
 EPOCH_STATES = ("open", "closed", "committed", "decided", "settled")
 
 _SCHEMA = """
@@ -42,7 +44,7 @@ CREATE INDEX IF NOT EXISTS receipts_by_epoch ON receipts (epoch, seq);
 CREATE INDEX IF NOT EXISTS receipts_by_user ON receipts (user, epoch);
 CREATE TABLE IF NOT EXISTS verdicts (
     receipt_id TEXT NOT NULL, validator TEXT NOT NULL, role TEXT NOT NULL,
-    verdict TEXT NOT NULL, PRIMARY KEY (receipt_id, validator));
+    verdict TEXT NOT NULL, PRIMARY KEY (receipt_id, validator, role));
 CREATE TABLE IF NOT EXISTS outcomes (
     receipt_id TEXT PRIMARY KEY, epoch INTEGER NOT NULL, outcome TEXT NOT NULL,
     detail TEXT NOT NULL);
@@ -103,6 +105,19 @@ def _unhex(s: str | None) -> bytes | None:
     return None if s is None else bytes.fromhex(s.removeprefix("0x"))
 
 
+def _migrate_from_1(db: sqlite3.Connection) -> None:
+    """Schema 1 keyed verdicts by (receipt, member): re-key them by role as well (the rows are
+    kept as they are; one that 1 had already overwritten cannot come back)."""
+    db.execute("ALTER TABLE verdicts RENAME TO verdicts_v1")
+    db.execute("CREATE TABLE verdicts (receipt_id TEXT NOT NULL, validator TEXT NOT NULL, "
+               "role TEXT NOT NULL, verdict TEXT NOT NULL, "
+               "PRIMARY KEY (receipt_id, validator, role))")
+    db.execute("INSERT INTO verdicts SELECT receipt_id, validator, role, verdict FROM verdicts_v1 "
+               "ORDER BY rowid")
+    db.execute("DROP TABLE verdicts_v1")
+    db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),))
+
+
 class GatewayStore:
     """One SQLite database; safe to call from several threads (one lock, short transactions)."""
 
@@ -122,6 +137,8 @@ class GatewayStore:
             row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
             if row is None:
                 db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            elif int(row[0]) == 1:
+                _migrate_from_1(db)
             elif int(row[0]) != SCHEMA_VERSION:
                 raise StoreError(f"{path} holds gateway state of schema {row[0]}, "
                                  f"this verinfer reads {SCHEMA_VERSION}")
