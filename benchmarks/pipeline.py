@@ -308,9 +308,11 @@ def rebalanced(engine: Engine, model_dir: Path, tokens: int,
     moved = [h for h in rebalancer.history if h.moved]
     got = result.results[0]
     identical = got.token_ids == expected.token_ids and got.logits_hash == expected.logits_hash
-    if not moved or moved[0].before is None:
+    if not moved or moved[0].before is None:  # the old route could not run: nothing to compare
         return [], f"no re-plan happened (history: {rebalancer.history}); identical: {identical}"
     event = moved[0]
+    old_route = event.before
+    assert old_route is not None
     short = {n: chr(ord("a") + i) for i, n in enumerate(names)}
 
     def describe(plan: Plan) -> str:
@@ -318,8 +320,8 @@ def rebalanced(engine: Engine, model_dir: Path, tokens: int,
 
     before = statistics.median(result.step_seconds[1:event.decode_step])  # step 0: the prefill
     after = statistics.median(result.step_seconds[event.decode_step + 1:])  # +1: caches rebuilt
-    rows = [RebalanceRow("before (c measured slow)", describe(event.before),
-                         event.before.throughput_tps, 1 / before),
+    rows = [RebalanceRow("before (c measured slow)", describe(old_route),
+                         old_route.throughput_tps, 1 / before),
             RebalanceRow("after the re-plan", describe(event.after), event.after.throughput_tps,
                          1 / after)]
     note = (f"re-planned after decode step {event.decode_step}: c measured "
@@ -366,10 +368,10 @@ def main(argv: list[str] | None = None) -> tuple[list[LoopbackRow], list[SimRow]
     table = Table(title=f"simulated cluster: delay lines, node c slowed by {SLOW_NODE_MS} ms/layer")
     for col in ("route", "layers", "predicted ms/token", "measured ms/token", "error", "aim 15%"):
         table.add_column(col)
-    for row in sim:
-        table.add_row(row.name, row.route, f"{row.predicted_s * 1e3:.1f}",
-                      f"{row.measured_s * 1e3:.1f}", f"{row.error:+.1%}",
-                      "met" if abs(row.error) <= AIM else "MISSED")
+    for sim_row in sim:
+        table.add_row(sim_row.name, sim_row.route, f"{sim_row.predicted_s * 1e3:.1f}",
+                      f"{sim_row.measured_s * 1e3:.1f}", f"{sim_row.error:+.1%}",
+                      "met" if abs(sim_row.error) <= AIM else "MISSED")
     console.print(table)
 
     moves, note = rebalanced(engine, model_dir, tokens, figures)
