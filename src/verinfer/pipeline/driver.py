@@ -92,6 +92,7 @@ class StageStats:
 
     compute_s: list[float] = field(default_factory=list)  # the stage's own figure, per frame
     round_trip_s: list[float] = field(default_factory=list)  # driver's wall clock, per frame
+    tokens: list[int] = field(default_factory=list)  # positions per row in each frame (1: decode)
     bytes_in: int = 0
     bytes_out: int = 0
     frames: int = 0
@@ -204,6 +205,7 @@ class RouteDriver:
         stats = stage.stats
         stats.compute_s.append(micros / 1e6)
         stats.round_trip_s.append(elapsed)
+        stats.tokens.append(frames.HEADER.unpack_from(raw)[8])
         stats.bytes_in += len(raw)
         stats.bytes_out += len(out)
         stats.frames += 1

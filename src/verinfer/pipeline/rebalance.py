@@ -55,10 +55,14 @@ class Rebalancer:
         self._marks: dict[int, int] = {}  # id of a driver's stage -> samples before the last re-plan
 
     def _recent(self, driver: RouteDriver) -> list[float] | None:
-        """Each stage's median compute of its last `window` steps, None until all have them."""
+        """Each stage's median compute of its last `window` decode steps, None until all have
+        them. Prefill frames and the cache rebuilds after a move carry many positions per row:
+        they are left out, since the plan's figures are per decoded token."""
         figures = []
         for live in driver.live:
-            samples = live.stats.compute_s[self._marks.get(id(live), 0):]
+            stats, mark = live.stats, self._marks.get(id(live), 0)
+            samples = [c for c, t in zip(stats.compute_s[mark:], stats.tokens[mark:], strict=True)
+                       if t == 1]
             if len(samples) < self.window:
                 return None
             figures.append(statistics.median(samples[-self.window:]))
