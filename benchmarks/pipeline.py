@@ -34,8 +34,8 @@ from rich.table import Table
 
 from _common import BENCH_DIR, REPO, machine, wide_console
 from verinfer.engine import Engine
+from verinfer.engine.params import SamplingParams
 from verinfer.engine.quantize import quantize_checkpoint, save_quantized
-from verinfer.engine.sampler import SamplingParams
 from verinfer.engine.testing import tiny_config, write_random_checkpoint
 from verinfer.pipeline import frames
 from verinfer.pipeline.cluster import DRIVER, Cluster, Link, NodeSpec, model_spec_from_config

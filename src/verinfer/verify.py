@@ -107,7 +107,7 @@ def check_inclusion(receipt_id: bytes, inclusion: Inclusion) -> None:
 def replay(bundle: wire.ReceiptBundle, receipt: wire.Receipt, model_dir: Path) -> str:
     """Run the request on the local engine; compare model_id, tokens and logits hash."""
     from verinfer.engine import Engine, SamplingParams
-    from verinfer.engine.sampler import TEMPERATURE_UNIT, TOP_P_UNIT
+    from verinfer.engine.params import TEMPERATURE_UNIT, TOP_P_UNIT
 
     engine = Engine.load(model_dir)
     local_id = bytes.fromhex(engine.model_id.removeprefix("0x"))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from verinfer.engine.api import Engine
-from verinfer.engine.sampler import SamplingParams
+from verinfer.engine.params import SamplingParams
 from verinfer.node.cheats import STRATEGIES, Cheat, UnknownStrategy
 from verinfer.node.scheduler import Scheduler, StepEvent, Submission, run_to_completion
 

@@ -8,7 +8,7 @@ import pytest
 from stagefarm import StageFarm
 
 from verinfer.engine import Engine
-from verinfer.engine.sampler import SamplingParams
+from verinfer.engine.params import SamplingParams
 from verinfer.pipeline.checker import check_stages
 from verinfer.pipeline.commitment import OFFCHAIN_DOMAIN
 from verinfer.pipeline.driver import PipelineResult, RouteDriver, StageSpec

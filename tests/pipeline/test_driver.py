@@ -14,7 +14,7 @@ import pytest
 from stagefarm import SPLIT_LAYERS, SRC, StageFarm
 
 from verinfer.engine import Engine
-from verinfer.engine.sampler import SamplingParams
+from verinfer.engine.params import SamplingParams
 from verinfer.pipeline.driver import RouteDriver, RouteError, StageSpec, check_route, parse_stage
 
 PROMPTS = [[256, 72, 101, 108, 108, 111], [256, 84, 104, 101, 32, 113, 117, 105, 99, 107, 32, 98],

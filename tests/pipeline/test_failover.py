@@ -7,7 +7,7 @@ import pytest
 from stagefarm import StageFarm, StageProcess
 
 from verinfer.engine import Engine
-from verinfer.engine.sampler import SamplingParams
+from verinfer.engine.params import SamplingParams
 from verinfer.pipeline.driver import Observe, RouteDriver
 
 PROMPTS = [[256, 72, 105, 32, 116, 104, 101, 114, 101], [256, 79, 75]]

@@ -9,7 +9,7 @@ import pytest
 from stagefarm import StageFarm
 
 from verinfer.engine import Engine
-from verinfer.engine.sampler import SamplingParams
+from verinfer.engine.params import SamplingParams
 from verinfer.pipeline.cluster import Cluster, Link, NodeSpec, model_spec_from_config
 from verinfer.pipeline.driver import RouteDriver
 from verinfer.pipeline.planner import evaluate, stage_memory

@@ -27,7 +27,7 @@ from verinfer.api.schemas import (
     CompletionRequest,
     SamplingRequest,
 )
-from verinfer.engine.sampler import TEMPERATURE_UNIT, TOP_P_UNIT, SamplingParams
+from verinfer.engine.params import TEMPERATURE_UNIT, TOP_P_UNIT, SamplingParams
 from verinfer.errors import GenerationParamsError
 from verinfer.protocol import wire
 

@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from verinfer.engine.api import Engine
     from verinfer.engine.generate import GenerationResult, TokenEvent, output_hash
-    from verinfer.engine.sampler import SamplingParams
+    from verinfer.engine.params import SamplingParams
 
 _EXPORTS = {
     "Engine": "verinfer.engine.api",
     "GenerationResult": "verinfer.engine.generate",
     "TokenEvent": "verinfer.engine.generate",
     "output_hash": "verinfer.engine.generate",
-    "SamplingParams": "verinfer.engine.sampler",
+    "SamplingParams": "verinfer.engine.params",
 }
 
 __all__ = ["Engine", "GenerationResult", "SamplingParams", "TokenEvent", "output_hash"]

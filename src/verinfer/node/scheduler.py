@@ -36,7 +36,7 @@ from verinfer.engine.generate import (
     prefill_logits,
 )
 from verinfer.engine.model import IntModel, KVCache
-from verinfer.engine.sampler import SamplingParams
+from verinfer.engine.params import SamplingParams
 from verinfer.errors import GenerationParamsError, LocalError
 from verinfer.node.cheats import Cheat
 

@@ -36,8 +36,8 @@ from verinfer.api.schemas import (
     VerifyRequest,
 )
 from verinfer.engine.api import Engine
+from verinfer.engine.params import SamplingParams
 from verinfer.engine.replay import ReplayResult, replay
-from verinfer.engine.sampler import SamplingParams
 from verinfer.errors import GenerationParamsError, LocalError, RemoteError
 from verinfer.keyfile import Identity
 from verinfer.node.cheats import Cheat

@@ -180,7 +180,7 @@ def split(
     from rich.console import Console
     from rich.table import Table
 
-    from verinfer.engine.sampler import SamplingParams
+    from verinfer.engine.params import SamplingParams
     from verinfer.errors import LocalError
     from verinfer.pipeline.cluster import load_model_config
     from verinfer.pipeline.driver import RouteDriver, StageSpec, parse_stage

@@ -23,7 +23,7 @@ from tokenizers import Tokenizer
 
 from verinfer.engine.config import ModelConfig
 from verinfer.engine.generate import DEFAULT_PREFILL_CHUNK, GenerationResult, RowState, check_prompt
-from verinfer.engine.sampler import SamplingParams
+from verinfer.engine.params import SamplingParams
 from verinfer.errors import GenerationParamsError, LocalError, RemoteError
 from verinfer.pipeline import frames
 from verinfer.pipeline.commitment import (
