@@ -62,3 +62,35 @@ def test_survivors_re_split_the_layers_when_no_spare_is_left(
     assert [(s.port, s.start, s.end) for s in driver.route] == [
         (procs[0].port, 0, 4), (procs[1].port, 4, 8)]
     assert any("survivors re-split" in e for e in got.events)
+
+
+@pytest.mark.slow
+def test_two_stages_killed_at_once_are_both_routed_around(
+    split_engine: Engine, stage_farm: StageFarm
+) -> None:
+    procs = stage_farm.start_many(["0:3", "3:6", "6:8", "3:6"])
+    route = [procs[0].spec(0, 3), procs[1].spec(3, 6), procs[2].spec(6, 8)]
+    expected = split_engine.generate(PROMPTS, PARAMS)
+
+    def kill_two(_driver: RouteDriver, seq: int) -> None:
+        if seq == 8:  # a decode step: the middle and the last stage die together
+            procs[1].kill()
+            procs[2].kill()
+
+    driver = RouteDriver(route, split_engine.config, split_engine.tokenizer, prefill_chunk=2,
+                         spares=[procs[3].spec(3, 6)], observe=kill_two)
+    try:
+        got = driver.generate(PROMPTS, PARAMS)
+    finally:
+        driver.close()
+    assert [r.token_ids for r in got.results] == [r.token_ids for r in expected]
+    assert [r.logits_hash for r in got.results] == [r.logits_hash for r in expected]
+    # The spare took the middle's place, found the last stage dead while rebuilding, and the
+    # two that are left serve every layer.
+    assert any("failed while the route was rebuilt" in e for e in got.events), got.events
+    assert [(s.port, s.start, s.end) for s in driver.route] == [
+        (procs[0].port, 0, 4), (procs[3].port, 4, 8)]
+    assert driver.spares == []
+    # Each stage that served is recorded once per range it served.
+    keys = [(s.endpoint, s.layer_start, s.layer_end) for s in got.stages]
+    assert len(keys) == len(set(keys)), keys

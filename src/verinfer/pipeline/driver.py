@@ -150,6 +150,8 @@ class RouteDriver:
         self.links, self.rebalance, self.observe = links, rebalance, observe
         self.spares = list(spares)
         self.model_id = b""
+        self.serving: dict[str, tuple[int, int]] = {}  # endpoint -> the layers it was told to serve
+        self.rebuilding_from: int | None = None  # set while a re-route is not finished
         self.live = [self._connect(route, i) for i in range(len(route))]
         self.events: list[str] = []
         self.retired: list[_Live] = []
@@ -181,6 +183,7 @@ class RouteDriver:
             raise RouteError(f"stage {spec.endpoint} serves model 0x{model_id.hex()}, "
                              f"the route serves 0x{self.model_id.hex()}")
         self.model_id = model_id
+        self.serving[spec.endpoint] = (spec.start, spec.end)
         return _Live(spec, conn, node, weight_bytes=_weight_bytes(hello))
 
     @property
@@ -228,7 +231,7 @@ class RouteDriver:
         for old in self.retired:
             if all(old.conn is not s.conn for s in self.live):
                 old.conn.close()
-        self.retired, self.events = [], []
+        self.retired, self.events, self.rebuilding_from = [], [], None
         self.live = [_Live(s.spec, s.conn, s.node, weight_bytes=s.weight_bytes) for s in self.live]
         self.session = os.urandom(frames.SESSION_BYTES)
         self.seq = 0
@@ -249,7 +252,12 @@ class RouteDriver:
             if not active:
                 break
             if self.rebalance is not None and (new_route := self.rebalance(self)) is not None:
-                self.reroute(new_route, reason="re-plan from measured stage speeds")
+                try:
+                    self.reroute(new_route, reason="re-plan from measured stage speeds")
+                except StageUnavailable as exc:  # a stage of either route died meanwhile
+                    if exc.endpoint is None:
+                        raise
+                    self._fail_over(exc.endpoint, exc)
             began = time.perf_counter()
             tokens = torch.tensor([[[s.result.token_ids[-1]]] for s in active])  # (B, 1, 1)
             logits = list(self._step([s.index for s in active],
@@ -312,7 +320,7 @@ class RouteDriver:
             try:
                 out = self._forward(stage, raw, seq)
             except StageUnavailable as exc:
-                index = self._fail_over(index, exc)
+                index = self._fail_over(stage.spec.endpoint, exc)
                 raw = self.kept[self.live[index].spec.start][seq]
                 continue
             if stage.spec.end < self.config.num_hidden_layers:
@@ -328,62 +336,110 @@ class RouteDriver:
 
     # --- fail-over and re-routing ----------------------------------------------------------
 
-    def _fail_over(self, index: int, exc: Exception) -> int:
-        """Replace the dead stage `index`; returns the first index to run again."""
-        dead = self.live[index]
-        dead.conn.close()
-        self.events.append(f"step {self.seq}: stage {dead.spec.endpoint} "
-                           f"({dead.spec.start}:{dead.spec.end}) failed: {exc}")
-        while self.spares:
-            spare = self.spares.pop(0)
-            route = self.route
-            route[index] = spare.with_layers(dead.spec.start, dead.spec.end)
+    def _fail_over(self, endpoint: str, exc: StageUnavailable) -> int:
+        """Route around the dead stage at `endpoint`; returns the first index to run again. A
+        stage (or spare) that fails while the route is being rebuilt is replaced the same way,
+        so several failures at once are survived as long as one stage is left."""
+        dead = {endpoint}
+        self.events.append(f"step {self.seq}: stage {endpoint} failed: {exc}")
+        while True:
             try:
-                return self.reroute(route, reason=f"spare {spare.endpoint} takes "
-                                    f"{dead.spec.start}:{dead.spec.end}", dead={index})
-            except StageUnavailable as spare_exc:
-                self.events.append(f"spare {spare.endpoint} unavailable: {spare_exc}")
-        survivors = [s.spec for i, s in enumerate(self.live) if i != index]
-        if not survivors:
-            raise RouteError("every stage of the route has failed") from exc
-        return self.reroute(even_split(survivors, self.config.num_hidden_layers),
-                            reason="survivors re-split the layers", dead={index})
+                return self._route_around(dead, exc)
+            except StageUnavailable as again:
+                if again.endpoint is None or again.endpoint in dead:
+                    raise
+                dead.add(again.endpoint)
+                self.events.append(f"step {self.seq}: {again.endpoint} failed while the route "
+                                   f"was rebuilt: {again}")
 
-    def reroute(self, route: Sequence[StageSpec], reason: str, dead: frozenset[int] | set[int] = frozenset()) -> int:
+    def _route_around(self, dead: set[str], exc: Exception) -> int:
+        """The route without the `dead` endpoints: spares take their ranges while any is
+        left, else the survivors re-split the layers."""
+        spares = [s for s in self.spares if s.endpoint not in dead]
+        route, reasons = [], []
+        for stage in self.live:
+            spec = stage.spec
+            if spec.endpoint not in dead:
+                route.append(spec)
+            elif spares:
+                spare = spares.pop(0)
+                route.append(spare.with_layers(spec.start, spec.end))
+                reasons.append(f"spare {spare.endpoint} takes {spec.start}:{spec.end}")
+        taken = {s.endpoint for s in route}
+        if len(route) < len(self.live):
+            survivors = route
+            if not survivors:
+                raise RouteError("every stage of the route has failed") from exc
+            route, reasons = even_split(survivors, self.config.num_hidden_layers), [
+                *reasons, "survivors re-split the layers"]
+        dead_now = {i for i, s in enumerate(self.live) if s.spec.endpoint in dead}
+        # A re-route that failed part-way may have reset caches from its own first stage on:
+        # this one rebuilds from there at the latest.
+        first = self.reroute(route, reason="; ".join(reasons), dead=dead_now,
+                             at_most=self.rebuilding_from)
+        self.spares = [s for s in self.spares if s.endpoint not in taken | dead]
+        return first
+
+    def reroute(self, route: Sequence[StageSpec], reason: str,
+                dead: frozenset[int] | set[int] = frozenset(), at_most: int | None = None) -> int:
         """Switch to `route` between steps (or mid-step after a failure): stages from the first
-        one that changed get fresh caches, rebuilt by replaying the frames kept at that
-        boundary. Returns the index of the first changed stage."""
+        one that changed (or from `at_most`, if earlier) get fresh caches, rebuilt by replaying
+        the frames kept at that boundary. Returns the index of the first changed stage.
+
+        A failure part-way leaves a state a second call can finish from: a stage is retired
+        once, connections this call opened are closed, and a reused stage is told its range
+        whenever what it serves (not what the old route said) differs."""
         check_route(route, self.config.num_hidden_layers)
         old = self.live
         first = next((i for i, (a, b) in enumerate(zip(old, route))
                       if a.spec != b or i in dead), min(len(old), len(route)))
+        if at_most is not None:
+            first = min(first, at_most)
+        self.rebuilding_from = first
         self.events.append(f"step {self.seq}: {reason}; new route "
                            + " ".join(f"{s.endpoint}={s.start}:{s.end}" for s in route))
         kept_live = {s.spec.endpoint: s for i, s in enumerate(old[first:], start=first)
                      if i not in dead}
-        self.retired += [old[i] for i in sorted(dead)]
-        new_live = old[:first]
-        for i, spec in enumerate(route[first:], start=first):
-            reuse = kept_live.pop(spec.endpoint, None)
-            if reuse is not None:
-                self._close_session(reuse)
-                self.retired.append(_Live(reuse.spec, reuse.conn, reuse.node, reuse.commitments,
-                                          weight_bytes=reuse.weight_bytes))
-                held = reuse.weight_bytes
-                if reuse.spec != spec:  # the stage loads the layers it lacks, frees the others
-                    hello = reuse.conn.call_json(Msg.ASSIGN, {"start": spec.start, "end": spec.end})
-                    held = _weight_bytes(hello)
-                live = _Live(spec, reuse.conn, reuse.node, weight_bytes=held)
-            else:
-                live = self._connect(route, i)
-            self._open(live)
-            new_live.append(live)
+        for i in sorted(dead):
+            self._retire(old[i])
+        new_live, opened = old[:first], []
+        try:
+            for i, spec in enumerate(route[first:], start=first):
+                reuse = kept_live.pop(spec.endpoint, None)
+                if reuse is not None:
+                    self._close_session(reuse)
+                    self._retire(_Live(reuse.spec, reuse.conn, reuse.node, reuse.commitments,
+                                       weight_bytes=reuse.weight_bytes))
+                    held = reuse.weight_bytes
+                    if self.serving.get(spec.endpoint) != (spec.start, spec.end):
+                        # the stage loads the layers it lacks and frees the others
+                        hello = reuse.conn.call_json(Msg.ASSIGN, {"start": spec.start,
+                                                                  "end": spec.end})
+                        self.serving[spec.endpoint] = (spec.start, spec.end)
+                        held = _weight_bytes(hello)
+                    live = _Live(spec, reuse.conn, reuse.node, weight_bytes=held)
+                else:
+                    live = self._connect(route, i)
+                    opened.append(live)
+                self._open(live)
+                new_live.append(live)
+        except BaseException:
+            for live in opened:
+                live.conn.close()
+            raise
         for leftover in kept_live.values():  # stages the new route leaves out
             self._close_session(leftover)
-            self.retired.append(leftover)
+            self._retire(leftover)
         self.live = new_live
         self._replay(first)
+        self.rebuilding_from = None
         return first
+
+    def _retire(self, stage: _Live) -> None:
+        """Keep a stage's record of this generation (once, however many re-routes see it)."""
+        if not any(r.conn is stage.conn and r.spec == stage.spec
+                   and r.commitments is stage.commitments for r in self.retired):
+            self.retired.append(stage)
 
     def _replay(self, first: int) -> None:
         """Rebuild the KV caches of stages `first`.. from the frames kept at their input

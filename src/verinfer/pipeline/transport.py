@@ -42,7 +42,12 @@ class BadMessage(RemoteError):
 
 
 class StageUnavailable(VerinferError):
-    """A stage cannot be reached, dropped the connection or did not answer in time."""
+    """A stage cannot be reached, dropped the connection or did not answer in time.
+    `endpoint` names it (tcp://host:port), so a driver knows which stage to replace."""
+
+    def __init__(self, message: str, endpoint: str | None = None) -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
 
 
 class StageRefused(RemoteError):
@@ -106,7 +111,8 @@ class StageConnection:
         try:
             self._sock = socket.create_connection((host, port), timeout=timeout_s)
         except OSError as exc:
-            raise StageUnavailable(f"stage {host}:{port} unreachable: {exc}") from exc
+            raise StageUnavailable(f"stage {host}:{port} unreachable: {exc}",
+                                   f"tcp://{host}:{port}") from exc
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     @property
@@ -121,7 +127,8 @@ class StageConnection:
         while left:
             chunk = self._sock.recv(min(left, 1 << 20))
             if not chunk:
-                raise StageUnavailable(f"stage {self.endpoint} closed the connection")
+                raise StageUnavailable(f"stage {self.endpoint} closed the connection",
+                                       self.endpoint)
             chunks.append(chunk)
             left -= len(chunk)
         return b"".join(chunks)
@@ -135,7 +142,7 @@ class StageConnection:
             reply, length = PREFIX.unpack(self._read(PREFIX.size))
             data = self._read(length)
         except (OSError, struct.error) as exc:  # timeouts are OSErrors too
-            raise StageUnavailable(f"stage {self.endpoint}: {exc}") from exc
+            raise StageUnavailable(f"stage {self.endpoint}: {exc}", self.endpoint) from exc
         if self.link_out is not None:
             self.link_out.hold(len(data))
         if reply == Msg.ERROR:
