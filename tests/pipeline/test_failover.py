@@ -8,7 +8,7 @@ from stagefarm import StageFarm, StageProcess
 
 from verinfer.engine import Engine
 from verinfer.engine.params import SamplingParams
-from verinfer.pipeline.driver import Observe, RouteDriver
+from verinfer.pipeline.driver import Observe, RouteDriver, StageSpec
 
 PROMPTS = [[256, 72, 105, 32, 116, 104, 101, 114, 101], [256, 79, 75]]
 PARAMS = [SamplingParams(max_tokens=12, ignore_eos=True),
@@ -94,3 +94,31 @@ def test_two_stages_killed_at_once_are_both_routed_around(
     # Each stage that served is recorded once per range it served.
     keys = [(s.endpoint, s.layer_start, s.layer_end) for s in got.stages]
     assert len(keys) == len(set(keys)), keys
+
+
+@pytest.mark.slow
+def test_a_re_plan_onto_a_dead_stage_falls_back_and_the_tokens_do_not_change(
+    split_engine: Engine, stage_farm: StageFarm
+) -> None:
+    procs = stage_farm.start_many(["0:3", "3:6", "6:8", "3:6"])
+    route = [procs[0].spec(0, 3), procs[1].spec(3, 6), procs[2].spec(6, 8)]
+    expected = split_engine.generate(PROMPTS, PARAMS)
+    procs[3].kill()
+    asked = []
+
+    def move_to_the_dead_one(driver: RouteDriver) -> list[StageSpec] | None:
+        asked.append(driver.seq)
+        if len(asked) != 3:
+            return None
+        return [procs[0].spec(0, 3), procs[3].spec(3, 6), procs[2].spec(6, 8)]
+
+    driver = RouteDriver(route, split_engine.config, split_engine.tokenizer, prefill_chunk=2,
+                         rebalance=move_to_the_dead_one)
+    try:
+        got = driver.generate(PROMPTS, PARAMS)
+    finally:
+        driver.close()
+    assert [r.token_ids for r in got.results] == [r.token_ids for r in expected]
+    assert [r.logits_hash for r in got.results] == [r.logits_hash for r in expected]
+    assert any(f":{procs[3].port} failed" in e for e in got.events), got.events
+    assert [s.port for s in driver.route] == [p.port for p in procs[:3]]
