@@ -47,8 +47,10 @@ MAX_RECEIPTS = 512
 SETTLE_GAS_PER_RECEIPT = 25_000
 SETTLE_GAS_PER_CHALLENGE = 170_000
 SETTLE_GAS_SHARE = 0.8  # of the block gas limit, for one settlement transaction
-# A pass costs about 80,000 gas in a `pass_challenges` batch (benchmarks/chain.py; 200,000 alone);
-# batches are sized with a margin, as their gas estimate is raised by GAS_MARGIN when sent.
+# A pass costs about 76,000 gas in a `pass_challenges` batch of 123 and 213,000 alone, measured
+# (benchmarks/chain.py: 8 asserters, 2 validators per pass); more where validators and users
+# differ from case to case (their balance slots are then cold each time). Batches are sized with
+# a margin, as their gas estimate is raised by GAS_MARGIN when sent.
 PASS_GAS_PER_CASE = 120_000
 PASS_GAS_SHARE = 0.6
 # A pass on chain: the receipt and its agreeing validators' (verdict, signature)s.
