@@ -17,7 +17,7 @@ from pathlib import Path
 from gateway_chain import Deployment, deploy
 from gateway_fakes import PARAMS, ScriptedValidators, make_bundle, pos
 
-from verinfer.gateway.chain_settler import ChainV2Settler, PassCase
+from verinfer.gateway.chain_settler import DEADLINE_MARGIN_S, ChainV2Settler, PassCase
 from verinfer.gateway.epochs import EpochPipeline
 from verinfer.gateway.store import GatewayStore
 from verinfer.protocol import wire
@@ -77,28 +77,40 @@ def test_an_epochs_passes_go_on_chain_in_one_transaction(tmp_path: Path) -> None
     store.close()
 
 
-def test_a_refused_case_costs_no_block_and_holds_up_no_other_pass(tmp_path: Path) -> None:
+def decided_not_sent(tmp_path: Path) -> tuple[Deployment, ChainV2Settler, GatewayStore, int,
+                                               list[bytes], list[tuple[bytes, PassCase]],
+                                               dict[bytes, int]]:
+    """An honest epoch settled and decided by the pipeline, its passes held back: (network,
+    settler, store, epoch, ids, passes, deadlines)."""
     net = deploy(tmp_path, CHAIN_PARAMS, EPOCH, nodes=4, user=7)
     net.allow_gateway(5000)
     settler = ChainV2Settler(net.owner)
     pipeline, store, epoch, ids = honest_epoch(tmp_path, net, settler)
     held: list[tuple[bytes, PassCase]] = []
+    deadlines: dict[bytes, int] = {}
 
-    def hold(_epoch: int, passes: list[tuple[bytes, PassCase]]) -> list[bytes]:
-        held[:] = passes  # decided, not sent (the pipeline tries again in the same step)
+    def hold(_epoch: int, passes: list[tuple[bytes, PassCase]],
+             due: dict[bytes, int]) -> list[bytes]:
+        held[:] = passes  # the pipeline tries again in the same step
+        deadlines.update(due)
         return []
 
     settler._pass_in_batches = hold  # type: ignore[method-assign]
     asyncio.run(pipeline.step(force_close=True))
+    del settler._pass_in_batches
     assert sorted(rid for rid, _ in held) == sorted(ids)
     assert all(net.owner.case(epoch, rid).state == "open" for rid in ids)
+    return net, settler, store, epoch, ids, held, deadlines
+
+
+def test_a_refused_case_costs_no_block_and_holds_up_no_other_pass(tmp_path: Path) -> None:
+    net, settler, store, epoch, ids, held, deadlines = decided_not_sent(tmp_path)
     # Someone else passes one of them first: a batch carrying it again is refused whole.
     taken, (receipt, verdicts) = held[RECEIPTS // 2]
     net.owner.pass_challenge(epoch, receipt, verdicts)
     first = net.w3.eth.block_number + 1
-    del settler._pass_in_batches
     settler.pass_batch_size = lambda: RECEIPTS  # type: ignore[method-assign]
-    passed = settler._pass_in_batches(epoch, held)
+    passed = settler._pass_in_batches(epoch, held, deadlines)
     assert sorted(passed) == sorted(rid for rid in ids if rid != taken)
     assert all(net.owner.case(epoch, rid).state == "passed" for rid in ids)
     by_tx = passes_by_transaction(net, first)
@@ -106,6 +118,20 @@ def test_a_refused_case_costs_no_block_and_holds_up_no_other_pass(tmp_path: Path
     # Every block mined since carries passes: the refusals came from gas estimates.
     assert net.w3.eth.block_number - first + 1 == len(by_tx)
     assert len(by_tx) <= 2 * RECEIPTS.bit_length()
+    net.chain.close()
+    store.close()
+
+
+def test_a_pass_too_close_to_its_deadline_is_left_out_of_the_batch(tmp_path: Path) -> None:
+    net, settler, store, epoch, ids, held, deadlines = decided_not_sent(tmp_path)
+    late = held[0][0]
+    deadlines[late] = settler._chain_now() + DEADLINE_MARGIN_S - 1
+    first = net.w3.eth.block_number + 1
+    passed = settler._pass_in_batches(epoch, held, deadlines)
+    assert sorted(passed) == sorted(rid for rid in ids if rid != late)
+    assert net.owner.case(epoch, late).state == "open"  # it lapses at its deadline
+    assert list(passes_by_transaction(net, first).values()) == [RECEIPTS - 1]
+    assert net.w3.eth.block_number == first  # one transaction, no refusal on the way
     net.chain.close()
     store.close()
 

@@ -229,8 +229,7 @@ class ChainV2Settler(Settler):
         ppm = self.challenge_ppm()
         evidence = {e.receipt_id: e for e in settlement.evidence}
         final = True
-        latest = self.client._read("read block", lambda: self.client.w3.eth.get_block("latest"))
-        now = max(int(time.time()), int(latest["timestamp"]))
+        now = self._chain_now()
         cases = {rid: self.client.case(settlement.epoch, rid)
                  for rid in sorted(bundles) if is_challenged(rid, beacon, ppm)}
         # Evidence first: the passes of the epoch in as few transactions as the block gas
@@ -244,7 +243,8 @@ class ChainV2Settler(Settler):
                 elif (chosen := self._pass_evidence(evidence[rid], bundles[rid])) is not None:
                     passes.append((rid, chosen))
         # A pass transaction that went through passed every case it carried.
-        for rid in self._pass_in_batches(settlement.epoch, passes):
+        deadlines = {rid: case.deadline for rid, case in cases.items()}
+        for rid in self._pass_in_batches(settlement.epoch, passes, deadlines):
             cases[rid] = replace(cases[rid], state="passed")
         for rid, case in cases.items():
             if (case.state == "accused" and rid in evidence
@@ -344,21 +344,39 @@ class ChainV2Settler(Settler):
         fits = int(PASS_GAS_SHARE * int(block["gasLimit"]) / PASS_GAS_PER_CASE)
         return max(1, min(MAX_PASS_BATCH, fits))
 
-    def _pass_in_batches(self, epoch: int, passes: list[tuple[bytes, PassCase]]) -> list[bytes]:
+    def _chain_now(self) -> int:
+        """The contract's clock as the next block will read it (the dev chain's runs ahead of
+        the wall clock after a burst of blocks)."""
+        latest = self.client._read("read block", lambda: self.client.w3.eth.get_block("latest"))
+        return max(int(time.time()), int(latest["timestamp"]) + 1)
+
+    def _pass_in_batches(self, epoch: int, passes: list[tuple[bytes, PassCase]],
+                         deadlines: dict[bytes, int]) -> list[bytes]:
         """Send the passes in batches of `pass_batch_size`; the ids now passed on chain."""
         if not passes:
             return []
         size = self.pass_batch_size()
         done: list[bytes] = []
         for start in range(0, len(passes), size):
-            done += self._pass_batch(epoch, passes[start:start + size])
+            done += self._pass_batch(epoch, passes[start:start + size], deadlines)
         return done
 
-    def _pass_batch(self, epoch: int, batch: list[tuple[bytes, PassCase]]) -> list[bytes]:
-        """One transaction of passes. The contract refuses a batch whole when one case would
-        be refused alone (e.g. one that someone else passed meanwhile), and the refusal comes
-        from the gas estimate, before anything is mined: the halves are tried in turn, so a
-        bad case costs a few estimates and the others still go through."""
+    def _pass_batch(self, epoch: int, batch: list[tuple[bytes, PassCase]],
+                    deadlines: dict[bytes, int]) -> list[bytes]:
+        """One transaction of passes. A case too close to its deadline by the chain's clock
+        now is left out (it would refuse the batch; it lapses, the node is paid). The contract
+        refuses a batch whole when one case would be refused alone (e.g. one that someone else
+        passed meanwhile), and the refusal comes from the gas estimate, before anything is
+        mined: the halves are tried in turn, so a bad case costs a few estimates and the
+        others still go through."""
+        now = self._chain_now()
+        due = [item for item in batch if now + DEADLINE_MARGIN_S <= deadlines[item[0]]]
+        if len(due) < len(batch):
+            log.warning("%d passes too close to their deadline: they lapse",
+                        len(batch) - len(due))
+            batch = due
+        if not batch:
+            return []
         try:
             if len(batch) == 1:
                 self.client.pass_challenge(epoch, *batch[0][1])
@@ -371,7 +389,8 @@ class ChainV2Settler(Settler):
                 return []
             log.info("a batch of %d passes refused (%s): halving it", len(batch), exc)
         half = len(batch) // 2
-        return self._pass_batch(epoch, batch[:half]) + self._pass_batch(epoch, batch[half:])
+        return (self._pass_batch(epoch, batch[:half], deadlines)
+                + self._pass_batch(epoch, batch[half:], deadlines))
 
     def settled_root(self, epoch: int) -> bytes | None:
         c = self.client.commitment(self.me, epoch)
