@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
+from verinfer.chain import client as chain_client
 from verinfer.chain.artifact import ARTIFACT_PATH, SOURCE_PATH, ContractArtifact, load_artifact
 from verinfer.chain.build import compile_artifact, render
 from verinfer.chain.client import SettlementClient
 from verinfer.chain.settings import DEV_EPOCH_SECONDS, DEV_PARAMS
+from verinfer.gateway import chain_settler
 
 
 def test_artifact_matches_source() -> None:
@@ -24,8 +27,17 @@ def test_artifact_records_source_hash_and_compiler() -> None:
     assert artifact.compiler == "vyper 0.4.3"
     assert artifact.bytecode.startswith("0x") and len(artifact.bytecode) > 1000
     names = {item.get("name") for item in artifact.abi}
-    assert {"commit_epoch", "settle_epoch", "submit_evidence", "finalize", "set_allowance",
+    assert {"commit_epoch", "settle_epoch", "submit_evidence", "pass_challenges", "finalize",
+            "set_allowance",
             "deposit", "request_withdrawal", "withdraw", "stake", "unstake"} <= names
+
+
+def test_the_clients_constants_are_the_contracts() -> None:
+    source = SOURCE_PATH.read_text()
+    for name, value in (("MAX_PASS_BATCH", chain_client.MAX_PASS_BATCH),
+                        ("MAX_RECEIPTS", chain_settler.MAX_RECEIPTS)):
+        match = re.search(rf"^{name}: constant\(uint256\) = (\d+)$", source, re.MULTILINE)
+        assert match is not None and int(match.group(1)) == value, name
 
 
 def test_runtime_modules_do_not_import_the_compiler() -> None:

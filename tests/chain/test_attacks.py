@@ -495,6 +495,148 @@ def test_a_challenge_nobody_answers_lapses_into_a_plain_fee(challenging: Net) ->
         net.c.finalize(e, digest)
 
 
+# ---------------------------------------------------------------- batched passes
+# `pass_challenges` carries many passes in one transaction. Each case must be checked as
+# strictly as alone, and a batch is all or nothing: in every attack below the bad case comes
+# last, after good ones that would have been paid had the batch not reverted whole.
+
+
+def batch_world(net: Net) -> tuple[int, list[Any], list[Party], Party]:
+    """Three challenged receipts of one epoch by one asserter, three validators, a funded
+    treasury: (epoch, receipts, validators, asserter)."""
+    node = net.node()
+    validators = [net.node() for _ in range(3)]
+    user = net.user()
+    net.c.fund_treasury(value=10_000)
+    receipts = [net.receipt(node, user, fee=100) for _ in range(3)]
+    return net.settle(receipts), receipts, validators, node
+
+
+def ledger(net: Net, epoch: int, receipts: list[Any]) -> tuple[Any, ...]:
+    parties = [p.address for p in net.nodes + net.users]
+    return (tuple(net.c.balances(a) for a in parties), net.c.treasury(), net.c.escrow_total(),
+            tuple(tuple(net.c.reputation(a)) for a in parties),
+            tuple(net.c.case_of(epoch, net.digest(r.message()))[0] for r in receipts))
+
+
+def refused_whole(net: Net, epoch: int, receipts: list[Any], cases: list[Any], reason: str,
+                  sender: str | None = None) -> None:
+    before = ledger(net, epoch, receipts)
+    with boa.reverts(reason):
+        net.pass_batch(epoch, cases, sender=sender)
+    assert ledger(net, epoch, receipts) == before
+    assert all(net.c.case_of(epoch, net.digest(r.message()))[0] == OPEN for r in receipts)
+    conserved(net)
+
+
+def test_a_batch_pays_each_pass_exactly_as_alone(settlement_deployer: Any) -> None:
+    boa.env.timestamp = 1_000_000
+    worlds = [deploy(settlement_deployer, with_params(challenge_ppm=1_000_000))
+              for _ in range(2)]
+    outcomes = []
+    for batched, net in zip((False, True), worlds, strict=True):
+        e, receipts, validators, _ = batch_world(net)
+        judges = [validators[:2], validators[1:], validators]
+        if batched:
+            net.pass_batch(e, [net.pass_case(r, j) for r, j in zip(receipts, judges, strict=True)])
+        else:
+            for r, j in zip(receipts, judges, strict=True):
+                net.evidence(PASS, e, r, j)
+        outcomes.append(ledger(net, e, receipts))
+        conserved(net)
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[1][-1] == (PASSED, PASSED, PASSED)
+
+
+def test_a_batch_cannot_pass_one_case_twice(challenging: Net) -> None:
+    net = challenging
+    e, receipts, validators, _ = batch_world(net)
+    r = receipts[0]
+    twice = [net.pass_case(r, validators[:2]), net.pass_case(r, validators[1:])]
+    refused_whole(net, e, receipts, twice, "wrong challenge state")
+    net.pass_batch(e, twice[:1])  # alone, once: paid
+    with boa.reverts("wrong challenge state"):
+        net.pass_batch(e, twice[1:])
+
+
+def test_a_batch_cannot_carry_a_case_of_another_epoch(challenging: Net) -> None:
+    net = challenging
+    node, validators, user = net.node(), [net.node() for _ in range(2)], net.user()
+    boa.env.time_travel(seconds=EPOCH)
+    earlier = net.receipt(node, user, epoch=net.epoch() - 1)
+    e0 = net.settle([earlier], epoch=net.epoch() - 1)  # within its commit grace
+    current = net.receipt(node, user)
+    e1 = net.settle([current])
+    assert e0 != e1
+    both = [net.pass_case(current, validators), net.pass_case(earlier, validators)]
+    refused_whole(net, e1, [current], both, "no challenge")
+    refused_whole(net, e0, [earlier], both[::-1], "no challenge")
+    net.pass_batch(e0, both[1:])
+    net.pass_batch(e1, both[:1])
+
+
+def test_a_batch_cannot_carry_verdicts_for_another_gateway(challenging: Net) -> None:
+    net = challenging
+    e, receipts, validators, _ = batch_world(net)
+    elsewhere = Party(906)
+    cases = [net.pass_case(receipts[0], validators[:2]),
+             net.pass_case(receipts[1], validators[:2], gateway=elsewhere.address)]
+    refused_whole(net, e, receipts, cases, "verdict names another gateway")
+
+
+def test_a_batch_cannot_carry_a_verdict_of_a_non_member(challenging: Net) -> None:
+    net = challenging
+    e, receipts, validators, node = batch_world(net)
+    outsider = Party(907)  # holds a key, never staked: never drawn
+    cases = [net.pass_case(receipts[0], validators[:2]),
+             net.pass_case(receipts[1], [validators[0], outsider])]
+    refused_whole(net, e, receipts, cases, "not drawn by the sortition")
+    cases[1] = net.pass_case(receipts[1], [validators[0], node])
+    refused_whole(net, e, receipts, cases, "asserter in committee")
+
+
+def test_a_batch_cannot_pass_a_case_past_its_deadline(challenging: Net) -> None:
+    net = challenging
+    e, receipts, validators, _ = batch_world(net)
+    cases = [net.pass_case(r, validators[:2]) for r in receipts]
+    boa.env.time_travel(seconds=PARAMS.challenge_window + 1)
+    refused_whole(net, e, receipts, cases, "deadline passed")
+
+
+def test_a_batch_cannot_pass_on_too_few_or_disagreeing_verdicts(challenging: Net) -> None:
+    net = challenging
+    e, receipts, validators, _ = batch_world(net)
+    good = net.pass_case(receipts[0], validators[:2])
+    refused_whole(net, e, receipts, [good, net.pass_case(receipts[1], validators[:1])],
+                  "too few verdicts")
+    refused_whole(net, e, receipts, [good, net.pass_case(receipts[1], validators[:2],
+                                                         logits=b"\x09" * 32)],
+                  "verdict against the claim")
+    forged = net.pass_case(receipts[1], validators[:2])
+    forged[2][1] = forged[2][0]  # validator 1's verdict under validator 0's signature
+    refused_whole(net, e, receipts, [good, forged], "bad verdict signature")
+
+
+def test_a_batch_cannot_pass_an_accused_case(challenging: Net) -> None:
+    net = challenging
+    e, receipts, validators, node = batch_world(net)
+    net.evidence(ACCUSE, e, receipts[1], validators, signer=node, valid=False)
+    cases = [net.pass_case(receipts[0], validators[:2]), net.pass_case(receipts[1], validators[:2])]
+    before = ledger(net, e, receipts)
+    with boa.reverts("wrong challenge state"):
+        net.pass_batch(e, cases)
+    assert ledger(net, e, receipts) == before
+
+
+def test_an_empty_or_paused_batch_is_refused(challenging: Net) -> None:
+    net = challenging
+    e, receipts, validators, _ = batch_world(net)
+    with boa.reverts("no evidence"):
+        net.pass_batch(e, [])
+    net.c.pause()
+    refused_whole(net, e, receipts, [net.pass_case(receipts[0], validators[:2])], "paused")
+
+
 # ---------------------------------------------------------------- pauser
 
 

@@ -12,7 +12,7 @@ from eth_account import Account
 from v2kit import PARAMS, sign_typed, typed_digest
 from web3 import Web3
 
-from verinfer.chain.client import ChainRevert, Role, SettlementClient
+from verinfer.chain.client import MAX_PASS_BATCH, ChainRevert, Role, SettlementClient
 from verinfer.chain.devchain import DevChain, DevChainProvider
 from verinfer.chain.devkeys import dev_private_key
 from verinfer.errors import ChainError
@@ -121,3 +121,13 @@ def test_the_gateway_cycle_through_the_client(chain: DevChain) -> None:
     assert owner.paused()
     with pytest.raises(ChainRevert, match="paused"):
         gateway.commit_epoch(epoch, b"\x00" * 32, 0)
+
+
+def test_a_pass_batch_of_no_case_or_too_many_is_refused_before_sending(chain: DevChain) -> None:
+    w3 = Web3(DevChainProvider(chain))
+    owner = deploy(w3, CHAIN_PARAMS)
+    blocks = w3.eth.block_number
+    for count in (0, MAX_PASS_BATCH + 1):
+        with pytest.raises(ChainError, match=f"1 to {MAX_PASS_BATCH} cases, not {count}"):
+            owner.pass_challenges(0, [({}, [])] * count)
+    assert w3.eth.block_number == blocks

@@ -2,7 +2,7 @@
 
 Hypothesis drives the contract in titanoboa through deposits, stakes, unstakes, withdrawal
 requests and withdrawals, committed and settled epochs (half of the receipts challenged by the
-beacon), passes on validators' verdicts, accusations, appeals, finalizations, slashes of
+beacon), passes on validators' verdicts (alone and in batches), accusations, appeals, finalizations, slashes of
 validators whose verdicts arbitration refuted, pauses and waits,
 with real EIP-712 signatures, including operations that must revert. After every step: the
 contract holds exactly Σ balance + Σ stake + Σ unbonding + Σ escrow + treasury; the ether of
@@ -182,23 +182,29 @@ class MoneyMachine(RuleBasedStateMachine):
     def _case_ids(self) -> list[bytes]:
         return sorted(self.model.cases)
 
+    def _judges(self, rid: bytes, tag: bytes, count: int) -> list[Any] | None:
+        """`count` members the rules draw for the receipt (staked before the commit, ticket
+        below their share), in increasing address; None if there are fewer."""
+        r, epoch = self.receipts[rid], self.epochs[rid]
+        commitment = self.net.c.commitments(self.net.owner, epoch)
+        beacon, commit_block, total = bytes(commitment[3]), commitment[2], commitment[4]
+        judges = [p for p in self.net.nodes if p.address != r.node
+                  and self.stake_block.get(p.address, 0) < commit_block
+                  and is_drawn(tag, beacon, rid, p.address.lower(),
+                               self.model.stake.get(p.address, 0), total, 255)]
+        if len(judges) < count:
+            return None
+        return sorted(judges, key=lambda p: int(p.address, 16))[:count]
+
     @precondition(lambda self: bool(self.model.cases))
     @rule(pick=st.integers(0, 10**6), kind=st.sampled_from([PASS, ACCUSE, APPEAL]))
     def evidence(self, pick: int, kind: int) -> None:
         rid = self._case_ids()[pick % len(self.model.cases)]
         r, epoch = self.receipts[rid], self.epochs[rid]
-        commitment = self.net.c.commitments(self.net.owner, epoch)
-        beacon, commit_block, total = bytes(commitment[3]), commitment[2], commitment[4]
         tag = VALIDATOR_TAG if kind == PASS else ARBITRATOR_TAG
-        # Only members the rules draw: staked before the commit, ticket below their share.
-        judges = [p for p in self.net.nodes if p.address != r.node
-                  and self.stake_block.get(p.address, 0) < commit_block
-                  and is_drawn(tag, beacon, rid, p.address.lower(),
-                               self.model.stake.get(p.address, 0), total, 255)]
-        count = {PASS: 2, ACCUSE: 3, APPEAL: 4}[kind]
-        if len(judges) < count:
+        chosen = self._judges(rid, tag, {PASS: 2, ACCUSE: 3, APPEAL: 4}[kind])
+        if chosen is None:
             return
-        chosen = sorted(judges, key=lambda p: int(p.address, 16))[:count]
         names = [p.address for p in chosen]
         signer = next(p for p in self.net.nodes if p.address == r.node)
         call = {PASS: rules.pass_challenge, ACCUSE: rules.accuse, APPEAL: rules.appeal}[kind]
@@ -206,6 +212,30 @@ class MoneyMachine(RuleBasedStateMachine):
             lambda: self.net.evidence(kind, epoch, r, chosen, signer=signer,
                                       valid=kind != ACCUSE),
             lambda: call(self.running(), PARAMS, rid, names, self.now()),
+        )
+
+    @precondition(lambda self: bool(self.model.cases))
+    @rule(picks=st.lists(st.integers(0, 10**6), min_size=1, max_size=4))
+    def pass_batch(self, picks: list[int]) -> None:
+        """Passes of one epoch's cases in one transaction (a case may come twice)."""
+        ids = self._case_ids()
+        epoch = self.epochs[ids[picks[0] % len(ids)]]
+        of_epoch = [rid for rid in ids if self.epochs[rid] == epoch]
+        batch = []
+        for pick in picks:
+            rid = of_epoch[pick % len(of_epoch)]
+            chosen = self._judges(rid, VALIDATOR_TAG, 2)
+            if chosen is not None:
+                batch.append((rid, chosen))
+        if not batch:
+            return
+        net = self.net
+        self._run(
+            lambda: net.pass_batch(epoch, [net.pass_case(self.receipts[rid], chosen)
+                                           for rid, chosen in batch]),
+            lambda: rules.pass_challenges(self.running(), PARAMS,
+                                          [(rid, [p.address for p in chosen])
+                                           for rid, chosen in batch], self.now()),
         )
 
     @precondition(lambda self: bool(self.model.cases))

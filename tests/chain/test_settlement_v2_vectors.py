@@ -134,11 +134,27 @@ class Replay:
         self.c.settle_epoch(epoch, [f for _, f in ordered], sender=self.g)
 
     def evidence(self, op: dict[str, Any]) -> None:
-        receipt, epoch = self.receipts[op["receipt"]]
-        rid = wire.digest(self.domain, receipt)
+        if op["op"] == "pass_batch":
+            cases = [self._signed(c["receipt"], c["judges"], agree=True) for c in op["cases"]]
+            epoch = self.receipts[op["cases"][0]["receipt"]][1]
+            self.c.pass_challenges(epoch, [(r, v, s) for r, v, s, _ in cases], sender=self.g)
+            return
         agree = op["op"] != "accuse"
+        receipt_args, verdicts, signatures, receipt = self._signed(op["receipt"], op["judges"],
+                                                                   agree)
+        epoch = self.receipts[op["receipt"]][1]
+        receipt_signature = b"" if agree else wire.sign(
+            self.domain, receipt, key(self._name(receipt.node)))
+        self.c.submit_evidence(KINDS[op["op"]], epoch, receipt_args, receipt_signature,
+                               verdicts, signatures, sender=self.g)
+
+    def _signed(self, index: int, judges: list[str], agree: bool
+                ) -> tuple[tuple[Any, ...], list[tuple[Any, ...]], list[bytes], wire.Receipt]:
+        """Receipt #index as the contract's tuple, with the judges' verdicts and signatures."""
+        receipt, _ = self.receipts[index]
+        rid = wire.digest(self.domain, receipt)
         verdicts, signatures = [], []
-        for judge in op["judges"]:
+        for judge in judges:
             v = wire.Verdict(receipt=rid, request=receipt.request,
                              output_hash=receipt.output_hash,
                              logits_hash=receipt.logits_hash if agree else b"\x05" * 32,
@@ -147,11 +163,8 @@ class Replay:
             verdicts.append((v.receipt, v.request, v.output_hash, v.logits_hash, v.valid,
                              v.first_invalid_step, v.validator, v.gateway))
             signatures.append(wire.sign(self.domain, v, key(judge)))
-        receipt_signature = b"" if agree else wire.sign(
-            self.domain, receipt, key(self._name(receipt.node)))
-        self.c.submit_evidence(KINDS[op["op"]], epoch, tuple(
-            getattr(receipt, f.attr) for f in receipt.FIELDS), receipt_signature, verdicts,
-            signatures, sender=self.g)
+        return (tuple(getattr(receipt, f.attr) for f in receipt.FIELDS), verdicts, signatures,
+                receipt)
 
     def _name(self, address: str) -> str:
         return next(n for n, a in self.parties.items() if a == address)

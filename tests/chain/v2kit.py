@@ -255,6 +255,16 @@ class Net:
         self.c.submit_evidence(kind, epoch, receipt.args(), receipt_sig, verdicts, sigs,
                                sender=sender or self.owner)
 
+    def pass_case(self, receipt: Receipt, judges: list[Party], **kw: Any
+                  ) -> tuple[tuple[Any, ...], list[tuple[Any, ...]], list[bytes]]:
+        """One case of `pass_challenges`: the receipt with its judges' signed verdicts."""
+        verdicts, sigs = self.verdicts(receipt, judges, **kw)
+        return receipt.args(), verdicts, sigs
+
+    def pass_batch(self, epoch: int, cases: list[tuple[Any, ...]],
+                   sender: str | None = None) -> None:
+        self.c.pass_challenges(epoch, cases, sender=sender or self.owner)
+
     def funds(self) -> int:
         """What the contract's ledger says it holds."""
         parties = [p.address for p in self.nodes + self.users] + [self.owner]

@@ -12,8 +12,9 @@ code at the contract's address must be the committed artifact's (`check_contract
 The gateway's cycle (settlement rules v2): `commit_epoch` the receipts root of an epoch,
 wait one block, read `beacon` and decide with `verinfer.protocol.challenge.is_challenged`
 which receipts are challenged, `settle_epoch` with the full list in digest order, then for
-each challenged receipt `pass_challenge` (validators' verdicts) or `accuse` (the node's signed
-receipt and arbitrators' verdicts) before its deadline, and `finalize` after it.
+each challenged receipt `pass_challenge` (validators' verdicts; `pass_challenges` carries many
+in one transaction) or `accuse` (the node's signed receipt and arbitrators' verdicts) before
+its deadline, and `finalize` after it.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ EPOCH_SECONDS = 600
 PARAMS_DELAY_S = 2 * 24 * 3600
 MAX_PAUSE_S = 3 * 24 * 3600
 COMMITTEES = (6, 2, 10, 3)
+MAX_PASS_BATCH = 160  # the contract's bound on passes per `pass_challenges`
 GAS_MARGIN = 1.2  # over eth_estimateGas, for state that moves between estimate and inclusion
 RECEIPT_TIMEOUT_S = 120.0
 _HEX_ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
@@ -385,11 +387,10 @@ class SettlementClient:
         verdicts: Sequence[tuple[Mapping[str, Any], bytes]],
         receipt_signature: bytes = b"",
     ) -> Any:
-        # The contract wants verdicts in increasing validator address order.
-        ordered = sorted(verdicts, key=lambda vs: int(str(vs[0]["validator"]), 16))
+        verdict_args, signatures = _verdict_args(verdicts)
         call = self.contract.functions.submit_evidence(
             kind, epoch, message_args(receipt, RECEIPT_FIELDS), receipt_signature,
-            [message_args(v, VERDICT_FIELDS) for v, _ in ordered], [sig for _, sig in ordered],
+            verdict_args, signatures,
         )
         return self._send(("pass challenge", "accuse", "appeal", "slash wrong verdicts")[kind],
                           call)
@@ -400,6 +401,20 @@ class SettlementClient:
     ) -> Any:
         """Close a challenge as passed with drawn validators' agreeing (verdict, signature)s."""
         return self._evidence(EVIDENCE_PASS, epoch, receipt, verdicts)
+
+    def pass_challenges(
+        self, epoch: int,
+        cases: Sequence[tuple[Mapping[str, Any], Sequence[tuple[Mapping[str, Any], bytes]]]],
+    ) -> Any:
+        """Pass many challenges of `epoch` in one transaction: per case (receipt, agreeing
+        drawn validators' (verdict, signature)s), at most `MAX_PASS_BATCH`. All or nothing:
+        one case the contract would refuse alone refuses the batch (`ChainRevert` with its
+        reason, raised by the gas estimate before anything is sent)."""
+        if not 0 < len(cases) <= MAX_PASS_BATCH:
+            raise ChainError(f"a pass batch holds 1 to {MAX_PASS_BATCH} cases, not {len(cases)}")
+        args = [(message_args(receipt, RECEIPT_FIELDS), *_verdict_args(verdicts))
+                for receipt, verdicts in cases]
+        return self._send("pass challenges", self.contract.functions.pass_challenges(epoch, args))
 
     def accuse(
         self, epoch: int, receipt: Mapping[str, Any], receipt_signature: bytes,
@@ -663,6 +678,13 @@ class SettlementClient:
             )
             for log in self._logs("read slashes", "Slashed", from_block)
         ]
+
+
+def _verdict_args(verdicts: Sequence[tuple[Mapping[str, Any], bytes]]
+                  ) -> tuple[list[tuple[Any, ...]], list[bytes]]:
+    """(verdict, signature)s as the contract takes them: in increasing validator address."""
+    ordered = sorted(verdicts, key=lambda vs: int(str(vs[0]["validator"]), 16))
+    return [message_args(v, VERDICT_FIELDS) for v, _ in ordered], [sig for _, sig in ordered]
 
 
 def _reason(exc: ContractLogicError) -> str:

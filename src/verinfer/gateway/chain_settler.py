@@ -7,8 +7,9 @@ ascending; the beacon is the hash of the block after the commit; the challenged 
 `verinfer.protocol.challenge.is_challenged(id, beacon, the contract's challenge_ppm)`; committees
 are drawn as the contract checks them (`verinfer.protocol.selection.is_drawn`: stake bonded
 before the commit, total stake at the commit); `settle` sends `settle_epoch` with every receipt,
-then per challenged receipt the validators' agreeing verdicts (`pass_challenge`) or the node's
-signed receipt with the arbitrators' conflicting verdicts (`accuse`), and finally `finalize`s
+then the validators' agreeing verdicts of every passed receipt in as few `pass_challenges`
+transactions as the block gas allows, per accused receipt the node's signed receipt with the
+arbitrators' conflicting verdicts (`accuse`), and finally `finalize`s
 what is due (an accusation after its appeal window, an unanswered challenge after its
 deadline). It appeals, within the window, an accusation (by anyone) that its own arbitration
 refutes, and sends the verdicts of validators that an arbitration outcome contradicts. Every
@@ -21,10 +22,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from verinfer.chain.client import ChainRevert, SettlementClient
+from verinfer.chain.client import MAX_PASS_BATCH, ChainRevert, SettlementClient
 from verinfer.chain.devkeys import DEV_CHAIN_ID
 from verinfer.errors import ChainError
 from verinfer.gateway.router import RegisteredNode
@@ -46,6 +47,14 @@ MAX_RECEIPTS = 512
 SETTLE_GAS_PER_RECEIPT = 25_000
 SETTLE_GAS_PER_CHALLENGE = 170_000
 SETTLE_GAS_SHARE = 0.8  # of the block gas limit, for one settlement transaction
+# A pass costs about 76,000 gas in a `pass_challenges` batch of 123 and 213,000 alone, measured
+# (benchmarks/chain.py: 8 asserters, 2 validators per pass); more where validators and users
+# differ from case to case (their balance slots are then cold each time). Batches are sized with
+# a margin, as their gas estimate is raised by GAS_MARGIN when sent.
+PASS_GAS_PER_CASE = 120_000
+PASS_GAS_SHARE = 0.6
+# A pass on chain: the receipt and its agreeing validators' (verdict, signature)s.
+PassCase = tuple[dict[str, Any], list[tuple[dict[str, Any], bytes]]]
 
 
 def message_fields(message: wire.Message) -> dict[str, Any]:
@@ -220,18 +229,24 @@ class ChainV2Settler(Settler):
         ppm = self.challenge_ppm()
         evidence = {e.receipt_id: e for e in settlement.evidence}
         final = True
-        latest = self.client._read("read block", lambda: self.client.w3.eth.get_block("latest"))
-        now = max(int(time.time()), int(latest["timestamp"]))
-        for rid in sorted(bundles):
-            if not is_challenged(rid, beacon, ppm):
-                continue
-            case = self.client.case(settlement.epoch, rid)
+        now = self._chain_now()
+        cases = {rid: self.client.case(settlement.epoch, rid)
+                 for rid in sorted(bundles) if is_challenged(rid, beacon, ppm)}
+        # Evidence first: the passes of the epoch in as few transactions as the block gas
+        # allows (one block each on the dev chain, not one per receipt), accusations one by one.
+        passes: list[tuple[bytes, PassCase]] = []
+        for rid, case in cases.items():
             if case.state == "open" and rid in evidence and now + DEADLINE_MARGIN_S <= case.deadline:
-                try:
-                    self._submit(settlement.epoch, evidence[rid], bundles[rid])
-                except ChainRevert as exc:  # the case lapses at its deadline: the node is paid
-                    log.warning("receipt %s: evidence refused (%s)", rid.hex(), exc)
-                case = self.client.case(settlement.epoch, rid)
+                if evidence[rid].outcome == Outcome.ASSERTER_FAULT.value:
+                    self._accuse(settlement.epoch, evidence[rid], bundles[rid])
+                    cases[rid] = self.client.case(settlement.epoch, rid)
+                elif (chosen := self._pass_evidence(evidence[rid], bundles[rid])) is not None:
+                    passes.append((rid, chosen))
+        # A pass transaction that went through passed every case it carried.
+        deadlines = {rid: case.deadline for rid, case in cases.items()}
+        for rid in self._pass_in_batches(settlement.epoch, passes, deadlines):
+            cases[rid] = replace(cases[rid], state="passed")
+        for rid, case in cases.items():
             if (case.state == "accused" and rid in evidence
                     and evidence[rid].outcome != Outcome.ASSERTER_FAULT.value
                     and now + DEADLINE_MARGIN_S <= case.appeal_deadline):
@@ -289,14 +304,11 @@ class ChainV2Settler(Settler):
                          _verdict(verdict).validator, exc)
         self._reported.add((epoch, e.receipt_id))
 
-    def _submit(self, epoch: int, e: ChallengeEvidence, bundle: dict[str, Any]) -> None:
-        """PASSED and VALIDATOR_FAULT: the drawn validators' verdicts that agree with the
-        receipt; ASSERTER_FAULT: the node's signed receipt and the drawn arbitrators' verdicts
-        against it. Too few of them for the contract's quorum: nothing is sent (it lapses)."""
-        signed = wire.ReceiptBundle.from_json(bundle).receipt
-        receipt = signed.message
-        assert isinstance(receipt, wire.Receipt)
-        accuse = e.outcome == Outcome.ASSERTER_FAULT.value
+    def _chosen_verdicts(self, e: ChallengeEvidence, receipt: wire.Receipt, accuse: bool
+                         ) -> list[tuple[dict[str, Any], bytes]] | None:
+        """The drawn validators' verdicts that agree with the receipt (a pass), or the drawn
+        arbitrators' against it (an accusation); None when too few for the contract's quorum
+        (nothing is sent: the case lapses)."""
         verdicts = _signed_verdicts(e.arbitration if accuse else e.verdicts)
         chosen = [(message_fields(_verdict(v)), s) for v, s in verdicts
                   if wire.verdict_agrees(_verdict(v), receipt, e.receipt_id) != accuse]
@@ -304,11 +316,81 @@ class ChainV2Settler(Settler):
         if len(chosen) < quorum:
             log.warning("receipt %s: %d verdicts for %s, the contract needs %d; it will lapse",
                         e.receipt_id.hex(), len(chosen), e.outcome, quorum)
+            return None
+        return chosen
+
+    def _pass_evidence(self, e: ChallengeEvidence, bundle: dict[str, Any]) -> PassCase | None:
+        """PASSED and VALIDATOR_FAULT: the receipt with its agreeing validators' verdicts."""
+        receipt = _receipt(bundle)
+        chosen = self._chosen_verdicts(e, receipt, accuse=False)
+        return None if chosen is None else (message_fields(receipt), chosen)
+
+    def _accuse(self, epoch: int, e: ChallengeEvidence, bundle: dict[str, Any]) -> None:
+        """ASSERTER_FAULT: the node's signed receipt and the arbitrators' verdicts against it."""
+        signed = wire.ReceiptBundle.from_json(bundle).receipt
+        receipt = signed.message
+        assert isinstance(receipt, wire.Receipt)
+        chosen = self._chosen_verdicts(e, receipt, accuse=True)
+        if chosen is None:
             return
-        if accuse:
+        try:
             self.client.accuse(epoch, message_fields(receipt), signed.signature, chosen)
-        else:
-            self.client.pass_challenge(epoch, message_fields(receipt), chosen)
+        except ChainRevert as exc:  # the case lapses at its deadline: the node is paid
+            log.warning("receipt %s: accusation refused (%s)", e.receipt_id.hex(), exc)
+
+    def pass_batch_size(self) -> int:
+        """Passes per `pass_challenges`: the contract's bound, and what fits the block gas."""
+        block = self.client._read("read block", lambda: self.client.w3.eth.get_block("latest"))
+        fits = int(PASS_GAS_SHARE * int(block["gasLimit"]) / PASS_GAS_PER_CASE)
+        return max(1, min(MAX_PASS_BATCH, fits))
+
+    def _chain_now(self) -> int:
+        """The contract's clock as the next block will read it (the dev chain's runs ahead of
+        the wall clock after a burst of blocks)."""
+        latest = self.client._read("read block", lambda: self.client.w3.eth.get_block("latest"))
+        return max(int(time.time()), int(latest["timestamp"]) + 1)
+
+    def _pass_in_batches(self, epoch: int, passes: list[tuple[bytes, PassCase]],
+                         deadlines: dict[bytes, int]) -> list[bytes]:
+        """Send the passes in batches of `pass_batch_size`; the ids now passed on chain."""
+        if not passes:
+            return []
+        size = self.pass_batch_size()
+        done: list[bytes] = []
+        for start in range(0, len(passes), size):
+            done += self._pass_batch(epoch, passes[start:start + size], deadlines)
+        return done
+
+    def _pass_batch(self, epoch: int, batch: list[tuple[bytes, PassCase]],
+                    deadlines: dict[bytes, int]) -> list[bytes]:
+        """One transaction of passes. A case too close to its deadline by the chain's clock
+        now is left out (it would refuse the batch; it lapses, the node is paid). The contract
+        refuses a batch whole when one case would be refused alone (e.g. one that someone else
+        passed meanwhile), and the refusal comes from the gas estimate, before anything is
+        mined: the halves are tried in turn, so a bad case costs a few estimates and the
+        others still go through."""
+        now = self._chain_now()
+        due = [item for item in batch if now + DEADLINE_MARGIN_S <= deadlines[item[0]]]
+        if len(due) < len(batch):
+            log.warning("%d passes too close to their deadline: they lapse",
+                        len(batch) - len(due))
+            batch = due
+        if not batch:
+            return []
+        try:
+            if len(batch) == 1:
+                self.client.pass_challenge(epoch, *batch[0][1])
+            else:
+                self.client.pass_challenges(epoch, [case for _, case in batch])
+            return [rid for rid, _ in batch]
+        except ChainRevert as exc:
+            if len(batch) == 1:  # the case lapses at its deadline: the node is paid
+                log.warning("receipt %s: evidence refused (%s)", batch[0][0].hex(), exc)
+                return []
+            log.info("a batch of %d passes refused (%s): halving it", len(batch), exc)
+        half = len(batch) // 2
+        return (self._pass_batch(epoch, batch[:half], deadlines)
+                + self._pass_batch(epoch, batch[half:], deadlines))
 
     def settled_root(self, epoch: int) -> bytes | None:
         c = self.client.commitment(self.me, epoch)

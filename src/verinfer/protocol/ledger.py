@@ -372,6 +372,17 @@ def pass_challenge(
     return s
 
 
+def pass_challenges(state: Ledger, params: SettlementParams,
+                    cases: list[tuple[bytes, list[str]]], now: int) -> Ledger:
+    """Many passes in one transaction, in list order, all or nothing: the first case that
+    `pass_challenge` refuses (a case listed twice is no longer open) refuses the batch."""
+    if not cases:
+        raise Refused("no evidence")
+    for receipt_id, validators in cases:
+        state = pass_challenge(state, params, receipt_id, validators, now)
+    return state
+
+
 def accuse(state: Ledger, params: SettlementParams, receipt_id: bytes, accusers: list[str],
            now: int) -> Ledger:
     case = _case(state, receipt_id, OPEN)

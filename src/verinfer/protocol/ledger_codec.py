@@ -10,7 +10,8 @@ last. A contract replays the same operations with real keys and signatures
 Operations: `deposit`, `fund_treasury`, `stake` (its value deposited first), `unstake`,
 `request_withdrawal`, `withdraw`, `allow` (a signed Allowance), `settle` (commit the epoch of
 `at`, then settle its receipts: every one challenged or none, per `challenge_ppm`), `pass`,
-`accuse`, `appeal` (evidence on a receipt by drawn judges), `finalize`, `pause`, `unpause`.
+`accuse`, `appeal` (evidence on a receipt by drawn judges), `pass_batch` (`cases`: passes of
+one epoch's receipts in one transaction, all or nothing), `finalize`, `pause`, `unpause`.
 """
 
 from __future__ import annotations
@@ -141,6 +142,9 @@ def _operation(op: Mapping[str, Any], s: rules.Ledger, params: SettlementParams,
                                       epoch, epoch * epoch_seconds,
                                       sorted(entries, key=lambda e: e.receipt_id), now)
         return settle
+    if kind == "pass_batch":
+        batch = [(order[c["receipt"]], [address[j] for j in c["judges"]]) for c in op["cases"]]
+        return lambda: rules.pass_challenges(rules.running(s, wall), params, batch, now)
     if kind in ("pass", "accuse", "appeal", "finalize"):
         rid = order[op["receipt"]]
         if kind == "finalize":

@@ -217,6 +217,21 @@ def cases() -> list[Case]:
     c.op("finalize", receipt=r)
     out.append(c)
 
+    c = Case("pass-batch", "passes of one epoch in one transaction: each paid as alone, in "
+             "list order (the treasury runs out on the way); a case listed twice, one already "
+             "passed or one past its deadline refuses the whole batch", CHALLENGED)
+    c.user("u0", 1000, 1000).op("fund_treasury", amount=40).wait(100)
+    r0, r1, r2 = c.settle([("n0", "u0", 100), ("n1", "u0", 100), ("n2", "u0", 100)])
+    c.op("pass_batch", cases=[{"receipt": r0, "judges": by_address("n1", "n2")},
+                              {"receipt": r0, "judges": by_address("n1", "n3")}])
+    c.wait(10).op("pass_batch", cases=[{"receipt": r1, "judges": by_address("n0", "n2")},
+                                       {"receipt": r0, "judges": by_address("n1", "n2", "n3")}])
+    c.op("pass_batch", cases=[{"receipt": r2, "judges": by_address("n0", "n1")},
+                              {"receipt": r1, "judges": by_address("n0", "n3")}])
+    c.wait(41).op("pass_batch", cases=[{"receipt": r2, "judges": by_address("n0", "n1")}])
+    c.op("finalize", receipt=r2)
+    out.append(c)
+
     c = Case("zero-address", "no entry may credit the zero address")
     c.user("u0", 1000, 1000).op("deposit", who=ZERO, amount=5).wait(100)
     c.settle([("n0", "u0", 100), ("n1", ZERO, 100)])
@@ -271,6 +286,8 @@ def render() -> str:
             "1000000 every receipt is challenged, with 0 none. pass/accuse/appeal: evidence "
             "on receipt #i of the case, verdicts signed by the judges (agreeing for pass and "
             "appeal, conflicting for accuse; accuse carries the node's signed receipt). "
+            "pass_batch: one pass_challenges transaction of the epoch of its cases' receipts, "
+            "each case a receipt # and its judges, as pass. "
             "expected_state after the last operation: maps by party name omit zeros; times "
             "relative to genesis; cases by receipt index, their status (1 open, 2 passed, 3 "
             "accused, 4 slashed, 5 cleared, 6 lapsed)."),

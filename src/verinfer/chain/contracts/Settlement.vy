@@ -21,6 +21,8 @@ BPS: constant(uint256) = 10_000
 PPM: constant(uint256) = 1_000_000
 MAX_RECEIPTS: constant(uint256) = 512
 MAX_VERDICTS: constant(uint256) = 16
+# Passes in one `pass_challenges` transaction: about what a 30 M gas block holds.
+MAX_PASS_BATCH: constant(uint256) = 160
 MAX_ENDPOINT_BYTES: constant(uint256) = 256
 MERKLE_STACK: constant(uint256) = 16
 SORTITION_BITS: constant(uint256) = 64
@@ -99,6 +101,11 @@ struct Verdict:
     firstInvalidStep: uint32
     validator: address
     gateway: address
+
+struct PassEvidence:
+    receipt: Receipt
+    verdicts: DynArray[Verdict, MAX_VERDICTS]
+    signatures: DynArray[Bytes[65], MAX_VERDICTS]
 
 struct Allowance:
     user: address
@@ -1041,6 +1048,53 @@ def _from_treasury(to: address, amount: uint256) -> uint256:
     return amount - paid
 
 
+@internal
+def _pass(
+    epoch: uint256,
+    receipt: Receipt,
+    verdicts: DynArray[Verdict, MAX_VERDICTS],
+    signatures: DynArray[Bytes[65], MAX_VERDICTS],
+):
+    # PASS evidence on one case, the same checks alone (`submit_evidence`) or in a batch.
+    digest: bytes32 = self._receipt_digest(receipt)
+    case: Case = self.cases[epoch][digest]
+    assert case.status != 0, "no challenge"
+    c: Commitment = self.commitments[case.settler][epoch]
+    pv: uint256 = c.version
+    assert case.status == OPEN, "wrong challenge state"
+    assert self._now() <= case.deadline, "deadline passed"
+    members: DynArray[address, MAX_VERDICTS] = self._committee(
+        b"verinfer/sortition/v2/validator", c, case.settler, digest, receipt, verdicts,
+        signatures, self.validators_expected, True
+    )
+    n: uint256 = len(members)
+    assert n >= self.validators_quorum, "too few verdicts"
+    self.cases[epoch][digest].status = PASSED
+    self._pay_node(case, pv)
+    unpaid: uint256 = self._from_treasury(case.node, self.params_at[pv].reward_asserter)
+    for v: address in members:
+        unpaid += self._from_treasury(v, self.params_at[pv].reward_validators // n)
+    unpaid += self._from_treasury(case.user, case.escrow * self.params_at[pv].discount_bps // BPS)
+    self.reputation[case.node].challenged += 1
+    self.reputation[case.node].passed += 1
+    log ChallengePassed(epoch=epoch, receipt=digest, validators=n, rewards_unpaid=unpaid)
+
+
+@external
+def pass_challenges(epoch: uint256, cases: DynArray[PassEvidence, MAX_PASS_BATCH]):
+    """
+    @notice PASS evidence (`submit_evidence` kind 0) on many challenged receipts of `epoch`
+            in one transaction; anyone may submit it. Each case is checked and paid exactly
+            as it would be alone, in list order. All or nothing: a case that would be refused
+            alone (including one listed twice: it is no longer open) reverts the whole batch
+            with its reason.
+    """
+    self._not_paused()
+    assert len(cases) > 0, "no evidence"
+    for i: uint256 in range(len(cases), bound=MAX_PASS_BATCH):
+        self._pass(epoch, cases[i].receipt, cases[i].verdicts, cases[i].signatures)
+
+
 @external
 def submit_evidence(
     kind: uint8,
@@ -1068,6 +1122,9 @@ def submit_evidence(
     """
     self._not_paused()
     assert kind <= EVIDENCE_WRONG_VERDICT, "unknown evidence kind"
+    if kind == EVIDENCE_PASS:
+        self._pass(epoch, receipt, verdicts, signatures)
+        return
     digest: bytes32 = self._receipt_digest(receipt)
     case: Case = self.cases[epoch][digest]
     assert case.status != 0, "no challenge"
@@ -1077,10 +1134,9 @@ def submit_evidence(
     tag: Bytes[32] = b"verinfer/sortition/v2/arbitrator"
     expected: uint256 = self.arbitrators_expected
     agree: bool = kind != EVIDENCE_ACCUSE
-    if kind == EVIDENCE_PASS or kind == EVIDENCE_WRONG_VERDICT:
+    if kind == EVIDENCE_WRONG_VERDICT:
         tag = b"verinfer/sortition/v2/validator"
         expected = self.validators_expected
-    if kind == EVIDENCE_WRONG_VERDICT:
         assert case.status == SLASHED or case.status == CLEARED, "no arbitration outcome"
         agree = case.status == SLASHED
     elif kind == EVIDENCE_APPEAL:
@@ -1094,18 +1150,7 @@ def submit_evidence(
     )
     n: uint256 = len(members)
 
-    if kind == EVIDENCE_PASS:
-        assert n >= self.validators_quorum, "too few verdicts"
-        self.cases[epoch][digest].status = PASSED
-        self._pay_node(case, pv)
-        unpaid: uint256 = self._from_treasury(case.node, self.params_at[pv].reward_asserter)
-        for v: address in members:
-            unpaid += self._from_treasury(v, self.params_at[pv].reward_validators // n)
-        unpaid += self._from_treasury(case.user, case.escrow * self.params_at[pv].discount_bps // BPS)
-        self.reputation[case.node].challenged += 1
-        self.reputation[case.node].passed += 1
-        log ChallengePassed(epoch=epoch, receipt=digest, validators=n, rewards_unpaid=unpaid)
-    elif kind == EVIDENCE_ACCUSE:
+    if kind == EVIDENCE_ACCUSE:
         assert self._signer(digest, receipt_signature) == receipt.node, "bad receipt signature"
         assert n >= self.arbitrators_quorum, "too few verdicts"
         appeal_deadline: uint256 = now + self.params_at[pv].appeal_window
