@@ -352,6 +352,22 @@ def test_health_and_metrics(tmp_path: Path) -> None:
     assert bad.status_code == 400
 
 
+def test_a_fault_of_the_gateway_is_a_counted_500_envelope(tmp_path: Path) -> None:
+    net = Network(tmp_path, [FakeNode(n) for n in NODES[:2]])
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    net.service.prepare = broken  # type: ignore[method-assign]
+    response = post(net, "/v1/chat/completions", CHAT)
+    assert response.status_code == 500
+    assert response.json()["error"] == {"message": "internal error", "type": "server_error",
+                                        "code": "internal_error"}
+    metrics = asyncio.run(_get(net, "/metrics")).text
+    assert 'verinfer_gateway_requests_total{route="/v1/chat/completions",status="500"} 1.0' \
+        in metrics
+
+
 class ClockedSettler(FakeSettler):
     """A chain that numbers epochs: 100 s long from t = 1000."""
 

@@ -14,7 +14,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from verinfer.api.schemas import (
     ChatCompletionRequest,
@@ -95,6 +96,38 @@ class GatewayMetrics:
                                  registry=self.registry)
         self.receipts = Counter("verinfer_gateway_receipts", "receipts checked and recorded",
                                 registry=self.registry)
+
+
+class CountRequests:
+    """ASGI middleware: counts requests by route and status, and answers whatever escaped a
+    route with an envelope. A plain ASGI wrapper, not `@app.middleware("http")`, whose
+    wrapping runs every response, and every chunk of a stream, through an extra task."""
+
+    def __init__(self, app: ASGIApp, metrics: GatewayMetrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status: int | None = None
+
+        async def send_counted(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_counted)
+        except Exception as exc:  # noqa: BLE001 - whatever escaped a route is still an envelope
+            if status is not None:
+                raise  # the answer has begun: nothing else can be sent
+            await envelope(exc)(scope, receive, send_counted)
+        finally:
+            # the route's template (/v1/receipts/{receipt_id}), so ids do not become labels
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(route, str(status or 500)).inc()
 
 
 class SharedTransport(httpx.AsyncBaseTransport):
@@ -201,17 +234,7 @@ def create_app(
 
     app = FastAPI(title="verinfer gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
 
-    @app.middleware("http")
-    async def count(request: Request,
-                    call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        try:
-            response = await call_next(request)
-        except Exception as exc:  # noqa: BLE001 - whatever escaped a route is still an envelope
-            response = envelope(exc)
-        # the route's template (/v1/receipts/{receipt_id}), so ids do not become labels
-        route = getattr(request.scope.get("route"), "path", "unmatched")
-        metrics.requests.labels(route, str(response.status_code)).inc()
-        return response
+    app.add_middleware(CountRequests, metrics=metrics)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -13,10 +13,12 @@ and recorded before its response leaves the gateway.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,13 @@ from verinfer.api.schemas import (
     StreamOptions,
     VerinferRequestExtension,
 )
-from verinfer.errors import GenerationParamsError, LocalError, ModelError, RemoteError
+from verinfer.errors import (
+    GenerationParamsError,
+    LocalError,
+    ModelError,
+    RemoteError,
+    VerinferError,
+)
 from verinfer.gateway.router import NoNodeAvailable, RegisteredNode, Router
 from verinfer.gateway.settler import Settler
 from verinfer.gateway.store import GatewayStore
@@ -36,13 +44,19 @@ from verinfer.keyfile import Identity
 from verinfer.node.client import NodeBusy, NodeClient, NodeRefused, NodeUnavailable
 from verinfer.protocol import wire
 
+log = logging.getLogger("verinfer.gateway")
+
 JOB_TTL_S = 600
 # How long a read of an account's spendable funds is reused. Each read is three chain calls
-# (allowance, epoch, balance: about a third of a request's time through the gateway on the dev
-# chain), and a read is stale anyway by the time a generation ends; the cache is also dropped
-# whenever the chain's epoch or the number of epochs this gateway settled changes, the two
-# things that move the allowance or the balance by the gateway's own hand.
+# (allowance, epoch, balance: 30-50 ms on the dev chain, half a request's time), and a read is
+# stale anyway by the time a generation ends; the cache is also dropped whenever the chain's
+# epoch or the number of epochs this gateway settled changes, the two things that move the
+# allowance or the balance by the gateway's own hand. What the gateway admitted since a read
+# (receipts not yet settled, requests in flight) is debited locally from it (`_reserve_locked`).
 SPENDABLE_TTL_S = 1.0
+# A read older than this is still used, and renewed off the request path: a user who keeps
+# sending requests never waits for the chain, and no read older than SPENDABLE_TTL_S is used.
+SPENDABLE_REFRESH_S = 0.5
 MAX_ATTEMPTS = 4  # nodes tried for one request before the user gets a 502
 UserRequest = CompletionRequest | ChatCompletionRequest
 
@@ -181,7 +195,11 @@ class GatewayService:
         self.stats = GatewayStats()
         self._reserved: dict[str, int] = {}  # worst-case fees of requests in flight
         self._reserve_lock = threading.Lock()
+        # account -> (when the read began, (chain epoch, settled epochs) then, the value)
         self._spendable: dict[str, tuple[float, tuple[int | None, int], int]] = {}
+        self._spendable_lock = threading.Lock()
+        self._refreshing: set[str] = set()
+        self.spendable_refresher = ThreadPoolExecutor(1, thread_name_prefix="spendable")
         # Requests admitted per chain epoch, against what one settlement can carry (a receipt
         # beyond it could never be paid, and an epoch over it could not even be committed).
         self.receipts_per_epoch = settler.receipts_per_epoch()
@@ -267,18 +285,53 @@ class GatewayService:
 
     def spendable(self, account: str) -> int:
         """The settler's `spendable(account)`, reused for up to SPENDABLE_TTL_S while the
-        chain's epoch and this gateway's settled epochs stay the same."""
-        clock = self.settler.epoch_clock()
-        now = self.clock()
-        epoch = None if clock is None else \
-            int(now + self.settler.clock_skew() - clock[0]) // clock[1]
-        state = (epoch, self.store.count_epochs("settled"))
-        cached = self._spendable.get(account)
+        chain's epoch and this gateway's settled epochs stay the same; past
+        SPENDABLE_REFRESH_S it is read again in the background."""
+        now, state = self.clock(), self._spendable_state()
+        with self._spendable_lock:
+            cached = self._spendable.get(account)
         if cached is not None and cached[1] == state and now - cached[0] < SPENDABLE_TTL_S:
+            if now - cached[0] >= SPENDABLE_REFRESH_S:
+                self._refresh_spendable(account)
             return cached[2]
+        return self._read_spendable(account)
+
+    def _spendable_state(self) -> tuple[int | None, int]:
+        """What a read of spendable funds is valid for: the chain's epoch and the number of
+        epochs this gateway settled."""
+        clock = self.settler.epoch_clock()
+        epoch = None if clock is None else \
+            int(self.clock() + self.settler.clock_skew() - clock[0]) // clock[1]
+        return epoch, self.store.count_epochs("settled")
+
+    def _read_spendable(self, account: str) -> int:
+        # Stamped with the time and state from before the read: a settlement that lands during
+        # the read makes it stale at once.
+        began, state = self.clock(), self._spendable_state()
         value = self.settler.spendable(account)
-        self._spendable[account] = (now, state, value)
+        with self._spendable_lock:
+            cached = self._spendable.get(account)
+            if cached is None or cached[0] <= began:  # a later read that finished first stays
+                self._spendable[account] = (began, state, value)
         return value
+
+    def _refresh_spendable(self, account: str) -> None:
+        """Read `account`'s funds again on the refresher thread (one read at a time each)."""
+        with self._spendable_lock:
+            if account in self._refreshing:
+                return
+            self._refreshing.add(account)
+
+        def refresh() -> None:
+            try:
+                self._read_spendable(account)
+            except VerinferError as exc:  # the next request past the TTL reads it and fails
+                log.warning("reading the funds of %s: %s", account, exc)
+            finally:
+                with self._spendable_lock:
+                    self._refreshing.discard(account)
+
+        self.spendable_refresher.submit(refresh)
 
     def _reserve_locked(self, account: str, amount: int, spendable: int) -> None:
         owed = self.store.unsettled_fees(account) + self._reserved.get(account, 0)
