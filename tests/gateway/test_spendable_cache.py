@@ -13,7 +13,7 @@ from test_gateway_http import CHAT, PRICE, SPEC, FakeNode, Network, post
 
 from verinfer.api.schemas import ChatCompletionRequest
 from verinfer.errors import ChainError
-from verinfer.gateway.service import SPENDABLE_REFRESH_S, SPENDABLE_TTL_S
+from verinfer.gateway.service import SPENDABLE_REFRESH_S, SPENDABLE_TTL_S, FundsNotCached
 from verinfer.protocol import wire
 
 
@@ -138,3 +138,22 @@ def test_a_cached_read_never_lets_a_user_spend_past_the_deposit(tmp_path: Path) 
     refreshed(net)
     assert len(calls) == 3  # one read on the request path, then one renewal behind each request
     assert net.store.count_receipts() == 2
+
+
+def test_preparing_without_a_chain_read_changes_nothing_when_no_read_is_cached(
+        tmp_path: Path) -> None:
+    """The event loop prepares a request only from a cached read; without one it is told so
+    before anything is admitted or reserved, and the request is prepared again off the loop."""
+    net = Network(tmp_path, [FakeNode(n) for n in NODES[:2]])
+    calls = counting(net)
+    body = ChatCompletionRequest.model_validate(CHAT)
+    try:
+        net.service.prepare(USER.address, body, read_chain=False)
+    except FundsNotCached:
+        pass
+    else:
+        raise AssertionError("prepared without a read of the funds")
+    assert calls == [] and net.service._reserved == {} and net.service._admitted == {}
+    prepared = net.service.prepare(USER.address, body)  # reads the chain
+    assert net.service.prepare(USER.address, body, read_chain=False).max_fee == prepared.max_fee
+    assert len(calls) == 1

@@ -38,6 +38,7 @@ from verinfer.gateway.service import (
     Delta,
     Done,
     EpochFull,
+    FundsNotCached,
     GatewayService,
     PaymentRequired,
     Prepared,
@@ -52,6 +53,9 @@ log = logging.getLogger("verinfer.gateway")
 
 PROBE_TIMEOUT_S = 5.0
 MAX_BODY_BYTES = 1 << 20
+# A request this small is committed on the event loop (tokenizing it takes well under a
+# millisecond): handing it to a worker thread and back costs more than that on a busy machine.
+INLINE_PREPARE_BYTES = 16 << 10
 
 _ERRORS: list[tuple[type[Exception], int, str, str]] = [
     (Unauthorized, 401, "authentication_error", "invalid_api_key"),
@@ -311,8 +315,14 @@ def create_app(
             return body
         assert isinstance(body, CompletionRequest | ChatCompletionRequest)
         try:
-            # reads the account's funds on chain: off the event loop
-            prepared = await asyncio.to_thread(service.prepare, account, body)
+            prepared = None
+            if len(await request.body()) <= INLINE_PREPARE_BYTES:
+                try:  # on the event loop while a read of the account's funds can be reused
+                    prepared = service.prepare(account, body, read_chain=False)
+                except FundsNotCached:
+                    pass
+            if prepared is None:  # off it: the read waits on the chain, a long prompt on the tokenizer
+                prepared = await asyncio.to_thread(service.prepare, account, body)
         except VerinferError as exc:
             return envelope(exc)
         ident = ("chatcmpl-" if prepared.kind == "chat" else "cmpl-") + secrets.token_hex(12)

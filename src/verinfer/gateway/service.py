@@ -77,6 +77,11 @@ class EpochFull(LocalError):
         self.retry_after_s = retry_after_s
 
 
+class FundsNotCached(LocalError):
+    """`prepare(read_chain=False)`: no read of the account's funds may be reused, so preparing
+    the request would wait on the chain (the caller then prepares it off the event loop)."""
+
+
 class UnknownModel(LocalError):
     """404: the gateway does not serve this model."""
 
@@ -225,8 +230,10 @@ class GatewayService:
             raise NoNodeAvailable(f"no healthy node serves model {spec.name!r} yet")
         return claimed
 
-    def prepare(self, account: str, body: UserRequest) -> Prepared:
-        """Commit to the request (prompt ids, every sampling value) and reserve its worst fee."""
+    def prepare(self, account: str, body: UserRequest, read_chain: bool = True) -> Prepared:
+        """Commit to the request (prompt ids, every sampling value) and reserve its worst fee;
+        with `read_chain` False, raise `FundsNotCached` (before any change) rather than read
+        the account's funds on chain."""
         spec = self.models.get(body.model)
         if spec is None:
             served = ", ".join(sorted(self.models)) or "none"
@@ -252,8 +259,10 @@ class GatewayService:
             update["max_completion_tokens"] = None
         forwarded = body.model_copy(update=update)
         max_fee = wire.receipt_fee(self.price_per_token, len(prompt_ids), max_tokens)
+        spendable = self.spendable(account, read_chain)
         self._admit_to_epoch()
-        self._reserve(account, max_fee)
+        with self._reserve_lock:
+            self._reserve_locked(account, max_fee, spendable)
         return Prepared(kind, body.model, account, forwarded, prompt_ids, request,
                         body.stop_sequences, model_id, max_fee, body.stream,
                         body.include_usage_in_stream, logprobs)
@@ -277,16 +286,11 @@ class GatewayService:
                                 f"settlement can carry: retry in {wait} s", wait)
             self._admitted[epoch] += 1
 
-    def _reserve(self, account: str, amount: int) -> None:
-        """Refuse (402) a request the account could not pay even at its longest."""
-        spendable = self.spendable(account)
-        with self._reserve_lock:
-            self._reserve_locked(account, amount, spendable)
-
-    def spendable(self, account: str) -> int:
+    def spendable(self, account: str, read_chain: bool = True) -> int:
         """The settler's `spendable(account)`, reused for up to SPENDABLE_TTL_S while the
         chain's epoch and this gateway's settled epochs stay the same; past
-        SPENDABLE_REFRESH_S it is read again in the background."""
+        SPENDABLE_REFRESH_S it is read again in the background. Without a read to reuse:
+        read now, or with `read_chain` False raise `FundsNotCached`."""
         now, state = self.clock(), self._spendable_state()
         with self._spendable_lock:
             cached = self._spendable.get(account)
@@ -294,6 +298,8 @@ class GatewayService:
             if now - cached[0] >= SPENDABLE_REFRESH_S:
                 self._refresh_spendable(account)
             return cached[2]
+        if not read_chain:
+            raise FundsNotCached(f"no recent read of the funds of {account}")
         return self._read_spendable(account)
 
     def _spendable_state(self) -> tuple[int | None, int]:
@@ -334,6 +340,7 @@ class GatewayService:
         self.spendable_refresher.submit(refresh)
 
     def _reserve_locked(self, account: str, amount: int, spendable: int) -> None:
+        """Refuse (402) a request the account could not pay even at its longest."""
         owed = self.store.unsettled_fees(account) + self._reserved.get(account, 0)
         if owed + amount > spendable:
             raise PaymentRequired(
