@@ -41,7 +41,7 @@ from verinfer.gateway.router import NoNodeAvailable, RegisteredNode, Router
 from verinfer.gateway.settler import Settler
 from verinfer.gateway.store import GatewayStore
 from verinfer.keyfile import Identity
-from verinfer.node.client import NodeBusy, NodeClient, NodeRefused, NodeUnavailable
+from verinfer.node.client import NodeBusy, NodeClient, NodeError, NodeRefused, NodeUnavailable
 from verinfer.protocol import wire
 
 log = logging.getLogger("verinfer.gateway")
@@ -496,6 +496,7 @@ class GatewayService:
                     self.store.add_receipt(bundle.receipt_id, prepared.account, receipt.node,
                                            receipt.fee, stored, self.epoch_of(receipt))
                     self.stats.receipts += 1
+                    await _read_to_end(stream)
                     usage = chunk.usage.model_dump() if chunk.usage else {}
                     yield Done(stored, usage, node.address, 0)
                     return
@@ -527,3 +528,15 @@ class GatewayService:
         if outcome is not None:
             record["challenge"] = {"outcome": outcome.outcome, **outcome.detail}
         return record
+
+
+async def _read_to_end(stream: AsyncIterator[Any]) -> None:
+    """Read what follows a receipt (`[DONE]`, the end of the response): a response read to its
+    end gives its connection back to the pool, one left half-read is closed, and the next
+    request to that node would open a new one. The receipt is in hand: a node that breaks
+    off now has served the request all the same."""
+    try:
+        async for _ in stream:
+            pass
+    except NodeError:
+        pass
