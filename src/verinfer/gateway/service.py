@@ -56,8 +56,8 @@ JOB_TTL_S = 600
 SPENDABLE_TTL_S = 1.0
 # A read older than this is still used, and renewed off the request path: a user who keeps
 # sending requests never waits for the chain, and no read older than SPENDABLE_TTL_S is used.
-# Late in the TTL, so a busy user costs about one read (10-15 ms of the gateway's CPU, more
-# of the chain's) per SPENDABLE_REFRESH_S, not more than before.
+# Late in the TTL: a busy user then costs one read (10-15 ms of the gateway's CPU, more of
+# the chain's) per SPENDABLE_REFRESH_S.
 SPENDABLE_REFRESH_S = 0.75
 MAX_ATTEMPTS = 4  # nodes tried for one request before the user gets a 502
 UserRequest = CompletionRequest | ChatCompletionRequest
