@@ -71,6 +71,7 @@ class FakeNode:
             key, down, cut_after, forge, refuse)
         self.cut_by = cut_by  # ReadError: the connection broke; ReadTimeout: the node stalled
         self.calls: list[dict[str, Any]] = []
+        self.streams_read_to_end = 0  # a response read to its end gives back its connection
 
     async def handle(self, request: httpx.Request) -> httpx.Response:
         if self.down:
@@ -124,6 +125,7 @@ class FakeNode:
                           "object": "chat.completion.chunk" if chat else "text_completion",
                           "usage": usage, "verinfer": bundle.to_json()})
             yield b"data: [DONE]\n\n"
+            self.streams_read_to_end += 1
 
         return httpx.Response(200, content=sse(), headers={"content-type": "text/event-stream"})
 
@@ -350,6 +352,34 @@ def test_health_and_metrics(tmp_path: Path) -> None:
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
     bad = asyncio.run(_get(net, "/v1/receipts/zz"))
     assert bad.status_code == 400
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_gateway_reads_each_node_stream_to_its_end(tmp_path: Path, stream: bool) -> None:
+    """Past the receipt only `[DONE]` is left, but a response left half-read loses its pooled
+    connection: the next request to that node would open a new one."""
+    node = FakeNode(NODES[0])
+    net = Network(tmp_path, [node])
+    for seed in range(3):
+        response = post(net, "/v1/chat/completions", {**CHAT, "seed": seed, "stream": stream})
+        assert response.status_code == 200
+    assert node.streams_read_to_end == 3
+
+
+def test_a_fault_of_the_gateway_is_a_counted_500_envelope(tmp_path: Path) -> None:
+    net = Network(tmp_path, [FakeNode(n) for n in NODES[:2]])
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    net.service.prepare = broken  # type: ignore[method-assign]
+    response = post(net, "/v1/chat/completions", CHAT)
+    assert response.status_code == 500
+    assert response.json()["error"] == {"message": "internal error", "type": "server_error",
+                                        "code": "internal_error"}
+    metrics = asyncio.run(_get(net, "/metrics")).text
+    assert 'verinfer_gateway_requests_total{route="/v1/chat/completions",status="500"} 1.0' \
+        in metrics
 
 
 class ClockedSettler(FakeSettler):

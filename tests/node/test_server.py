@@ -143,6 +143,33 @@ def test_chat_streamed_equals_whole_and_ends_with_receipt(node: RunningNode) -> 
     assert ids == list(single.output_token_ids)
 
 
+def test_a_stream_sends_the_tokens_of_each_flush_interval_in_one_chunk(
+        node: RunningNode, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tokens that arrive within STREAM_FLUSH_S of the last chunk ride on the next one, with
+    all their ids: the text, the ids and the receipt are those of a stream of one token each."""
+    from verinfer.node import server
+
+    body = {"model": node.model.name, "prompt": "Group me", "max_tokens": 24, "ignore_eos": True,
+            "temperature": 0.9, "seed": 3, "stream": True}
+
+    def chunks() -> list[dict[str, Any]]:
+        with httpx.Client(base_url=node.url, timeout=30) as client:
+            with client.stream("POST", "/v1/completions", json=body) as response:
+                return [json.loads(line[6:]) for line in response.iter_lines()
+                        if line.startswith("data: ") and line != "data: [DONE]"]
+
+    monkeypatch.setattr(server, "STREAM_FLUSH_S", 0.0)
+    single = chunks()
+    monkeypatch.setattr(server, "STREAM_FLUSH_S", 60.0)  # first tokens, then the rest at the end
+    grouped = chunks()
+    assert len([c for c in grouped if c["choices"]]) < len([c for c in single if c["choices"]])
+    for name in ("text", "token_ids"):
+        assert [x for c in grouped for ch in c["choices"] for x in ch[name]] == \
+            [x for c in single for ch in c["choices"] for x in ch[name]]
+    assert grouped[-1]["verinfer"]["outputTokenIds"] == single[-1]["verinfer"]["outputTokenIds"]
+    assert [ch["finish_reason"] for c in grouped for ch in c["choices"]][-1] == "length"
+
+
 def test_streamed_completion_with_n_and_logprobs(node: RunningNode) -> None:
     client = node.openai()
     stream = client.completions.create(model=node.model.name, prompt="abc", max_tokens=5, n=2,

@@ -14,7 +14,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from verinfer.api.schemas import (
     ChatCompletionRequest,
@@ -37,6 +38,7 @@ from verinfer.gateway.service import (
     Delta,
     Done,
     EpochFull,
+    FundsNotCached,
     GatewayService,
     PaymentRequired,
     Prepared,
@@ -51,6 +53,9 @@ log = logging.getLogger("verinfer.gateway")
 
 PROBE_TIMEOUT_S = 5.0
 MAX_BODY_BYTES = 1 << 20
+# A request this small is committed on the event loop (tokenizing it takes well under a
+# millisecond): handing it to a worker thread and back costs more than that on a busy machine.
+INLINE_PREPARE_BYTES = 16 << 10
 
 _ERRORS: list[tuple[type[Exception], int, str, str]] = [
     (Unauthorized, 401, "authentication_error", "invalid_api_key"),
@@ -95,6 +100,38 @@ class GatewayMetrics:
                                  registry=self.registry)
         self.receipts = Counter("verinfer_gateway_receipts", "receipts checked and recorded",
                                 registry=self.registry)
+
+
+class CountRequests:
+    """ASGI middleware: counts requests by route and status, and answers whatever escaped a
+    route with an envelope. A plain ASGI wrapper, not `@app.middleware("http")`, whose
+    wrapping runs every response, and every chunk of a stream, through an extra task."""
+
+    def __init__(self, app: ASGIApp, metrics: GatewayMetrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status: int | None = None
+
+        async def send_counted(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_counted)
+        except Exception as exc:  # noqa: BLE001 - whatever escaped a route is still an envelope
+            if status is not None:
+                raise  # the answer has begun: nothing else can be sent
+            await envelope(exc)(scope, receive, send_counted)
+        finally:
+            # the route's template (/v1/receipts/{receipt_id}), so ids do not become labels
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(route, str(status or 500)).inc()
 
 
 class SharedTransport(httpx.AsyncBaseTransport):
@@ -201,17 +238,7 @@ def create_app(
 
     app = FastAPI(title="verinfer gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
 
-    @app.middleware("http")
-    async def count(request: Request,
-                    call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        try:
-            response = await call_next(request)
-        except Exception as exc:  # noqa: BLE001 - whatever escaped a route is still an envelope
-            response = envelope(exc)
-        # the route's template (/v1/receipts/{receipt_id}), so ids do not become labels
-        route = getattr(request.scope.get("route"), "path", "unmatched")
-        metrics.requests.labels(route, str(response.status_code)).inc()
-        return response
+    app.add_middleware(CountRequests, metrics=metrics)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -288,8 +315,14 @@ def create_app(
             return body
         assert isinstance(body, CompletionRequest | ChatCompletionRequest)
         try:
-            # reads the account's funds on chain: off the event loop
-            prepared = await asyncio.to_thread(service.prepare, account, body)
+            prepared = None
+            if len(await request.body()) <= INLINE_PREPARE_BYTES:
+                try:  # on the event loop while a read of the account's funds can be reused
+                    prepared = service.prepare(account, body, read_chain=False)
+                except FundsNotCached:
+                    pass
+            if prepared is None:  # off it: the read waits on the chain, a long prompt on the tokenizer
+                prepared = await asyncio.to_thread(service.prepare, account, body)
         except VerinferError as exc:
             return envelope(exc)
         ident = ("chatcmpl-" if prepared.kind == "chat" else "cmpl-") + secrets.token_hex(12)

@@ -13,10 +13,12 @@ and recorded before its response leaves the gateway.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,21 +30,35 @@ from verinfer.api.schemas import (
     StreamOptions,
     VerinferRequestExtension,
 )
-from verinfer.errors import GenerationParamsError, LocalError, ModelError, RemoteError
+from verinfer.errors import (
+    GenerationParamsError,
+    LocalError,
+    ModelError,
+    RemoteError,
+    VerinferError,
+)
 from verinfer.gateway.router import NoNodeAvailable, RegisteredNode, Router
 from verinfer.gateway.settler import Settler
 from verinfer.gateway.store import GatewayStore
 from verinfer.keyfile import Identity
-from verinfer.node.client import NodeBusy, NodeClient, NodeRefused, NodeUnavailable
+from verinfer.node.client import NodeBusy, NodeClient, NodeError, NodeRefused, NodeUnavailable
 from verinfer.protocol import wire
+
+log = logging.getLogger("verinfer.gateway")
 
 JOB_TTL_S = 600
 # How long a read of an account's spendable funds is reused. Each read is three chain calls
-# (allowance, epoch, balance: about a third of a request's time through the gateway on the dev
-# chain), and a read is stale anyway by the time a generation ends; the cache is also dropped
-# whenever the chain's epoch or the number of epochs this gateway settled changes, the two
-# things that move the allowance or the balance by the gateway's own hand.
+# (allowance, epoch, balance: 30-50 ms on the dev chain, half a request's time), and a read is
+# stale anyway by the time a generation ends; the cache is also dropped whenever the chain's
+# epoch or the number of epochs this gateway settled changes, the two things that move the
+# allowance or the balance by the gateway's own hand. What the gateway admitted since a read
+# (receipts not yet settled, requests in flight) is debited locally from it (`_reserve_locked`).
 SPENDABLE_TTL_S = 1.0
+# A read older than this is still used, and renewed off the request path: a user who keeps
+# sending requests never waits for the chain, and no read older than SPENDABLE_TTL_S is used.
+# Late in the TTL: a busy user then costs one read (10-15 ms of the gateway's CPU, more of
+# the chain's) per SPENDABLE_REFRESH_S.
+SPENDABLE_REFRESH_S = 0.75
 MAX_ATTEMPTS = 4  # nodes tried for one request before the user gets a 502
 UserRequest = CompletionRequest | ChatCompletionRequest
 
@@ -61,6 +77,11 @@ class EpochFull(LocalError):
     def __init__(self, message: str, retry_after_s: int) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class FundsNotCached(LocalError):
+    """`prepare(read_chain=False)`: no read of the account's funds may be reused, so preparing
+    the request would wait on the chain (the caller then prepares it off the event loop)."""
 
 
 class UnknownModel(LocalError):
@@ -181,7 +202,11 @@ class GatewayService:
         self.stats = GatewayStats()
         self._reserved: dict[str, int] = {}  # worst-case fees of requests in flight
         self._reserve_lock = threading.Lock()
+        # account -> (when the read began, (chain epoch, settled epochs) then, the value)
         self._spendable: dict[str, tuple[float, tuple[int | None, int], int]] = {}
+        self._spendable_lock = threading.Lock()
+        self._refreshing: set[str] = set()
+        self.spendable_refresher = ThreadPoolExecutor(1, thread_name_prefix="spendable")
         # Requests admitted per chain epoch, against what one settlement can carry (a receipt
         # beyond it could never be paid, and an epoch over it could not even be committed).
         self.receipts_per_epoch = settler.receipts_per_epoch()
@@ -207,8 +232,10 @@ class GatewayService:
             raise NoNodeAvailable(f"no healthy node serves model {spec.name!r} yet")
         return claimed
 
-    def prepare(self, account: str, body: UserRequest) -> Prepared:
-        """Commit to the request (prompt ids, every sampling value) and reserve its worst fee."""
+    def prepare(self, account: str, body: UserRequest, read_chain: bool = True) -> Prepared:
+        """Commit to the request (prompt ids, every sampling value) and reserve its worst fee;
+        with `read_chain` False, raise `FundsNotCached` (before any change) rather than read
+        the account's funds on chain."""
         spec = self.models.get(body.model)
         if spec is None:
             served = ", ".join(sorted(self.models)) or "none"
@@ -234,8 +261,10 @@ class GatewayService:
             update["max_completion_tokens"] = None
         forwarded = body.model_copy(update=update)
         max_fee = wire.receipt_fee(self.price_per_token, len(prompt_ids), max_tokens)
+        spendable = self.spendable(account, read_chain)
         self._admit_to_epoch()
-        self._reserve(account, max_fee)
+        with self._reserve_lock:
+            self._reserve_locked(account, max_fee, spendable)
         return Prepared(kind, body.model, account, forwarded, prompt_ids, request,
                         body.stop_sequences, model_id, max_fee, body.stream,
                         body.include_usage_in_stream, logprobs)
@@ -259,28 +288,61 @@ class GatewayService:
                                 f"settlement can carry: retry in {wait} s", wait)
             self._admitted[epoch] += 1
 
-    def _reserve(self, account: str, amount: int) -> None:
-        """Refuse (402) a request the account could not pay even at its longest."""
-        spendable = self.spendable(account)
-        with self._reserve_lock:
-            self._reserve_locked(account, amount, spendable)
-
-    def spendable(self, account: str) -> int:
+    def spendable(self, account: str, read_chain: bool = True) -> int:
         """The settler's `spendable(account)`, reused for up to SPENDABLE_TTL_S while the
-        chain's epoch and this gateway's settled epochs stay the same."""
-        clock = self.settler.epoch_clock()
-        now = self.clock()
-        epoch = None if clock is None else \
-            int(now + self.settler.clock_skew() - clock[0]) // clock[1]
-        state = (epoch, self.store.count_epochs("settled"))
-        cached = self._spendable.get(account)
+        chain's epoch and this gateway's settled epochs stay the same; past
+        SPENDABLE_REFRESH_S it is read again in the background. Without a read to reuse:
+        read now, or with `read_chain` False raise `FundsNotCached`."""
+        now, state = self.clock(), self._spendable_state()
+        with self._spendable_lock:
+            cached = self._spendable.get(account)
         if cached is not None and cached[1] == state and now - cached[0] < SPENDABLE_TTL_S:
+            if now - cached[0] >= SPENDABLE_REFRESH_S:
+                self._refresh_spendable(account)
             return cached[2]
+        if not read_chain:
+            raise FundsNotCached(f"no recent read of the funds of {account}")
+        return self._read_spendable(account)
+
+    def _spendable_state(self) -> tuple[int | None, int]:
+        """What a read of spendable funds is valid for: the chain's epoch and the number of
+        epochs this gateway settled."""
+        clock = self.settler.epoch_clock()
+        epoch = None if clock is None else \
+            int(self.clock() + self.settler.clock_skew() - clock[0]) // clock[1]
+        return epoch, self.store.count_epochs("settled")
+
+    def _read_spendable(self, account: str) -> int:
+        # Stamped with the time and state from before the read: a settlement that lands during
+        # the read makes it stale at once.
+        began, state = self.clock(), self._spendable_state()
         value = self.settler.spendable(account)
-        self._spendable[account] = (now, state, value)
+        with self._spendable_lock:
+            cached = self._spendable.get(account)
+            if cached is None or cached[0] <= began:  # a later read that finished first stays
+                self._spendable[account] = (began, state, value)
         return value
 
+    def _refresh_spendable(self, account: str) -> None:
+        """Read `account`'s funds again on the refresher thread (one read at a time each)."""
+        with self._spendable_lock:
+            if account in self._refreshing:
+                return
+            self._refreshing.add(account)
+
+        def refresh() -> None:
+            try:
+                self._read_spendable(account)
+            except VerinferError as exc:  # the next request past the TTL reads it and fails
+                log.warning("reading the funds of %s: %s", account, exc)
+            finally:
+                with self._spendable_lock:
+                    self._refreshing.discard(account)
+
+        self.spendable_refresher.submit(refresh)
+
     def _reserve_locked(self, account: str, amount: int, spendable: int) -> None:
+        """Refuse (402) a request the account could not pay even at its longest."""
         owed = self.store.unsettled_fees(account) + self._reserved.get(account, 0)
         if owed + amount > spendable:
             raise PaymentRequired(
@@ -436,6 +498,7 @@ class GatewayService:
                     self.store.add_receipt(bundle.receipt_id, prepared.account, receipt.node,
                                            receipt.fee, stored, self.epoch_of(receipt))
                     self.stats.receipts += 1
+                    await _read_to_end(stream)
                     usage = chunk.usage.model_dump() if chunk.usage else {}
                     yield Done(stored, usage, node.address, 0)
                     return
@@ -467,3 +530,15 @@ class GatewayService:
         if outcome is not None:
             record["challenge"] = {"outcome": outcome.outcome, **outcome.detail}
         return record
+
+
+async def _read_to_end(stream: AsyncIterator[Any]) -> None:
+    """Read what follows a receipt (`[DONE]`, the end of the response): a response read to its
+    end gives its connection back to the pool, one left half-read is closed, and the next
+    request to that node would open a new one. The receipt is in hand: a node that breaks
+    off now has served the request all the same."""
+    try:
+        async for _ in stream:
+            pass
+    except NodeError:
+        pass

@@ -126,12 +126,12 @@ class NodeClient:
                     raise _refusal(response, await response.aread())
                 done = False
                 async for line in response.aiter_lines():
-                    if not line.startswith("data: "):
-                        continue
+                    if done or not line.startswith("data: "):
+                        continue  # read on to the end: the connection then goes back to the pool
                     data = line.removeprefix("data: ")
                     if data == "[DONE]":
                         done = True
-                        break
+                        continue
                     try:
                         chunk = json.loads(data)
                     except ValueError as exc:

@@ -77,6 +77,12 @@ log = logging.getLogger("verinfer.node")
 M = TypeVar("M", bound=BaseModel)
 RETRY_AFTER_S = 1
 DISCONNECT_POLL_S = 0.25
+# A stream sends its first tokens at once, then at most one chunk per choice every
+# STREAM_FLUSH_S with the tokens of the steps since (the last ones as soon as the generation
+# ends): a reader (the gateway relaying a stream it parses chunk by chunk) then pays per chunk
+# a few times per generation, not per token, and no token waits longer than this. Streams
+# with logprobs keep one token per chunk.
+STREAM_FLUSH_S = 0.01
 
 # Exception class -> (HTTP status, OpenAI error type, code); the first match wins.
 ERRORS: list[tuple[type[Exception], int, str, str]] = [
@@ -414,29 +420,50 @@ def create_app(
             # Ids of the steps since a choice's last chunk (docs/protocol-v2.md, "Streams"): a
             # gateway continues a cut stream on another node from exactly these tokens.
             unsent: dict[int, list[int]] = {}
+            pending: dict[int, list[StepEvent]] = {}  # events of a choice's next chunk
+            one_per_chunk = generation.plan.logprobs is not None
+            loop = asyncio.get_running_loop()
+            last_flush = -STREAM_FLUSH_S
             while not generation.done:
                 try:
-                    index, event = await generation.next()
+                    events = [await generation.next()]
+                    while not one_per_chunk and not generation.done:
+                        wait = last_flush + STREAM_FLUSH_S - loop.time()
+                        if wait <= 0:
+                            break
+                        try:
+                            async with asyncio.timeout(wait):
+                                events.append(await generation.next())
+                        except TimeoutError:
+                            break
                 except Exception as exc:  # noqa: BLE001 - headers are sent: end the stream with an envelope
                     error = json.loads(bytes(envelope(exc).body))
                     yield f"data: {json.dumps(error)}\n\n"
                     yield "data: [DONE]\n\n"
                     return
-                if event.token_id >= 0:
-                    unsent.setdefault(index, []).append(event.token_id)
-                if not event.text and event.finish_reason is None and generation.plan.logprobs is None:
-                    continue
-                token_ids = unsent.pop(index, [])
-                if chat:
-                    logprobs = chat_logprobs(tokenizer, [event], generation.plan.logprobs)
-                    yield sse(chunk([ChatChunkChoice(
-                        index=index, delta=ChatDelta(content=event.text), logprobs=logprobs,
-                        finish_reason=event.finish_reason, token_ids=token_ids)]))
-                else:
-                    text_logprobs = completion_logprobs(tokenizer, [event], generation.plan.logprobs)
-                    yield sse(chunk([CompletionChoice(
-                        index=index, text=event.text, logprobs=text_logprobs,
-                        finish_reason=event.finish_reason, token_ids=token_ids)]))
+                last_flush = loop.time()
+                for index, event in events:
+                    if event.token_id >= 0:
+                        unsent.setdefault(index, []).append(event.token_id)
+                    pending.setdefault(index, []).append(event)
+                for index in list(pending):
+                    batch = pending[index]
+                    text = "".join(e.text for e in batch)
+                    finish = batch[-1].finish_reason
+                    if not text and finish is None and not one_per_chunk:
+                        continue  # only ids so far (a partial character): they ride on the next
+                    del pending[index]
+                    token_ids = unsent.pop(index, [])
+                    if chat:
+                        logprobs = chat_logprobs(tokenizer, batch, generation.plan.logprobs)
+                        yield sse(chunk([ChatChunkChoice(
+                            index=index, delta=ChatDelta(content=text), logprobs=logprobs,
+                            finish_reason=finish, token_ids=token_ids)]))
+                    else:
+                        text_logprobs = completion_logprobs(tokenizer, batch, generation.plan.logprobs)
+                        yield sse(chunk([CompletionChoice(
+                            index=index, text=text, logprobs=text_logprobs,
+                            finish_reason=finish, token_ids=token_ids)]))
             count_completion(generation)
             usage = generation.usage() if body.include_usage_in_stream else None
             yield sse(chunk([], usage, generation.receipts()))

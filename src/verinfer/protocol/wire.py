@@ -10,6 +10,7 @@ transport: `to_json`/`from_json` are strict both ways. Pure: no I/O, no clock (c
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import struct
@@ -56,6 +57,9 @@ class MessageMismatch(RemoteError):
 # --- canonical values ---------------------------------------------------------------------
 
 
+# The same few addresses (gateway, users, nodes) recur in every message: their checksums are
+# computed once. A refused address raises, and exceptions are not cached.
+@functools.lru_cache(maxsize=4096)
 def check_address(value: str) -> str:
     """The EIP-55 form of `value`; all-lowercase is accepted, a mixed case must checksum."""
     if not isinstance(value, str) or not _HEX_ADDRESS.match(value):
@@ -159,13 +163,18 @@ class Message:
 
     @classmethod
     def type_hash(cls) -> bytes:
-        return keccak(text=cls.type_string())
+        return _keccak_text(cls.type_string())
 
     def hash_struct(self) -> bytes:
-        """keccak256(typeHash || encodeData): the message's canonical 32-byte commitment."""
-        types = ["bytes32", *(f.abi_type for f in self.FIELDS)]
-        values = [self.type_hash(), *(getattr(self, f.attr) for f in self.FIELDS)]
-        return keccak(abi_encode(types, values))
+        """keccak256(typeHash || encodeData): the message's canonical 32-byte commitment
+        (computed once: a message is frozen, and its hash is asked for again and again)."""
+        cached: bytes | None = self.__dict__.get("_hash_struct")
+        if cached is None:
+            types = ["bytes32", *(f.abi_type for f in self.FIELDS)]
+            values = [self.type_hash(), *(getattr(self, f.attr) for f in self.FIELDS)]
+            cached = keccak(abi_encode(types, values))
+            object.__setattr__(self, "_hash_struct", cached)
+        return cached
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -231,11 +240,23 @@ class Domain:
     )
 
     def separator(self) -> bytes:
-        return keccak(abi_encode(
-            ["bytes32", "bytes32", "bytes32", "uint256", "address"],
-            [keccak(text=self.TYPE_STRING), keccak(text=DOMAIN_NAME),
-             keccak(text=str(PROTOCOL_VERSION)), self.chain_id, self.contract],
-        ))
+        return _separator(self.chain_id, self.contract)
+
+
+@functools.lru_cache(maxsize=64)
+def _separator(chain_id: int, contract: str) -> bytes:
+    """A domain's separator, computed once per (chain, contract)."""
+    return keccak(abi_encode(
+        ["bytes32", "bytes32", "bytes32", "uint256", "address"],
+        [_keccak_text(Domain.TYPE_STRING), _keccak_text(DOMAIN_NAME),
+         _keccak_text(str(PROTOCOL_VERSION)), chain_id, contract],
+    ))
+
+
+@functools.lru_cache(maxsize=64)
+def _keccak_text(text: str) -> bytes:
+    """keccak256 of a constant string (a type string, the domain's name): computed once."""
+    return keccak(text=text)
 
 
 @dataclass(frozen=True)
