@@ -153,10 +153,10 @@ def test_a_stream_sends_the_tokens_of_each_flush_interval_in_one_chunk(
             "temperature": 0.9, "seed": 3, "stream": True}
 
     def chunks() -> list[dict[str, Any]]:
-        with httpx.Client(base_url=node.url, timeout=30) as client:
-            with client.stream("POST", "/v1/completions", json=body) as response:
-                return [json.loads(line[6:]) for line in response.iter_lines()
-                        if line.startswith("data: ") and line != "data: [DONE]"]
+        with httpx.Client(base_url=node.url, timeout=30) as client, \
+                client.stream("POST", "/v1/completions", json=body) as response:
+            return [json.loads(line[6:]) for line in response.iter_lines()
+                    if line.startswith("data: ") and line != "data: [DONE]"]
 
     monkeypatch.setattr(server, "STREAM_FLUSH_S", 0.0)
     single = chunks()

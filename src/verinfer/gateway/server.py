@@ -124,7 +124,7 @@ class CountRequests:
 
         try:
             await self.app(scope, receive, send_counted)
-        except Exception as exc:  # noqa: BLE001 - whatever escaped a route is still an envelope
+        except Exception as exc:  # whatever escaped a route is still an envelope
             if status is not None:
                 raise  # the answer has begun: nothing else can be sent
             await envelope(exc)(scope, receive, send_counted)
