@@ -27,6 +27,7 @@ import torch
 
 from verinfer.engine import fixedpoint as fp
 from verinfer.engine import kernels
+from verinfer.engine.hugepages import huge_page_copy
 from verinfer.engine.config import ModelConfig
 from verinfer.engine.quantize import QuantizedModel
 from verinfer.engine.rope import ROPE_FRAC, rope_tables
@@ -158,10 +159,18 @@ class IntModel:
         def vec(name: str) -> torch.Tensor:
             return t[name].to(self.device, torch.int64)
 
-        def linear(name: str) -> Linear:
+        def streamed(name: str) -> torch.Tensor:
+            # A weight read whole at every decode step: on CPU, in huge pages (`hugepages`); the
+            # loaded tensor is replaced by the copy, so it is freed and not held twice.
+            weight = t[name].to(self.device)
+            if weight.device.type == "cpu":
+                t[name] = weight = huge_page_copy(weight)
+            return weight.contiguous()
+
+        def linear(name: str, stream: bool = True) -> Linear:
             bias_name = name.removesuffix(".weight") + ".bias"
             return Linear(
-                weight_t=t[name].to(self.device).contiguous().t(),
+                weight_t=(streamed(name) if stream else t[name].to(self.device).contiguous()).t(),
                 mant=vec(name + "_scale_mant"),
                 exp=vec(name + "_scale_exp"),
                 bias=vec(bias_name) if bias_name in t else None,
@@ -170,8 +179,11 @@ class IntModel:
         def stacked(names: list[str]) -> Linear:
             # Where the stacked weight lives with the parts, the parts become views of it, so
             # loading never holds two copies of more than one layer's weights (peak memory).
-            joined = Linear.stack([linear(name) for name in names])
+            joined = Linear.stack([linear(name, stream=False) for name in names])
             rows = joined.weight_t.t()
+            if rows.device.type == "cpu":
+                rows = huge_page_copy(rows)
+                joined.weight_t = rows.t()
             if rows.device == t[names[0]].device:
                 start = 0
                 for name in names:
