@@ -26,8 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from verinfer.engine import fixedpoint as fp
-from verinfer.engine import kernels
-from verinfer.engine.hugepages import huge_page_copy
+from verinfer.engine import hugepages, kernels
 from verinfer.engine.config import ModelConfig
 from verinfer.engine.quantize import QuantizedModel
 from verinfer.engine.rope import ROPE_FRAC, rope_tables
@@ -83,7 +82,7 @@ class Linear:
         if any(b is not None for b in biases):
             biases = [b if b is not None else torch.zeros_like(p.mant) for b, p in zip(biases, parts)]
         return cls(
-            weight_t=torch.cat([p.weight_t.t() for p in parts]).contiguous().t(),
+            weight_t=hugepages.cat_rows([p.weight_t.t() for p in parts]).t(),  # huge pages on CPU
             mant=torch.cat([p.mant for p in parts]),
             exp=torch.cat([p.exp for p in parts]),
             bias=torch.cat(biases) if biases[0] is not None else None,  # type: ignore[arg-type]
@@ -159,18 +158,10 @@ class IntModel:
         def vec(name: str) -> torch.Tensor:
             return t[name].to(self.device, torch.int64)
 
-        def streamed(name: str) -> torch.Tensor:
-            # A weight read whole at every decode step: on CPU, in huge pages (`hugepages`); the
-            # loaded tensor is replaced by the copy, so it is freed and not held twice.
-            weight = t[name].to(self.device)
-            if weight.device.type == "cpu":
-                t[name] = weight = huge_page_copy(weight)
-            return weight.contiguous()
-
-        def linear(name: str, stream: bool = True) -> Linear:
+        def linear(name: str) -> Linear:
             bias_name = name.removesuffix(".weight") + ".bias"
             return Linear(
-                weight_t=(streamed(name) if stream else t[name].to(self.device).contiguous()).t(),
+                weight_t=t[name].to(self.device).contiguous().t(),
                 mant=vec(name + "_scale_mant"),
                 exp=vec(name + "_scale_exp"),
                 bias=vec(bias_name) if bias_name in t else None,
@@ -179,11 +170,8 @@ class IntModel:
         def stacked(names: list[str]) -> Linear:
             # Where the stacked weight lives with the parts, the parts become views of it, so
             # loading never holds two copies of more than one layer's weights (peak memory).
-            joined = Linear.stack([linear(name, stream=False) for name in names])
+            joined = Linear.stack([linear(name) for name in names])
             rows = joined.weight_t.t()
-            if rows.device.type == "cpu":
-                rows = huge_page_copy(rows)
-                joined.weight_t = rows.t()
             if rows.device == t[names[0]].device:
                 start = 0
                 for name in names:
