@@ -362,7 +362,7 @@ def test_attend_with_extreme_queries(tiny_model: m.IntModel, route: str, monkeyp
                      _reference(monkeypatch, m._attend, tiny_model, q, k_cache, v_cache, pos, row))
 
 
-@pytest.mark.parametrize("shape", [(1, 1, 2), (1, 1, 10), (2, 3, 320), (1, 5, 11264)])
+@pytest.mark.parametrize("shape", [(1, 1, 2), (1, 1, 10), (2, 3, 320), (1, 5, 11264), (1, 1, 11264), (1, 1, 4098)])
 def test_swiglu_quantize(shape: tuple[int, int, int], route: str, monkeypatch: pytest.MonkeyPatch) -> None:
     gate_up = _ints(shape, 34)
     half = shape[-1] // 2
