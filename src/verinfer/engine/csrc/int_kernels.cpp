@@ -832,8 +832,9 @@ torch::Tensor int8_matmul(const torch::Tensor& x, const torch::Tensor& w) {
 
 // Halves of wide rows x (R, K) int16 for fp.wide_matmul: (2R, K) int8, rows [hi; lo] with
 // x = 128 hi + lo, split by sign and magnitude (hi = sign(x) (|x| >> 7), lo = sign(x) (|x| & 127))
-// so that both lie in [-127, 127] for |x| <= WIDE_LEVELS, as products_avx2 needs. The split is
-// the kernels' own: any split gives the same 128 (hi . w) + lo . w, which is all that leaves.
+// so that both lie in [-127, 127] for |x| <= WIDE_LEVELS (the VNNI, scalar and NEON routes; the
+// avx2 and avx512 routes take wide rows whole, products_wide_avx2). The split is the kernels'
+// own: any split gives the same 128 (hi . w) + lo . w = x . w, which is all that leaves.
 torch::Tensor wide_halves(const torch::Tensor& x) {
   check(x, torch::kInt16, "x");
   TORCH_CHECK(x.dim() == 2, "x (R, K) expected");
@@ -897,8 +898,9 @@ ISA_ROUTES(void, dequantize_wide64_row, (const int64_t* acc, int64_t count, int6
 // model.Linear on x (..., K), int8 or wide (int16), with row scales (..., 1) and the (K, N)
 // transposed view of a row-major weight (N, K) with column scales: (..., N) int64; with a
 // residual (..., N), the clamped sum (the residual update of a decoder layer). Each task takes
-// the products of its columns and scales them while they are in cache; a wide row's two halves
-// are two rows of one product, so the weight is read once for both.
+// the products of its columns and scales them while they are in cache. A wide row is multiplied
+// whole on the avx2 and avx512 routes (products_wide_avx2), elsewhere as two halves that are two
+// rows of one product; either way the weight is read once per row.
 torch::Tensor linear(const torch::Tensor& x_in, const torch::Tensor& xm_in, const torch::Tensor& xe_in,
                      const torch::Tensor& weight_t, const torch::Tensor& mant_in,
                      const torch::Tensor& shift_base_in, const c10::optional<torch::Tensor>& bias_in,
