@@ -17,7 +17,8 @@ work runs on its core does not count, which on a loaded machine is most of the w
     .venv/bin/python benchmarks/engine_products.py --isas avx2 --threads 2
     .venv/bin/python benchmarks/engine_products.py --isas avx2 --wide --no-float
 
-`--wide` times wide rows instead (int16 within +-16383, the inputs of the q/k/v, down and head
+`--huge-pages` allocates the weights as the engine does when it loads a model (`hugepages.empty`:
+2 MiB pages where the OS gives them), which matters for the memory case. `--wide` times wide rows instead (int16 within +-16383, the inputs of the q/k/v, down and head
 projections) through `kernels.linear`, the only kernel that takes them, so its scaling of the
 (R, N) products into int64 is included.
 """
@@ -62,6 +63,8 @@ def main() -> int:
     parser.add_argument("--clock", choices=("cpu", "wall"), default=None,
                         help="cpu: process CPU time (default with 1 thread); wall: elapsed time (default otherwise)")
     parser.add_argument("--no-float", action="store_true", help="skip the float32 reference")
+    parser.add_argument("--huge-pages", action="store_true",
+                        help="weights in transparent huge pages, as the engine loads them (hugepages.empty)")
     parser.add_argument("--wide", action="store_true",
                         help="wide (int16) rows through kernels.linear instead of int8 rows")
     args = parser.parse_args()
@@ -74,7 +77,7 @@ def main() -> int:
 
     import torch
 
-    from verinfer.engine import kernels
+    from verinfer.engine import hugepages, kernels
 
     torch.set_num_threads(args.threads)
     clock_name = args.clock or ("cpu" if args.threads == 1 else "wall")
@@ -93,6 +96,8 @@ def main() -> int:
     gen = torch.Generator().manual_seed(0)
     k, n = args.k, args.n
     weights = [torch.randint(-128, 128, (n, k), generator=gen, dtype=torch.int8) for _ in range(args.weights)]
+    if args.huge_pages:
+        weights = [hugepages.empty((n, k), torch.int8).copy_(w) for w in weights]
     weights_t = [w.t() for w in weights]  # (K, N) views, as Linear holds them
     if args.wide:
         inputs = {r: torch.randint(-16383, 16384, (r, k), generator=gen, dtype=torch.int16) for r in rows_list}
@@ -127,7 +132,8 @@ def main() -> int:
 
     from rich.table import Table
 
-    title = (f"{'wide (int16)' if args.wide else 'int8'} (R, {k}) x ({n}, {k}) products, {args.threads} thread(s), {clock_name} time; {info['cpu']}, "
+    title = (f"{'wide (int16)' if args.wide else 'int8'} (R, {k}) x ({n}, {k}) products"
+             f"{', weights in huge pages' if args.huge_pages else ''}, {args.threads} thread(s), {clock_name} time; {info['cpu']}, "
              f"{info['cores']} cores, {info['simd']}; load average {started_load} at the start, "
              f"{machine()['load']} at the end")
     out = Table(title=title)

@@ -34,7 +34,7 @@ def test_bad_options_are_one_line_errors() -> None:
 
 
 def test_wide_rows_run_through_linear() -> None:
-    done = _run("--wide", "--k", "96", "--n", "40", "--rows", "1,9", "--weights", "2", "--repeats", "1", "--no-float")
+    done = _run("--wide", "--huge-pages", "--k", "96", "--n", "40", "--rows", "1,9", "--weights", "2", "--repeats", "1", "--no-float")
     assert done.returncode == 0, done.stderr
     assert "wide (int16) (R, 96) x (40, 96) products" in done.stdout
     routes = kernels.ISAS[: kernels.ISAS.index(kernels.cpu_isa()) + 1]
