@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import machine, wide_console  # noqa: E402
+from _common import machine, wide_console
 
 ROWS = (1, 8, 16, 128)
 
@@ -126,7 +126,7 @@ def main() -> int:
             for r in rows_list:
                 xf = inputs[r].float()
                 xf @ floats[0].t()
-                table[case, "float32", r] = best_ms(lambda i, xf=xf: xf @ floats[i].t(), count,
+                table[case, "float32", r] = best_ms(lambda i, xf=xf, floats=floats: xf @ floats[i].t(), count,
                                                     max(2, args.repeats // 2), clock)
     kernels.set_isa(kernels.cpu_isa())
 
