@@ -15,6 +15,12 @@ work runs on its core does not count, which on a loaded machine is most of the w
 
     .venv/bin/python benchmarks/engine_products.py                        # every route, 1 thread
     .venv/bin/python benchmarks/engine_products.py --isas avx2 --threads 2
+    .venv/bin/python benchmarks/engine_products.py --isas avx2 --wide --no-float
+
+`--huge-pages` allocates the weights as the engine does when it loads a model (`hugepages.empty`:
+2 MiB pages where the OS gives them), which matters for the memory case. `--wide` times wide rows instead (int16 within +-16383, the inputs of the q/k/v, down and head
+projections) through `kernels.linear`, the only kernel that takes them, so its scaling of the
+(R, N) products into int64 is included.
 """
 
 from __future__ import annotations
@@ -57,6 +63,10 @@ def main() -> int:
     parser.add_argument("--clock", choices=("cpu", "wall"), default=None,
                         help="cpu: process CPU time (default with 1 thread); wall: elapsed time (default otherwise)")
     parser.add_argument("--no-float", action="store_true", help="skip the float32 reference")
+    parser.add_argument("--huge-pages", action="store_true",
+                        help="weights in transparent huge pages, as the engine loads them (hugepages.empty)")
+    parser.add_argument("--wide", action="store_true",
+                        help="wide (int16) rows through kernels.linear instead of int8 rows")
     args = parser.parse_args()
     try:
         rows_list = [int(r) for r in args.rows.split(",") if r]
@@ -67,7 +77,7 @@ def main() -> int:
 
     import torch
 
-    from verinfer.engine import kernels
+    from verinfer.engine import hugepages, kernels
 
     torch.set_num_threads(args.threads)
     clock_name = args.clock or ("cpu" if args.threads == 1 else "wall")
@@ -86,8 +96,20 @@ def main() -> int:
     gen = torch.Generator().manual_seed(0)
     k, n = args.k, args.n
     weights = [torch.randint(-128, 128, (n, k), generator=gen, dtype=torch.int8) for _ in range(args.weights)]
+    if args.huge_pages:
+        weights = [hugepages.empty((n, k), torch.int8).copy_(w) for w in weights]
     weights_t = [w.t() for w in weights]  # (K, N) views, as Linear holds them
-    inputs = {r: torch.randint(-127, 128, (r, k), generator=gen, dtype=torch.int8) for r in rows_list}
+    if args.wide:
+        inputs = {r: torch.randint(-16383, 16384, (r, k), generator=gen, dtype=torch.int16) for r in rows_list}
+    else:
+        inputs = {r: torch.randint(-127, 128, (r, k), generator=gen, dtype=torch.int8) for r in rows_list}
+    mant, shift_base = torch.full((n,), 1 << 15), torch.full((n,), 10)  # column scales for --wide
+
+    def product(x: torch.Tensor, weight_t: torch.Tensor) -> torch.Tensor:
+        if not args.wide:
+            return kernels.int8_matmul(x, weight_t)
+        xm, xe = torch.full((x.shape[0], 1), 1 << 15), torch.full((x.shape[0], 1), 20)
+        return kernels.linear(x, xm, xe, weight_t, mant, shift_base, None)
 
     table = {}  # (case, route, rows) -> ms
     started_load = info["load"]
@@ -97,9 +119,8 @@ def main() -> int:
             for r in rows_list:
                 x = inputs[r]
                 repeats = args.repeats if r <= 16 else max(2, args.repeats // 2)
-                kernels.int8_matmul(x, weights_t[0])  # warm-up
-                table[case, name, r] = best_ms(lambda i, x=x: kernels.int8_matmul(x, weights_t[i]), count, repeats,
-                                               clock)
+                product(x, weights_t[0])  # warm-up
+                table[case, name, r] = best_ms(lambda i, x=x: product(x, weights_t[i]), count, repeats, clock)
         if not args.no_float:
             floats = [w.float() for w in weights[:count]]
             for r in rows_list:
@@ -111,7 +132,8 @@ def main() -> int:
 
     from rich.table import Table
 
-    title = (f"int8 ({'R'}, {k}) x ({n}, {k}) products, {args.threads} thread(s), {clock_name} time; {info['cpu']}, "
+    title = (f"{'wide (int16)' if args.wide else 'int8'} (R, {k}) x ({n}, {k}) products"
+             f"{', weights in huge pages' if args.huge_pages else ''}, {args.threads} thread(s), {clock_name} time; {info['cpu']}, "
              f"{info['cores']} cores, {info['simd']}; load average {started_load} at the start, "
              f"{machine()['load']} at the end")
     out = Table(title=title)

@@ -31,3 +31,12 @@ def test_bad_options_are_one_line_errors() -> None:
         done = _run(*args)
         assert done.returncode == 2
         assert "Traceback" not in done.stderr and done.stderr.strip()
+
+
+def test_wide_rows_run_through_linear() -> None:
+    done = _run("--wide", "--huge-pages", "--k", "96", "--n", "40", "--rows", "1,9", "--weights", "2", "--repeats", "1", "--no-float")
+    assert done.returncode == 0, done.stderr
+    assert "wide (int16) (R, 96) x (40, 96) products" in done.stdout
+    routes = kernels.ISAS[: kernels.ISAS.index(kernels.cpu_isa()) + 1]
+    for route in routes:
+        assert sum(1 for line in done.stdout.splitlines() if "memory" in line and f" {route} " in line) == 2

@@ -259,6 +259,32 @@ def test_linear_dequantization(rows: int, k: int, n: int, bias: bool, levels: in
     _assert_same(linear(strided[:, ::2], xm, xe), _reference(monkeypatch, linear, xq, xm, xe))
 
 
+@pytest.mark.parametrize("rows", [1, 3, 8, 9, 20])
+@pytest.mark.parametrize("k", [16, 1537, 8192, 8193, 9000])
+def test_linear_wide_largest_sums(rows: int, k: int, route: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Wide rows at +-WIDE_LEVELS against weights at -128 and 127: the largest products of the
+    whole-int16 AVX2 route (its int32 lanes hold at most 8192 values of K), with scales that
+    make the output the integer product itself, against int64 arithmetic and the torch path."""
+    levels = fp.WIDE_LEVELS
+    weight = torch.randint(-128, 128, (5, k), generator=GEN, dtype=torch.int8)
+    weight[0], weight[1] = -128, 127
+    weight[2, ::2] = -128
+    xq = torch.randint(-levels, levels + 1, (rows, k), generator=GEN).to(torch.int16)
+    xq[0] = levels
+    xq[-1] = -levels
+    if rows > 2:
+        xq[1, 1::2] = -levels
+    exact = xq.long() @ weight.long().t()
+    # acc * 2**16 rounded by 2**16, times mantissa 1, shifted by 16 - 16 + 0: the product itself.
+    linear = m.Linear(weight_t=weight.t(), mant=torch.ones(5, dtype=torch.int64),
+                      exp=torch.full((5,), fp.ACT_FRAC), bias=None)
+    xm = torch.full((rows, 1), 1 << fp.WIDE_SCALE_SHIFT)
+    xe = torch.full((rows, 1), fp.WIDE_SCALE_SHIFT)
+    out = linear(xq, xm, xe)
+    assert torch.equal(out, exact)
+    _assert_same(out, _reference(monkeypatch, linear, xq, xm, xe))
+
+
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> m.IntModel:
     path = write_random_checkpoint(tmp_path_factory.mktemp("kernels"), tiny_config(), seed=3)
@@ -336,7 +362,7 @@ def test_attend_with_extreme_queries(tiny_model: m.IntModel, route: str, monkeyp
                      _reference(monkeypatch, m._attend, tiny_model, q, k_cache, v_cache, pos, row))
 
 
-@pytest.mark.parametrize("shape", [(1, 1, 2), (1, 1, 10), (2, 3, 320), (1, 5, 11264)])
+@pytest.mark.parametrize("shape", [(1, 1, 2), (1, 1, 10), (2, 3, 320), (1, 5, 11264), (1, 1, 11264), (1, 1, 4098)])
 def test_swiglu_quantize(shape: tuple[int, int, int], route: str, monkeypatch: pytest.MonkeyPatch) -> None:
     gate_up = _ints(shape, 34)
     half = shape[-1] // 2

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from verinfer.engine import fixedpoint as fp
-from verinfer.engine import kernels
+from verinfer.engine import hugepages, kernels
 from verinfer.engine.config import ModelConfig
 from verinfer.engine.quantize import QuantizedModel
 from verinfer.engine.rope import ROPE_FRAC, rope_tables
@@ -82,7 +82,7 @@ class Linear:
         if any(b is not None for b in biases):
             biases = [b if b is not None else torch.zeros_like(p.mant) for b, p in zip(biases, parts)]
         return cls(
-            weight_t=torch.cat([p.weight_t.t() for p in parts]).contiguous().t(),
+            weight_t=hugepages.cat_rows([p.weight_t.t() for p in parts]).t(),  # huge pages on CPU
             mant=torch.cat([p.mant for p in parts]),
             exp=torch.cat([p.exp for p in parts]),
             bias=torch.cat(biases) if biases[0] is not None else None,  # type: ignore[arg-type]

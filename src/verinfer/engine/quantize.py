@@ -28,6 +28,7 @@ import torch
 from safetensors.torch import save_file
 
 from verinfer.engine import fixedpoint as fp
+from verinfer.engine import hugepages
 from verinfer.engine.checkpoint import read_tensors
 from verinfer.engine.config import ModelConfig, load_config
 from verinfer.errors import ModelError
@@ -231,7 +232,7 @@ def _iter_tensors(
     path: Path, wanted: Callable[[str], bool] | None = None
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """The integer tensors of a safetensors file (those `wanted` accepts), read into ordinary
-    memory one by one; the others are skipped, not read.
+    memory one by one (weights into huge pages: `hugepages.empty`); the others are skipped.
 
     Not memory-mapped: mapped pages stay resident for as long as any tensor of the file lives,
     next to the copies the model makes (stacked weights), which would double peak memory.
@@ -247,7 +248,7 @@ def _iter_tensors(
             if info["dtype"] not in _DTYPES:
                 raise ValueError(f"tensor {name} has dtype {info['dtype']}, expected an integer type")
             start, end = (8 + header_len + offset for offset in info["data_offsets"])
-            tensor = torch.empty(info["shape"], dtype=_DTYPES[info["dtype"]])
+            tensor = hugepages.empty(info["shape"], _DTYPES[info["dtype"]])  # weights: huge pages
             raw = tensor.view(-1).view(torch.uint8).numpy()
             if end - start != raw.nbytes or end > file_size:
                 raise ValueError(f"tensor {name} does not fit its shape or the file")

@@ -621,6 +621,132 @@ void products_avx2(const int8_t* x, const int8_t* w, int32_t* acc, int64_t strid
   }
 }
 
+// Wide rows (int16, |x| <= WIDE_LEVELS) times int8 weights by vpmaddwd, without splitting the
+// rows into two int8 halves: the weight bytes sign-extended to int16 (vpmovsxbw, once per tile
+// for all its rows), then 16 products per row and instruction, pairs added into int32. Half the
+// multiplies of the two halves' byte products (each of which needs vpmaddubsw and vpmaddwd for
+// 32 products), for the same integers: x . w is the same sum whichever way it is split.
+//
+// Exact: a pair sums to at most 2 * 16383 * 128 = 4194048 in magnitude, and an int32 lane adds
+// one pair per 16 values of K, so up to WIDE_K_BLOCK values (512 pairs: below 2**31) a lane
+// cannot overflow; longer rows are summed in blocks of WIDE_K_BLOCK, each reduced into int64.
+constexpr int64_t WIDE_K_BLOCK = 8192;
+
+// Values of K per block for more than MADD_ROWS wide rows: a tile's 8 rows of this many int16
+// (24 KiB) stay in L1 while it passes over a block of columns (the down projection's K = 5632
+// would otherwise stream each tile's rows from L2 once per column).
+constexpr int64_t WIDE_K_TILE = 1536;
+
+// sum += x . w per int32 lane, 16 int16 products (w: sign-extended weight). In asm for the same
+// reason as madd_step (and x in a register: with a memory operand GCC 12 stores every
+// accumulator to the stack after each step, as it cannot tell the two apart).
+inline __m256i wide_step(__m256i sum, __m256i w, __m256i x) {
+  __m256i t;
+  asm("vpmaddwd %[x], %[w], %[t]\n\t"
+      "vpaddd %[t], %[sum], %[sum]"
+      : [sum] "+x"(sum), [t] "=&x"(t)
+      : [w] "x"(w), [x] "x"(x));
+  return sum;
+}
+
+// The sum of the 8 int32 lanes in int64 (8 lanes of up to 2**31 each overflow int32).
+inline int64_t reduce_add_avx2_64(__m256i v) {
+  const __m256i wide = _mm256_add_epi64(_mm256_cvtepi32_epi64(_mm256_castsi256_si128(v)),
+                                        _mm256_cvtepi32_epi64(_mm256_extracti128_si256(v, 1)));
+  const __m128i pair = _mm_add_epi64(_mm256_castsi256_si128(wide), _mm256_extracti128_si256(wide, 1));
+  return _mm_cvtsi128_si64(pair) + _mm_extract_epi64(pair, 1);
+}
+
+// out[r * stride] (+)= x[r] . wc over `len` values (at most WIDE_K_BLOCK) for ROWS wide rows
+// (row r at x + r * xstride) and one weight column wc: each sign-extended weight chunk serves
+// every row of the tile, and the column is one sequential stream. ADD adds to out (a later block
+// of K) instead of storing.
+template <int ROWS, bool PREFETCH, bool ADD>
+inline void wide_rows(const int16_t* x, int64_t xstride, const int8_t* wc, int64_t len, int64_t* out,
+                      int64_t stride) {
+  // Up to 4 rows, two sets of sums (even and odd steps): one add chain per row would be the
+  // bottleneck of 1 or 2 rows. Either way a lane adds at most len / 16 pairs.
+  constexpr int SETS = ROWS <= 4 ? 2 : 1;
+  __m256i sums[SETS][ROWS];
+  for (int s = 0; s < SETS; ++s)
+    for (int r = 0; r < ROWS; ++r) sums[s][r] = _mm256_setzero_si256();
+  auto step = [&](int64_t i, int s) {
+    const __m256i w = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wc + i)));
+    for (int r = 0; r < ROWS; ++r)
+      sums[s][r] = wide_step(sums[s][r], w, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + r * xstride + i)));
+  };
+  int64_t i = 0;
+  for (; i + 64 <= len; i += 64) {
+    if constexpr (PREFETCH) _mm_prefetch(reinterpret_cast<const char*>(wc + i + MADD_PREFETCH), _MM_HINT_T0);
+    step(i, 0);
+    step(i + 16, SETS - 1);
+    step(i + 32, 0);
+    step(i + 48, SETS - 1);
+  }
+  for (; i + 16 <= len; i += 16) step(i, 0);
+  for (int r = 0; r < ROWS; ++r) {
+    int64_t total = reduce_add_avx2_64(sums[0][r]) + (SETS > 1 ? reduce_add_avx2_64(sums[SETS - 1][r]) : 0);
+    for (int64_t l = i; l < len; ++l) total += static_cast<int64_t>(x[r * xstride + l]) * wc[l];
+    out[r * stride] = ADD ? out[r * stride] + total : total;
+  }
+}
+
+// wide_rows for 1 to MADD_ROWS rows.
+template <bool PREFETCH, bool ADD>
+inline void wide_rows_upto8(const int16_t* x, int64_t xstride, const int8_t* wc, int64_t rows, int64_t len,
+                            int64_t* out, int64_t stride) {
+  static_assert(MADD_ROWS == 8, "one case per row count below");
+  switch (rows) {
+    case 1: return wide_rows<1, PREFETCH, ADD>(x, xstride, wc, len, out, stride);
+    case 2: return wide_rows<2, PREFETCH, ADD>(x, xstride, wc, len, out, stride);
+    case 3: return wide_rows<3, PREFETCH, ADD>(x, xstride, wc, len, out, stride);
+    case 4: return wide_rows<4, PREFETCH, ADD>(x, xstride, wc, len, out, stride);
+    case 5: return wide_rows<5, PREFETCH, ADD>(x, xstride, wc, len, out, stride);
+    case 6: return wide_rows<6, PREFETCH, ADD>(x, xstride, wc, len, out, stride);
+    case 7: return wide_rows<7, PREFETCH, ADD>(x, xstride, wc, len, out, stride);
+    default: return wide_rows<8, PREFETCH, ADD>(x, xstride, wc, len, out, stride);
+  }
+}
+
+// Columns c0..c1-1 of the int64 products of wide rows x (R, K) with an int8 weight (N, K), into
+// acc[r * stride + c - c0] (the avx2 and avx512 routes). Up to MADD_ROWS rows (decode): one tile,
+// each column one stream read once for all rows, in blocks of WIDE_K_BLOCK. More rows (prefill):
+// blocks of MADD_COLUMNS columns (in L2), and per tile of rows, blocks of WIDE_K_TILE values of K
+// (in L1) over the block's columns.
+void products_wide_avx2(const int16_t* x, const int8_t* w, int64_t* acc, int64_t stride, int64_t rows, int64_t k,
+                        int64_t c0, int64_t c1) {
+  static_assert(WIDE_K_TILE <= WIDE_K_BLOCK, "a tile's K block must keep the int32 lanes exact");
+  if (rows <= MADD_ROWS) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const int8_t* wc = w + c * k;
+      int64_t* out = acc + (c - c0);
+      wide_rows_upto8<true, false>(x, k, wc, rows, std::min(k, WIDE_K_BLOCK), out, stride);
+      for (int64_t i = WIDE_K_BLOCK; i < k; i += WIDE_K_BLOCK)
+        wide_rows_upto8<true, true>(x + i, k, wc + i, rows, std::min(k - i, WIDE_K_BLOCK), out, stride);
+    }
+    return;
+  }
+  for (int64_t b0 = c0; b0 < c1; b0 += MADD_COLUMNS) {
+    const int64_t b1 = std::min(b0 + MADD_COLUMNS, c1);
+    for (int64_t r = 0; r < rows; r += MADD_ROWS) {
+      const int64_t tile = std::min(MADD_ROWS, rows - r);
+      for (int64_t i = 0; i < k; i += WIDE_K_TILE) {
+        const int64_t len = std::min(k - i, WIDE_K_TILE);
+        for (int64_t c = b0; c < b1; ++c) {
+          int64_t* out = acc + r * stride + (c - c0);
+          const int8_t* wc = w + c * k + i;
+          const int16_t* xr = x + r * k + i;
+          // The first tile fetches the block from memory (so it prefetches); later K blocks add.
+          if (r == 0 && i > 0) wide_rows_upto8<true, true>(xr, k, wc, tile, len, out, stride);
+          else if (r == 0) wide_rows_upto8<true, false>(xr, k, wc, tile, len, out, stride);
+          else if (i > 0) wide_rows_upto8<false, true>(xr, k, wc, tile, len, out, stride);
+          else wide_rows_upto8<false, false>(xr, k, wc, tile, len, out, stride);
+        }
+      }
+    }
+  }
+}
+
 #pragma GCC pop_options
 #endif
 
@@ -706,8 +832,9 @@ torch::Tensor int8_matmul(const torch::Tensor& x, const torch::Tensor& w) {
 
 // Halves of wide rows x (R, K) int16 for fp.wide_matmul: (2R, K) int8, rows [hi; lo] with
 // x = 128 hi + lo, split by sign and magnitude (hi = sign(x) (|x| >> 7), lo = sign(x) (|x| & 127))
-// so that both lie in [-127, 127] for |x| <= WIDE_LEVELS, as products_avx2 needs. The split is
-// the kernels' own: any split gives the same 128 (hi . w) + lo . w, which is all that leaves.
+// so that both lie in [-127, 127] for |x| <= WIDE_LEVELS (the VNNI, scalar and NEON routes; the
+// avx2 and avx512 routes take wide rows whole, products_wide_avx2). The split is the kernels'
+// own: any split gives the same 128 (hi . w) + lo . w = x . w, which is all that leaves.
 torch::Tensor wide_halves(const torch::Tensor& x) {
   check(x, torch::kInt16, "x");
   TORCH_CHECK(x.dim() == 2, "x (R, K) expected");
@@ -740,24 +867,40 @@ ISA_ROUTES(void, dequantize_row, (const int32_t* acc, int64_t count, int64_t xm,
 
 // The same for a wide row, from the products of its halves (acc = 128 hi + lo):
 // shift_round(shift_round(acc * xm, WIDE_SCALE_SHIFT) * mant, xe - WIDE_SCALE_SHIFT + shift_base).
+inline __attribute__((always_inline)) int64_t dequantize_wide(int64_t acc, int64_t xm, int64_t xe, int64_t mant,
+                                                               int64_t shift_base) {
+  return shift_round_var(shift_round_const(acc * xm, WIDE_SCALE_SHIFT) * mant, xe - WIDE_SCALE_SHIFT + shift_base);
+}
+
 ROUTED_BODY void dequantize_wide_row_body(const int32_t* hi, const int32_t* lo, int64_t count, int64_t xm, int64_t xe,
                          const int64_t* mant, const int64_t* shift_base, const int64_t* bias,
                          const int64_t* residual, int64_t* out) {
   for (int64_t c = 0; c < count; ++c) {
-    const int64_t acc = int64_t{128} * hi[c] + lo[c];
-    int64_t v = shift_round_var(shift_round_const(acc * xm, WIDE_SCALE_SHIFT) * mant[c],
-                                xe - WIDE_SCALE_SHIFT + shift_base[c]);
+    int64_t v = dequantize_wide(int64_t{128} * hi[c] + lo[c], xm, xe, mant[c], shift_base[c]);
     if (bias) v += bias[c];
     out[c] = residual ? clamp(residual[c] + v, -ACT_LIMIT, ACT_LIMIT) : v;
   }
 }
 ISA_ROUTES(void, dequantize_wide_row, (const int32_t* hi, const int32_t* lo, int64_t count, int64_t xm, int64_t xe, const int64_t* mant, const int64_t* shift_base, const int64_t* bias, const int64_t* residual, int64_t* out), (hi, lo, count, xm, xe, mant, shift_base, bias, residual, out))
 
+// The same from a wide row's whole int64 products (products_wide_avx2).
+ROUTED_BODY void dequantize_wide64_row_body(const int64_t* acc, int64_t count, int64_t xm, int64_t xe,
+                                            const int64_t* mant, const int64_t* shift_base, const int64_t* bias,
+                                            const int64_t* residual, int64_t* out) {
+  for (int64_t c = 0; c < count; ++c) {
+    int64_t v = dequantize_wide(acc[c], xm, xe, mant[c], shift_base[c]);
+    if (bias) v += bias[c];
+    out[c] = residual ? clamp(residual[c] + v, -ACT_LIMIT, ACT_LIMIT) : v;
+  }
+}
+ISA_ROUTES(void, dequantize_wide64_row, (const int64_t* acc, int64_t count, int64_t xm, int64_t xe, const int64_t* mant, const int64_t* shift_base, const int64_t* bias, const int64_t* residual, int64_t* out), (acc, count, xm, xe, mant, shift_base, bias, residual, out))
+
 // model.Linear on x (..., K), int8 or wide (int16), with row scales (..., 1) and the (K, N)
 // transposed view of a row-major weight (N, K) with column scales: (..., N) int64; with a
 // residual (..., N), the clamped sum (the residual update of a decoder layer). Each task takes
-// the products of its columns and scales them while they are in cache; a wide row's two halves
-// are two rows of one product, so the weight is read once for both.
+// the products of its columns and scales them while they are in cache. A wide row is multiplied
+// whole on the avx2 and avx512 routes (products_wide_avx2), elsewhere as two halves that are two
+// rows of one product; either way the weight is read once per row.
 torch::Tensor linear(const torch::Tensor& x_in, const torch::Tensor& xm_in, const torch::Tensor& xe_in,
                      const torch::Tensor& weight_t, const torch::Tensor& mant_in,
                      const torch::Tensor& shift_base_in, const c10::optional<torch::Tensor>& bias_in,
@@ -788,8 +931,6 @@ torch::Tensor linear(const torch::Tensor& x_in, const torch::Tensor& xm_in, cons
     check(residual, torch::kInt64, "residual");
     TORCH_CHECK(residual.numel() == rows * n, "residual must match the output");
   }
-  const torch::Tensor x8 = wide ? wide_halves(x.view({rows, k})) : x.view({rows, k});
-  const Products products(x8, w);
   auto out = torch::empty(with_last(x, n), x.options().dtype(torch::kInt64));
   const int64_t* xmp = xm.data_ptr<int64_t>();
   const int64_t* xep = xe.data_ptr<int64_t>();
@@ -801,6 +942,30 @@ torch::Tensor linear(const torch::Tensor& x_in, const torch::Tensor& xm_in, cons
   // Columns scaled per pass: the int32 products of a pass stay in L1.
   constexpr int64_t pass = 16 * COLUMN_BLOCK;
   const int64_t blocks = (n + COLUMN_BLOCK - 1) / COLUMN_BLOCK;
+#if defined(__x86_64__)
+  // Wide rows on the avx2 and avx512 routes: whole int16 products (products_wide_avx2), no halves.
+  if (wide && (isa == ISA_AVX2 || isa == ISA_AVX512)) {
+    const int16_t* xp = x.data_ptr<int16_t>();
+    const int8_t* wp = w.data_ptr<int8_t>();
+    bool within = true;  // the bound that keeps products_wide_avx2's int32 lanes exact
+    for (int64_t i = 0; i < rows * k; ++i) within &= xp[i] >= -WIDE_LEVELS && xp[i] <= WIDE_LEVELS;
+    TORCH_CHECK(within, "wide rows must lie within +-WIDE_LEVELS");
+    const int64_t per_task = std::max<int64_t>(1, 65536 / std::max<int64_t>(COLUMN_BLOCK * k * rows, 1));
+    at::parallel_for(0, blocks, per_task, [&](int64_t b0, int64_t b1) {
+      std::vector<int64_t> acc(rows * pass);
+      for (int64_t c0 = b0 * COLUMN_BLOCK, end = std::min(b1 * COLUMN_BLOCK, n); c0 < end; c0 += pass) {
+        const int64_t c1 = std::min(c0 + pass, end);
+        products_wide_avx2(xp, wp, acc.data(), pass, rows, k, c0, c1);
+        for (int64_t r = 0; r < rows; ++r)
+          dequantize_wide64_row(acc.data() + r * pass, c1 - c0, xmp[r], xep[r], mp + c0, sp + c0,
+                                bp ? bp + c0 : nullptr, res ? res + r * n + c0 : nullptr, op + r * n + c0);
+      }
+    });
+    return out;
+  }
+#endif
+  const torch::Tensor x8 = wide ? wide_halves(x.view({rows, k})) : x.view({rows, k});
+  const Products products(x8, w);
   at::parallel_for(0, blocks, products.blocks_per_task(), [&](int64_t b0, int64_t b1) {
     std::vector<int32_t> acc(products.rows * pass);
     for (int64_t c0 = b0 * COLUMN_BLOCK, end = std::min(b1 * COLUMN_BLOCK, n); c0 < end; c0 += pass) {
@@ -1237,15 +1402,29 @@ std::vector<torch::Tensor> swiglu_quantize(const torch::Tensor& gate_up, const t
   int64_t* mp = mant.data_ptr<int64_t>();
   int64_t* ep = exp.data_ptr<int64_t>();
   constexpr int64_t up_limit = int64_t{1} << 31;
+  // act[i - i0] for the values i0..i1-1 of row r.
+  auto activate = [&](int64_t r, int64_t i0, int64_t i1, int64_t* act) {
+    const int64_t* gate = src + r * width;
+    const int64_t* up = gate + f;
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t a = shift_round_const(silu(gate[i], tables) * clamp(up[i], -up_limit, up_limit), ACT_FRAC);
+      act[i - i0] = clamp(a, -ACT_LIMIT, ACT_LIMIT);
+    }
+  };
+  if (rows < at::get_num_threads()) {
+    // Fewer rows than threads (decode): each row's activations split across the threads, then
+    // quantized whole (silu is the costly part: ~10 ns a value, ~60 us per row of 5632).
+    std::vector<int64_t> act(f);
+    for (int64_t r = 0; r < rows; ++r) {
+      at::parallel_for(0, f, 1024, [&](int64_t i0, int64_t i1) { activate(r, i0, i1, act.data() + i0); });
+      quantize_row(act.data(), f, ACT_FRAC, qp + r * f, mp + r, ep + r);
+    }
+    return {q, mant, exp};
+  }
   at::parallel_for(0, rows, grain(f, 4096), [&](int64_t begin, int64_t end) {
     std::vector<int64_t> act(f);
     for (int64_t r = begin; r < end; ++r) {
-      const int64_t* gate = src + r * width;
-      const int64_t* up = gate + f;
-      for (int64_t i = 0; i < f; ++i) {
-        const int64_t a = shift_round_const(silu(gate[i], tables) * clamp(up[i], -up_limit, up_limit), ACT_FRAC);
-        act[i] = clamp(a, -ACT_LIMIT, ACT_LIMIT);
-      }
+      activate(r, 0, f, act.data());
       quantize_row(act.data(), f, ACT_FRAC, qp + r * f, mp + r, ep + r);
     }
   });
