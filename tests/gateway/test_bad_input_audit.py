@@ -183,3 +183,19 @@ def test_a_full_epoch_answers_503_with_retry_after_and_changes_nothing(tmp_path:
     assert 1 <= int(refused.headers["retry-after"]) <= 3600
     assert state(net) == before
     assert sum(len(n.calls) for n in net.nodes.values()) == calls
+
+
+def test_requests_refused_for_funds_take_no_place_in_the_epoch(tmp_path: Path) -> None:
+    # An account without funds must not fill the epoch's admission cap and turn every other
+    # user away with 503 epoch_full.
+    net = Network(tmp_path, [FakeNode(n) for n in NODES[:2]])
+    net.settler.epoch_clock = lambda: (0, 3600)  # type: ignore[method-assign]
+    net.service.receipts_per_epoch = 2
+    funded = net.settler.balances[USER.address.lower()]
+    net.settler.balances[USER.address.lower()] = 0
+    assert [post(net, "/v1/completions", COMPLETION).status_code for _ in range(3)] == [402] * 3
+    net.settler.balances[USER.address.lower()] = funded
+    net.service._spendable.clear()  # the funds arrive: the next request reads them again
+    assert [post(net, "/v1/completions", COMPLETION).status_code for _ in range(3)] == [
+        200, 200, 503]
+    assert net.service._reserved == {}  # the 503 gave its reservation back

@@ -262,9 +262,16 @@ class GatewayService:
         forwarded = body.model_copy(update=update)
         max_fee = wire.receipt_fee(self.price_per_token, len(prompt_ids), max_tokens)
         spendable = self.spendable(account, read_chain)
-        self._admit_to_epoch()
+        # Funds first: a request refused with 402 takes no place in the epoch, or an account
+        # without funds could fill every epoch and turn all other users away with 503.
         with self._reserve_lock:
             self._reserve_locked(account, max_fee, spendable)
+        try:
+            self._admit_to_epoch()
+        except EpochFull:
+            with self._reserve_lock:
+                self._unreserve_locked(account, max_fee)
+            raise
         return Prepared(kind, body.model, account, forwarded, prompt_ids, request,
                         body.stop_sequences, model_id, max_fee, body.stream,
                         body.include_usage_in_stream, logprobs)
@@ -353,11 +360,14 @@ class GatewayService:
 
     def release(self, prepared: Prepared) -> None:
         with self._reserve_lock:
-            left = self._reserved.get(prepared.account, 0) - prepared.max_fee
-            if left > 0:
-                self._reserved[prepared.account] = left
-            else:
-                self._reserved.pop(prepared.account, None)
+            self._unreserve_locked(prepared.account, prepared.max_fee)
+
+    def _unreserve_locked(self, account: str, amount: int) -> None:
+        left = self._reserved.get(account, 0) - amount
+        if left > 0:
+            self._reserved[account] = left
+        else:
+            self._reserved.pop(account, None)
 
     # ---------------------------------------------------------------- serving
 
