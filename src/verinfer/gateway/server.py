@@ -24,8 +24,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
+from verinfer.api.counting import CountRequests
 from verinfer.api.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -102,36 +103,10 @@ class GatewayMetrics:
                                 registry=self.registry)
 
 
-class CountRequests:
-    """ASGI middleware: counts requests by route and status, and answers whatever escaped a
-    route with an envelope. A plain ASGI wrapper, not `@app.middleware("http")`, whose
-    wrapping runs every response, and every chunk of a stream, through an extra task."""
-
-    def __init__(self, app: ASGIApp, metrics: GatewayMetrics) -> None:
-        self.app, self.metrics = app, metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        status: int | None = None
-
-        async def send_counted(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_counted)
-        except Exception as exc:  # whatever escaped a route is still an envelope
-            if status is not None:
-                raise  # the answer has begun: nothing else can be sent
-            await envelope(exc)(scope, receive, send_counted)
-        finally:
-            # the route's template (/v1/receipts/{receipt_id}), so ids do not become labels
-            route = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.requests.labels(route, str(status or 500)).inc()
+def route_template(scope: Scope) -> str:
+    """A request's route for the metrics: the template (/v1/receipts/{receipt_id}), so ids do
+    not become labels."""
+    return getattr(scope.get("route"), "path", "unmatched")
 
 
 class SharedTransport(httpx.AsyncBaseTransport):
@@ -238,7 +213,8 @@ def create_app(
 
     app = FastAPI(title="verinfer gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
 
-    app.add_middleware(CountRequests, metrics=metrics)
+    app.add_middleware(CountRequests, counter=metrics.requests, route_of=route_template,
+                       on_error=envelope)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

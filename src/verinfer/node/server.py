@@ -32,9 +32,10 @@ from prometheus_client import (
 )
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from verinfer.api.commitment import ContextExceeded, params_of
+from verinfer.api.counting import CountRequests
 from verinfer.api.schemas import (
     AssistantMessage,
     ChatChoice,
@@ -168,33 +169,13 @@ class NodeMetrics:
         self.active.set(scheduler.active)
 
 
-class CountRequests:
-    """ASGI middleware counting requests by route and status (a plain ASGI wrapper, so
-    `request.is_disconnected()` still sees the client go away)."""
+ROUTES = frozenset({"/health", "/metrics", "/v1/models", "/v1/completions",
+                    "/v1/chat/completions", "/verify"})
 
-    ROUTES = frozenset({"/health", "/metrics", "/v1/models", "/v1/completions",
-                        "/v1/chat/completions", "/verify"})
 
-    def __init__(self, app: ASGIApp, metrics: NodeMetrics) -> None:
-        self.app, self.metrics = app, metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        status = 500
-
-        async def send_counted(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_counted)
-        finally:
-            route = scope["path"] if scope["path"] in self.ROUTES else "other"
-            self.metrics.requests.labels(route, str(status)).inc()
+def route_label(scope: Scope) -> str:
+    """A request's route for the metrics: one of ROUTES, else "other" (no unbounded labels)."""
+    return scope["path"] if scope["path"] in ROUTES else "other"
 
 
 @dataclass
@@ -298,7 +279,7 @@ def create_app(
 
     app = FastAPI(title="verinfer node", lifespan=lifespan, docs_url=None, redoc_url=None)
 
-    app.add_middleware(CountRequests, metrics=metrics)
+    app.add_middleware(CountRequests, counter=metrics.requests, route_of=route_label)
 
     @app.exception_handler(BadRequest)
     @app.exception_handler(VerinferError)
