@@ -56,6 +56,13 @@ def machine() -> dict[str, str]:
     }
 
 
+def machine_line() -> str:
+    """One line naming the machine and its load average, printed before a run's figures."""
+    info = machine()
+    return (f"{info['cpu']}, {info['cores']} cores, {info['memory']}, {info['simd']}, "
+            f"python {info['python']}, torch {info['torch']}; load average at start {info['load']}")
+
+
 def wide_console() -> Console:
     """A rich console that does not squeeze tables to 80 columns when writing to a file."""
     console = Console()

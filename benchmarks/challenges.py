@@ -37,7 +37,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import DEMO_MODEL, machine, wide_console
+from _common import DEMO_MODEL, machine_line, wide_console
 
 REQUEST_TIMEOUT_S = 300.0
 
@@ -266,9 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     from verinfer.localnet.up import UpOptions
 
     console = wide_console()
-    info = machine()
-    console.print(f"{info['cpu']}, {info['cores']} cores, {info['memory']}, {info['simd']}; "
-                  f"load average at start {info['load']}", highlight=False)
+    console.print(machine_line(), highlight=False)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     began = time.monotonic()
     deadline = began + args.time_limit

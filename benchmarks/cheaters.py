@@ -37,7 +37,7 @@ from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import DEMO_MODEL, machine, wide_console
+from _common import DEMO_MODEL, machine_line, wide_console
 from challenges import Traffic, chain_facts, send_traffic, start, wait_settled
 
 STRATEGIES = ("wrong-tokens", "skip-layers", "substitute-model", "sometimes", "late-divergence")
@@ -198,9 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--nodes: at least 3 honest")
 
     console = wide_console()
-    info = machine()
-    console.print(f"{info['cpu']}, {info['cores']} cores, {info['memory']}, {info['simd']}; "
-                  f"load average at start {info['load']}", highlight=False)
+    console.print(machine_line(), highlight=False)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     with tempfile.TemporaryDirectory(prefix="verinfer-cheaters-") as tmp:
         work = args.work_dir or Path(tmp)

@@ -53,7 +53,7 @@ from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import DEMO_MODEL, machine, random_1b_checkpoint, verinfer_quantized, wide_console
+from _common import DEMO_MODEL, machine_line, random_1b_checkpoint, verinfer_quantized, wide_console
 
 PROMPT_LEN = 16
 STREAMS = (1, 4, 8)
@@ -413,10 +413,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     console = wide_console()
-    info = machine()
-    print(f"{info['cpu']}, {info['cores']} cores, {info['memory']}, {info['simd']}, "
-          f"python {info['python']}, torch {info['torch']}; load average at start {info['load']}",
-          flush=True)
+    print(machine_line(), flush=True)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="verinfer-netbench-") as tmp:
