@@ -7,14 +7,35 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from verinfer.pipeline.driver import StageSpec
+from verinfer.engine import Engine, GenerationResult
+from verinfer.engine.params import SamplingParams
+from verinfer.pipeline.driver import PipelineResult, RouteDriver, StageSpec
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 READY = re.compile(r"^verinfer stage (0x[0-9a-fA-F]{40}) layers (\d+):(\d+) listening on "
                    r"tcp://([0-9.]+):(\d+) model (\S+)$")
 SPLIT_LAYERS = 8  # enough for 4 stages of 2 layers
+
+
+def generate_as_one_node(engine: Engine, route: list[StageSpec], prompts: Sequence[Sequence[int]],
+                         params: Sequence[SamplingParams], **driver_args: Any,
+                         ) -> tuple[RouteDriver, PipelineResult, list[GenerationResult]]:
+    """Run `prompts` through `route`, check that the tokens and logits hashes are the single
+    engine's, and return the (closed) driver, the result and the single engine's results for
+    the test's own checks."""
+    expected = engine.generate(prompts, params)
+    driver = RouteDriver(route, engine.config, engine.tokenizer, **driver_args)
+    try:
+        got = driver.generate(prompts, params)
+    finally:
+        driver.close()
+    assert [r.token_ids for r in got.results] == [r.token_ids for r in expected]
+    assert [r.logits_hash for r in got.results] == [r.logits_hash for r in expected]
+    return driver, got, expected
 
 
 class StageProcess:

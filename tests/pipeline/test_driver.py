@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from stagefarm import SPLIT_LAYERS, SRC, StageFarm
+from stagefarm import SPLIT_LAYERS, SRC, StageFarm, generate_as_one_node
 
 from verinfer.engine import Engine
 from verinfer.engine.params import SamplingParams
@@ -49,14 +49,7 @@ def test_split_run_is_byte_identical_to_one_engine(
     ranges = _ranges(stages)
     procs = stage_farm.start_many([f"{a}:{b}" for a, b in ranges])
     route = [p.spec(a, b) for p, (a, b) in zip(procs, ranges)]
-    expected = split_engine.generate(PROMPTS, PARAMS)
-    driver = RouteDriver(route, split_engine.config, split_engine.tokenizer, prefill_chunk=5)
-    try:
-        got = driver.generate(PROMPTS, PARAMS)
-    finally:
-        driver.close()
-    assert [r.token_ids for r in got.results] == [r.token_ids for r in expected]
-    assert [r.logits_hash for r in got.results] == [r.logits_hash for r in expected]
+    _, got, expected = generate_as_one_node(split_engine, route, PROMPTS, PARAMS, prefill_chunk=5)
     assert [r.output_hash for r in got.results] == [r.output_hash for r in expected]
     assert [r.text for r in got.results] == [r.text for r in expected]
     # Every stage signed every step, and the commitments chain: one's output is the next's input.

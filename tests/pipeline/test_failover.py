@@ -3,33 +3,16 @@ the undisturbed run's (must-show 2)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
-from stagefarm import StageFarm, StageProcess
+from stagefarm import StageFarm, StageProcess, generate_as_one_node
 
 from verinfer.engine import Engine
 from verinfer.engine.params import SamplingParams
-from verinfer.pipeline.driver import Observe, PipelineResult, RouteDriver, StageSpec
+from verinfer.pipeline.driver import Observe, RouteDriver, StageSpec
 
 PROMPTS = [[256, 72, 105, 32, 116, 104, 101, 114, 101], [256, 79, 75]]
 PARAMS = [SamplingParams(max_tokens=12, ignore_eos=True),
           SamplingParams(max_tokens=12, temperature=0.8, seed=99, ignore_eos=True)]
-
-
-def _generate_as_one_node(engine: Engine, route: list[StageSpec],
-                          **driver_args: Any) -> tuple[RouteDriver, PipelineResult]:
-    """Run PROMPTS through `route`, check that the tokens and logits hashes are the single
-    engine's, and return the (closed) driver and the result for the test's own checks."""
-    expected = engine.generate(PROMPTS, PARAMS)
-    driver = RouteDriver(route, engine.config, engine.tokenizer, **driver_args)
-    try:
-        got = driver.generate(PROMPTS, PARAMS)
-    finally:
-        driver.close()
-    assert [r.token_ids for r in got.results] == [r.token_ids for r in expected]
-    assert [r.logits_hash for r in got.results] == [r.logits_hash for r in expected]
-    return driver, got
 
 
 def _kill_at(proc: StageProcess, at_seq: int) -> Observe:
@@ -44,7 +27,7 @@ def test_a_spare_takes_over_a_killed_middle_stage(split_engine: Engine, stage_fa
     procs = stage_farm.start_many(["0:3", "3:6", "6:8", "3:6"])
     route = [procs[0].spec(0, 3), procs[1].spec(3, 6), procs[2].spec(6, 8)]
     # Step 8 is a decode step: both prompts are prefilled by then (chunks of 2).
-    driver, got = _generate_as_one_node(split_engine, route, prefill_chunk=2,
+    driver, got, _ = generate_as_one_node(split_engine, route, PROMPTS, PARAMS, prefill_chunk=2,
                                         spares=[procs[3].spec(3, 6)],
                                         observe=_kill_at(procs[1], 8))
     assert procs[1].proc.returncode == -9
@@ -61,7 +44,7 @@ def test_survivors_re_split_the_layers_when_no_spare_is_left(
 ) -> None:
     procs = stage_farm.start_many(["0:2", "2:5", "5:8"])
     route = [procs[0].spec(0, 2), procs[1].spec(2, 5), procs[2].spec(5, 8)]
-    driver, got = _generate_as_one_node(split_engine, route, prefill_chunk=3,
+    driver, got, _ = generate_as_one_node(split_engine, route, PROMPTS, PARAMS, prefill_chunk=3,
                                         observe=_kill_at(procs[2], 2))  # mid-prefill
     assert [(s.port, s.start, s.end) for s in driver.route] == [
         (procs[0].port, 0, 4), (procs[1].port, 4, 8)]
@@ -80,7 +63,7 @@ def test_two_stages_killed_at_once_are_both_routed_around(
             procs[1].kill()
             procs[2].kill()
 
-    driver, got = _generate_as_one_node(split_engine, route, prefill_chunk=2,
+    driver, got, _ = generate_as_one_node(split_engine, route, PROMPTS, PARAMS, prefill_chunk=2,
                                         spares=[procs[3].spec(3, 6)], observe=kill_two)
     # The spare took the middle's place, found the last stage dead while rebuilding, and the
     # two that are left serve every layer.
@@ -108,7 +91,7 @@ def test_a_re_plan_onto_a_dead_stage_falls_back_and_the_tokens_do_not_change(
             return None
         return [procs[0].spec(0, 3), procs[3].spec(3, 6), procs[2].spec(6, 8)]
 
-    driver, got = _generate_as_one_node(split_engine, route, prefill_chunk=2,
+    driver, got, _ = generate_as_one_node(split_engine, route, PROMPTS, PARAMS, prefill_chunk=2,
                                         rebalance=move_to_the_dead_one)
     assert any(f":{procs[3].port} failed" in e for e in got.events), got.events
     assert [s.port for s in driver.route] == [p.port for p in procs[:3]]
