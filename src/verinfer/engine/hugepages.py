@@ -13,6 +13,7 @@ page, a kernel that refuses the advice), these are ordinary tensors.
 
 from __future__ import annotations
 
+import math
 import mmap
 from collections.abc import Sequence
 
@@ -25,10 +26,7 @@ def empty(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
     """An uninitialized CPU tensor; one of HUGE_PAGE bytes or more lies in its own anonymous
     mapping (unmapped when the tensor is freed) with its whole 2 MiB pages advised for huge
     pages, starting on a 2 MiB boundary."""
-    count = 1
-    for size in shape:
-        count *= size
-    nbytes = count * torch.empty((), dtype=dtype).element_size()
+    nbytes = math.prod(shape) * dtype.itemsize
     advice = getattr(mmap, "MADV_HUGEPAGE", None)
     if advice is None or nbytes < HUGE_PAGE:
         return torch.empty(tuple(shape), dtype=dtype)

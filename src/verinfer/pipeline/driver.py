@@ -366,12 +366,11 @@ class RouteDriver:
                 route.append(spare.with_layers(spec.start, spec.end))
                 reasons.append(f"spare {spare.endpoint} takes {spec.start}:{spec.end}")
         taken = {s.endpoint for s in route}
-        if len(route) < len(self.live):
-            survivors = route
-            if not survivors:
+        if len(route) < len(self.live):  # no spare for some: the survivors re-split
+            if not route:
                 raise RouteError("every stage of the route has failed") from exc
-            route, reasons = even_split(survivors, self.config.num_hidden_layers), [
-                *reasons, "survivors re-split the layers"]
+            route = even_split(route, self.config.num_hidden_layers)
+            reasons.append("survivors re-split the layers")
         dead_now = {i for i, s in enumerate(self.live) if s.spec.endpoint in dead}
         # A re-route that failed part-way may have reset caches from its own first stage on:
         # this one rebuilds from there at the latest.
